@@ -1,0 +1,79 @@
+use crate::{Outcome, Pending};
+use async_trait::async_trait;
+use im_protocol::{Message, MessageId, Target, UserId};
+use tokio::sync::oneshot;
+
+/// The store failed to read or write messages.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("message log: {0}")]
+pub struct LogError(pub String);
+
+impl From<LogError> for im_protocol::ApiError {
+    fn from(e: LogError) -> Self {
+        tracing::error!(error = %e, "message log failure");
+        im_protocol::ApiError::new(im_protocol::ErrorCode::Internal, "storage failure")
+    }
+}
+
+/// Where a message's one [`Outcome`] goes; sending is a no-op if the sender has gone away.
+#[derive(Debug)]
+pub struct Reply(Option<oneshot::Sender<Outcome>>);
+
+impl Reply {
+    /// A reply channel and the receiver the sender awaits.
+    pub fn channel() -> (Self, oneshot::Receiver<Outcome>) {
+        let (tx, rx) = oneshot::channel();
+        (Self(Some(tx)), rx)
+    }
+
+    /// A reply nobody waits for (messages injected by the server itself).
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// Delivers the outcome.
+    pub fn send(self, outcome: Outcome) {
+        if let Some(tx) = self.0 {
+            let _ = tx.send(outcome);
+        }
+    }
+}
+
+/// The port at the end of every handler chain: makes messages durable and assigns ids.
+///
+/// Implementations must assign increasing ids in the order `append` is called, call `reply`
+/// exactly once and only after the message is durable, and announce committed messages to
+/// delivery in id order.
+pub trait MessageLog: Send + Sync + 'static {
+    /// Queues `msg` for a durable append. May block briefly when the writer is saturated,
+    /// which is the backpressure that ends in a 503 at the channel queue.
+    fn append(&self, msg: Pending, reply: Reply);
+}
+
+/// One row of `GET /conversations`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversationSummary {
+    /// The conversation key.
+    pub conversation: String,
+    /// The other party: a user for direct chats, the group otherwise.
+    pub with: Target,
+    /// The newest message.
+    pub last_message: Message,
+    /// Messages from others after the user's read position.
+    pub unread: u64,
+}
+
+/// Read side of the message log: history and conversation lists.
+#[async_trait]
+pub trait MessageHistory: Send + Sync + 'static {
+    /// The newest `limit` messages of `conversation` with id < `before`, ascending by id.
+    async fn history(
+        &self,
+        conversation: &str,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Message>, LogError>;
+
+    /// The user's conversations, newest activity first.
+    async fn conversations(&self, user: UserId) -> Result<Vec<ConversationSummary>, LogError>;
+}

@@ -1,0 +1,193 @@
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+/// Every error code the HTTP API can answer with, so clients can match on a closed set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// 400: the body is not valid JSON.
+    MalformedJson,
+    /// 400: the JSON has the wrong shape or types.
+    InvalidRequest,
+    /// 400: the message kind is not registered.
+    UnknownKind,
+    /// 400: the body does not fit its kind.
+    InvalidBody,
+    /// 400: username outside 3–32 chars of `a-z 0-9 _ . -`.
+    InvalidUsername,
+    /// 400: password shorter than 8 chars.
+    WeakPassword,
+    /// 400: a query parameter is malformed.
+    InvalidQuery,
+    /// 401: no valid session.
+    Unauthorized,
+    /// 401: wrong username or password.
+    BadCredentials,
+    /// 403: a cookie-authenticated write from a foreign origin.
+    ForeignOrigin,
+    /// 403: the default policy allows direct messages only between friends.
+    NotFriends,
+    /// 403: one side blocked the other.
+    Blocked,
+    /// 403: the caller is not a member of the group.
+    NotMember,
+    /// 403: the caller is not a party to the conversation.
+    NotParticipant,
+    /// 403: a handler refused the message.
+    Forbidden,
+    /// 404: no such route.
+    NotFound,
+    /// 404: no such user.
+    NoSuchUser,
+    /// 404: no such group.
+    NoSuchGroup,
+    /// 405: the route exists but not with this method.
+    MethodNotAllowed,
+    /// 409: the username is taken.
+    UsernameTaken,
+    /// 413: the body is over the limit.
+    PayloadTooLarge,
+    /// 415: wrong content type.
+    UnsupportedMediaType,
+    /// 422: a handler rejected the message's content.
+    Rejected,
+    /// 501: the feature is not available yet.
+    NotImplemented,
+    /// 503: queues are full; retry after the `Retry-After` header.
+    Overloaded,
+    /// 500: a bug or an I/O failure; details are in the server log.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The snake_case code clients match on.
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            MalformedJson => "malformed_json",
+            InvalidRequest => "invalid_request",
+            UnknownKind => "unknown_kind",
+            InvalidBody => "invalid_body",
+            InvalidUsername => "invalid_username",
+            WeakPassword => "weak_password",
+            InvalidQuery => "invalid_query",
+            Unauthorized => "unauthorized",
+            BadCredentials => "bad_credentials",
+            ForeignOrigin => "foreign_origin",
+            NotFriends => "not_friends",
+            Blocked => "blocked",
+            NotMember => "not_member",
+            NotParticipant => "not_participant",
+            Forbidden => "forbidden",
+            NotFound => "not_found",
+            NoSuchUser => "no_such_user",
+            NoSuchGroup => "no_such_group",
+            MethodNotAllowed => "method_not_allowed",
+            UsernameTaken => "username_taken",
+            PayloadTooLarge => "payload_too_large",
+            UnsupportedMediaType => "unsupported_media_type",
+            Rejected => "rejected",
+            NotImplemented => "not_implemented",
+            Overloaded => "overloaded",
+            Internal => "internal",
+        }
+    }
+
+    /// The HTTP status that goes with the code, kept here so every crate agrees on it.
+    pub fn status(self) -> u16 {
+        use ErrorCode::*;
+        match self {
+            MalformedJson | InvalidRequest | UnknownKind | InvalidBody | InvalidUsername
+            | WeakPassword | InvalidQuery => 400,
+            Unauthorized | BadCredentials => 401,
+            ForeignOrigin | NotFriends | Blocked | NotMember | NotParticipant | Forbidden => 403,
+            NotFound | NoSuchUser | NoSuchGroup => 404,
+            MethodNotAllowed => 405,
+            UsernameTaken => 409,
+            PayloadTooLarge => 413,
+            UnsupportedMediaType => 415,
+            Rejected => 422,
+            Internal => 500,
+            NotImplemented => 501,
+            Overloaded => 503,
+        }
+    }
+}
+
+/// An API error: a status, a stable code and a human message.
+///
+/// `code` is a string rather than [`ErrorCode`] so application handlers can reject with
+/// codes of their own (for example `profanity`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// Stable snake_case code.
+    pub code: Cow<'static, str>,
+    /// Text for a human.
+    pub message: Cow<'static, str>,
+}
+
+impl ApiError {
+    /// An error with a built-in code and its usual status.
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Self { status: code.status(), code: Cow::Borrowed(code.as_str()), message: message.into() }
+    }
+
+    /// An application-defined error; `status` should be a 4xx.
+    pub fn custom(
+        status: u16,
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self { status, code: code.into(), message: message.into() }
+    }
+
+    /// The JSON body `{"error":{"code","message"}}` of api-v1.md.
+    pub fn to_json(&self) -> String {
+        let body = ErrorBody {
+            error: ErrorDetail { code: self.code.to_string(), message: self.message.to_string() },
+        };
+        serde_json::to_string(&body).unwrap_or_else(|_| {
+            r#"{"error":{"code":"internal","message":"error encoding failed"}}"#.to_owned()
+        })
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// The wire shape of an error body, for clients that parse it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error itself.
+    pub error: ErrorDetail,
+}
+
+/// The inner object of [`ErrorBody`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable snake_case code.
+    pub code: String,
+    /// Text for a human.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_shape() {
+        let e = ApiError::new(ErrorCode::UnknownKind, "no kind `x`");
+        assert_eq!(e.status, 400);
+        let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(v["error"]["code"], "unknown_kind");
+        assert_eq!(v["error"]["message"], "no kind `x`");
+    }
+}

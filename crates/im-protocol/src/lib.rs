@@ -1,0 +1,17 @@
+//! Wire types shared by every Web-IM crate: ids, [`Message`], [`Target`], API error codes,
+//! JSON for browsers, versioned postcard records for storage and the bus, and SSE framing.
+//!
+//! This crate does no I/O and has no async runtime, so clients, servers and tools can all
+//! depend on it.
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod error;
+mod ids;
+mod message;
+pub mod record;
+pub mod sse;
+
+pub use error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
+pub use ids::{GroupId, MessageId, UserId};
+pub use message::{Draft, Message, Target, TargetKind, conversation_of, now_millis};

@@ -1,0 +1,122 @@
+use crate::{GroupId, MessageId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Who a message is for: `{"user": 2}` or `{"group": 7}` on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Target {
+    /// A direct message to one user.
+    User(UserId),
+    /// A message to every member of a group.
+    Group(GroupId),
+}
+
+/// The target's kind without its id, for matching in policies and error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    /// See [`Target::User`].
+    User,
+    /// See [`Target::Group`].
+    Group,
+}
+
+impl Target {
+    /// The kind of this target.
+    pub fn kind(&self) -> TargetKind {
+        match self {
+            Target::User(_) => TargetKind::User,
+            Target::Group(_) => TargetKind::Group,
+        }
+    }
+}
+
+/// What a client posts: the message before any handler or the store has seen it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Draft {
+    /// The recipient.
+    pub to: Target,
+    /// The registered kind, e.g. `text`.
+    pub kind: String,
+    /// Kind-specific JSON body, e.g. `{"text": "hi"}`.
+    pub body: Value,
+    /// Optional sender-chosen idempotency key: a repeat returns the first message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+/// A durable message as clients see it (the `M` of api-v1.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// Stream position, increasing across the deployment.
+    pub id: MessageId,
+    /// Opaque conversation key, equal for both sides of a direct chat.
+    pub conversation: String,
+    /// The sender.
+    pub from: UserId,
+    /// The recipient.
+    pub to: Target,
+    /// The message kind.
+    pub kind: String,
+    /// The kind-specific body, after handlers ran.
+    pub body: Value,
+    /// The sender's idempotency key, if one was given.
+    pub client_id: Option<String>,
+    /// Unix milliseconds when the server accepted the message.
+    pub sent_at: u64,
+}
+
+/// The conversation key of a message from `from` to `to`.
+///
+/// Direct chats sort the two ids so both sides share one key; groups use the group id.
+pub fn conversation_of(from: UserId, to: Target) -> String {
+    match to {
+        Target::User(u) => {
+            let (a, b) = if from <= u { (from, u) } else { (u, from) };
+            format!("d{}-{}", a.0, b.0)
+        }
+        Target::Group(g) => format!("g{}", g.0),
+    }
+}
+
+/// The current time in Unix milliseconds, the unit of every time on the wire.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_wire_form() {
+        let t: Target = serde_json::from_str(r#"{"user": 2}"#).unwrap();
+        assert_eq!(t, Target::User(UserId(2)));
+        assert_eq!(serde_json::to_string(&Target::Group(GroupId(7))).unwrap(), r#"{"group":7}"#);
+        assert!(serde_json::from_str::<Target>(r#"{"user": "x"}"#).is_err());
+    }
+
+    #[test]
+    fn direct_conversation_is_symmetric() {
+        assert_eq!(
+            conversation_of(UserId(1), Target::User(UserId(2))),
+            conversation_of(UserId(2), Target::User(UserId(1)))
+        );
+        assert_ne!(
+            conversation_of(UserId(1), Target::User(UserId(2))),
+            conversation_of(UserId(1), Target::Group(GroupId(2)))
+        );
+    }
+
+    #[test]
+    fn draft_rejects_unknown_fields() {
+        let err = serde_json::from_str::<Draft>(
+            r#"{"to":{"user":1},"kind":"text","body":{},"extra":1}"#,
+        );
+        assert!(err.is_err());
+    }
+}

@@ -1,0 +1,239 @@
+use crate::mailbox::Mailbox;
+use crate::stream::SseStream;
+use async_trait::async_trait;
+use bytes::BytesMut;
+use im_protocol::sse::{self, Frame};
+use im_protocol::{ApiError, ErrorCode, Message, MessageId, UserId};
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Reading the replay from the store failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReplayError {
+    /// The store could not be read.
+    #[error("replay: {0}")]
+    Store(String),
+    /// The broker is shutting down and accepts no new streams.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+impl From<ReplayError> for ApiError {
+    fn from(e: ReplayError) -> Self {
+        match e {
+            ReplayError::ShuttingDown => ApiError::new(ErrorCode::Overloaded, e.to_string()),
+            ReplayError::Store(_) => {
+                tracing::error!(error = %e, "replay failed");
+                ApiError::new(ErrorCode::Internal, "storage failure")
+            }
+        }
+    }
+}
+
+/// The store as a resuming stream sees it.
+#[async_trait]
+pub trait ReplaySource: Send + Sync + 'static {
+    /// Up to `limit` messages with id > `after` that `user` sent or received, ascending by id.
+    async fn since(
+        &self,
+        user: UserId,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<Vec<Message>, ReplayError>;
+
+    /// The highest committed id, to tell a position from the future (another deployment).
+    async fn latest_id(&self) -> Result<MessageId, ReplayError>;
+}
+
+/// Tuning of the broker.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Frames a session may have queued before it is closed for being too slow.
+    pub mailbox: usize,
+    /// How often an idle stream gets a comment line; proxies cut idle streams at 60 s.
+    pub keepalive: Duration,
+    /// The `retry:` hint sent on open, in milliseconds.
+    pub retry_ms: u64,
+    /// The most messages replayed on resume; more than that gets `event: resync`.
+    pub resume_limit: usize,
+    /// Registry shards, so sessions of different users never contend.
+    pub shards: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            mailbox: 1024,
+            keepalive: Duration::from_secs(15),
+            retry_ms: 2000,
+            resume_limit: 10_000,
+            shards: 64,
+        }
+    }
+}
+
+/// Where a stream starts, from `Last-Event-ID` or `?last_event_id=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// A fresh stream: live events only.
+    Live,
+    /// Replay everything after this id, then live.
+    After(MessageId),
+    /// The client sent a position we cannot interpret; it gets `resync`.
+    Unservable,
+}
+
+impl Resume {
+    /// Reads the position; the header wins over the query, as browsers set the header on
+    /// their own reconnects.
+    pub fn from_parts(header: Option<&str>, query: Option<&str>) -> Self {
+        match header.or(query).map(str::trim) {
+            None | Some("") => Resume::Live,
+            Some(v) => match v.parse::<u64>() {
+                Ok(id) => Resume::After(MessageId(id)),
+                Err(_) => Resume::Unservable,
+            },
+        }
+    }
+}
+
+/// Who a stream belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The user.
+    pub user: UserId,
+    /// The login session the stream was opened with, so logout can end it.
+    pub session: u64,
+}
+
+pub(crate) type Shard = RwLock<HashMap<UserId, Vec<Arc<Mailbox>>>>;
+
+pub(crate) struct Inner {
+    pub(crate) shards: Box<[Shard]>,
+    pub(crate) config: BrokerConfig,
+    shutting_down: AtomicBool,
+    pub(crate) streams: AtomicUsize,
+    replay: Arc<dyn ReplaySource>,
+}
+
+impl Inner {
+    pub(crate) fn shard(&self, user: UserId) -> &Shard {
+        &self.shards[(user.0 as usize) % self.shards.len()]
+    }
+}
+
+/// The session registry: user -> live streams, sharded, each with a bounded mailbox.
+#[derive(Clone)]
+pub struct SseBroker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SseBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SseBroker").field("streams", &self.streams()).finish()
+    }
+}
+
+impl SseBroker {
+    /// A broker that replays from `replay`.
+    pub fn new(config: BrokerConfig, replay: Arc<dyn ReplaySource>) -> Self {
+        let shards = (0..config.shards.max(1)).map(|_| RwLock::new(HashMap::new())).collect();
+        Self {
+            inner: Arc::new(Inner {
+                shards,
+                config,
+                shutting_down: AtomicBool::new(false),
+                streams: AtomicUsize::new(0),
+                replay,
+            }),
+        }
+    }
+
+    /// Opens a stream: registers it for live delivery, then replays what `resume` asks for.
+    pub async fn open(&self, who: SessionInfo, resume: Resume) -> Result<SseStream, ReplayError> {
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err(ReplayError::ShuttingDown);
+        }
+        let mailbox = Arc::new(Mailbox::new(who.session, self.inner.config.mailbox));
+        self.inner.shard(who.user).write().entry(who.user).or_default().push(mailbox.clone());
+        let stream = SseStream::new(self.inner.clone(), who.user, mailbox.clone());
+        // A shutdown that walked the registry before we registered would miss us.
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err(ReplayError::ShuttingDown);
+        }
+        let cfg = &self.inner.config;
+        let mut head = BytesMut::new();
+        head.extend_from_slice(&sse::retry_frame(cfg.retry_ms));
+        let after = match resume {
+            Resume::Live => 0,
+            Resume::Unservable => self.resync(&mut head).await?,
+            Resume::After(pos) => {
+                let latest = self.inner.replay.latest_id().await?;
+                if pos > latest {
+                    self.resync(&mut head).await?
+                } else {
+                    let msgs = self.inner.replay.since(who.user, pos, cfg.resume_limit + 1).await?;
+                    if msgs.len() > cfg.resume_limit {
+                        self.resync(&mut head).await?
+                    } else {
+                        msgs.iter().for_each(|m| head.extend_from_slice(&sse::message_frame(m)));
+                        msgs.last().map_or(pos.0, |m| m.id.0)
+                    }
+                }
+            }
+        };
+        Ok(stream.start(head.freeze(), after))
+    }
+
+    /// Writes `event: resync` and returns the position live delivery continues after.
+    async fn resync(&self, head: &mut BytesMut) -> Result<u64, ReplayError> {
+        head.extend_from_slice(&sse::ephemeral_frame("resync", "{}"));
+        Ok(self.inner.replay.latest_id().await?.0)
+    }
+
+    /// Ends every stream and refuses new ones, so graceful shutdown can complete.
+    pub fn shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::Release);
+        for shard in self.inner.shards.iter() {
+            for mailboxes in shard.read().values() {
+                mailboxes.iter().for_each(|m| m.close());
+            }
+        }
+    }
+
+    /// Ends the streams opened with one login session (on logout).
+    pub fn close_session(&self, who: SessionInfo) {
+        if let Some(list) = self.inner.shard(who.user).read().get(&who.user) {
+            list.iter().filter(|m| m.session == who.session).for_each(|m| m.close());
+        }
+    }
+
+    /// Open streams of `user`, for presence.
+    pub fn sessions_of(&self, user: UserId) -> usize {
+        self.inner.shard(user).read().get(&user).map_or(0, Vec::len)
+    }
+
+    /// Open streams in total, for metrics and tests.
+    pub fn streams(&self) -> usize {
+        self.inner.streams.load(Ordering::Relaxed)
+    }
+
+    /// Queues an ephemeral frame directly (used for events produced outside the pool).
+    pub fn send_to(&self, user: UserId, frame: &Frame) {
+        im_pool::Mailboxes::deliver(self, user, frame)
+    }
+}
+
+impl im_pool::Mailboxes for SseBroker {
+    fn deliver(&self, user: UserId, frame: &Frame) {
+        if let Some(list) = self.inner.shard(user).read().get(&user) {
+            for m in list {
+                m.push(frame);
+            }
+        }
+    }
+}
+
