@@ -80,6 +80,19 @@ pub fn conversation_of(from: UserId, to: Target) -> String {
     }
 }
 
+/// The two users of a direct conversation key, or `None` if it is not one.
+pub fn direct_parties(conversation: &str) -> Option<(UserId, UserId)> {
+    let (a, b) = conversation.strip_prefix('d')?.split_once('-')?;
+    let (a, b) = (a.parse().ok()?, b.parse().ok()?);
+    (conversation == format!("d{a}-{b}")).then_some((UserId(a), UserId(b)))
+}
+
+/// The group of a group conversation key, or `None` if it is not one.
+pub fn group_of(conversation: &str) -> Option<GroupId> {
+    let id = conversation.strip_prefix('g')?.parse().ok()?;
+    (conversation == format!("g{id}")).then_some(GroupId(id))
+}
+
 /// The current time in Unix milliseconds, the unit of every time on the wire.
 pub fn now_millis() -> u64 {
     std::time::SystemTime::now()
@@ -110,6 +123,17 @@ mod tests {
             conversation_of(UserId(1), Target::User(UserId(2))),
             conversation_of(UserId(1), Target::Group(GroupId(2)))
         );
+    }
+
+    #[test]
+    fn conversation_keys_parse_back() {
+        let d = conversation_of(UserId(9), Target::User(UserId(3)));
+        assert_eq!(direct_parties(&d), Some((UserId(3), UserId(9))));
+        assert_eq!(group_of(&conversation_of(UserId(1), Target::Group(GroupId(4)))), Some(GroupId(4)));
+        for bad in ["", "d", "d1", "d1-", "d01-2", "x1-2", "g", "g01", "d1-2-3"] {
+            assert_eq!(direct_parties(bad), None, "{bad}");
+            assert_eq!(group_of(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -1,0 +1,160 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+//!
+//! Invariants:
+//! - One writer thread owns the only write connection. It takes whatever is queued, runs it
+//!   in one transaction (each operation in its own savepoint, so one failure does not sink
+//!   the batch), commits with `synchronous=FULL`, and only then answers. That is group
+//!   commit: one fsync for many messages.
+//! - Message ids come from the writer's counter, so they increase in commit order, and
+//!   committed messages reach the [`CommitListener`] in id order.
+//! - Readers use their own connections on the blocking pool; WAL lets them run beside the
+//!   writer.
+
+mod messages;
+mod migrations;
+mod users;
+mod writer;
+
+pub use writer::{CommitListener, StoreConfig};
+
+use im_protocol::record::RecordError;
+use parking_lot::Mutex;
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored record could not be decoded.
+    #[error("corrupt record: {0}")]
+    Record(#[from] RecordError),
+    /// The data directory could not be used.
+    #[error("data dir {path}: {source}")]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// The database was written by a newer version of this software.
+    #[error("database schema version {found} is newer than this build understands ({known})")]
+    TooNew {
+        /// Version on disk.
+        found: i64,
+        /// Latest version this build knows.
+        known: i64,
+    },
+    /// The writer thread is gone (shutdown or a fatal error).
+    #[error("the store is closed")]
+    Closed,
+    /// A batch failed to commit; nothing in it was acknowledged.
+    #[error("commit failed: {0}")]
+    Commit(String),
+}
+
+/// The embedded SQLite store: implements the message, replay and user ports.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: flume::Sender<writer::Op>,
+    readers: Mutex<Vec<Connection>>,
+    committed: Arc<AtomicU64>,
+    listener: Arc<OnceLock<Arc<dyn CommitListener>>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.inner.path).finish()
+    }
+}
+
+/// The database file inside a data dir.
+pub const DB_FILE: &str = "im.sqlite3";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database in `dir`, runs migrations and starts the
+    /// writer thread.
+    pub fn open(dir: &Path, config: StoreConfig) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| StoreError::Io { path: dir.to_owned(), source })?;
+        let path = dir.join(DB_FILE);
+        let mut conn = open_conn(&path)?;
+        migrations::run(&mut conn)?;
+        let committed = Arc::new(AtomicU64::new(messages::max_id(&conn)?));
+        let listener = Arc::new(OnceLock::new());
+        let writer = writer::start(conn, config, committed.clone(), listener.clone())?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                writer,
+                readers: Mutex::new(Vec::new()),
+                committed,
+                listener,
+            }),
+        })
+    }
+
+    /// Sets who hears about committed messages (the consumer pool). Set it once, before
+    /// the first message is appended; later calls are ignored.
+    pub fn set_commit_listener(&self, listener: Arc<dyn CommitListener>) {
+        let _ = self.inner.listener.set(listener);
+    }
+
+    /// The highest committed message id.
+    pub fn committed_id(&self) -> u64 {
+        self.inner.committed.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` on a reader connection on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match inner.readers.lock().pop() {
+                Some(c) => c,
+                None => open_conn(&inner.path)?,
+            };
+            let out = f(&conn);
+            inner.readers.lock().push(conn);
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Commit(format!("reader task: {e}")))?
+    }
+
+    /// Runs `f` inside the writer's next transaction and answers after it commits.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let op = writer::Op::exec(f, tx);
+        self.inner.writer.send_async(op).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // WAL lets readers run beside the writer; FULL makes every commit durable (fsynced).
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,114 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+//!
+//! Passwords are hashed with argon2id on the blocking pool with bounded concurrency. Session
+//! tokens are 256 random bits; only their SHA-256 is stored, so a leaked database holds no
+//! usable token.
+
+mod manager;
+mod policy;
+mod store;
+
+pub use manager::{HashParams, LoginOutcome, UserManager};
+pub use policy::{Authorize, DirectMessages};
+pub use store::{UserStore, UserStoreError};
+
+use async_trait::async_trait;
+use im_protocol::{ApiError, ErrorCode, UserId};
+use serde::Serialize;
+
+/// A user as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    /// The account id.
+    pub id: UserId,
+    /// The unique login name.
+    pub username: String,
+}
+
+/// An authenticated caller: the user and the login session they used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Principal {
+    /// The user.
+    pub user: UserId,
+    /// The login session, so logout can revoke exactly it.
+    pub session: u64,
+}
+
+/// What a request presented to prove who it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    /// The token from `Authorization: Bearer`.
+    pub bearer: Option<&'a str>,
+    /// The `im_session` cookie.
+    pub cookie: Option<&'a str>,
+}
+
+/// The seed's onConnection: decides who a request (or an event stream) belongs to.
+///
+/// The default is [`UserManager`]'s session tokens; applications may plug in their own, e.g.
+/// to accept tokens issued by another system.
+#[async_trait]
+pub trait Authenticator: Send + Sync + 'static {
+    /// The caller, or `None` if the credentials are missing or invalid.
+    async fn authenticate(&self, creds: Credentials<'_>) -> Result<Option<Principal>, UserError>;
+}
+
+/// Errors of account operations.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    /// Username outside 3–32 chars of `a-z 0-9 _ . -`.
+    #[error("usernames are 3–32 characters of a-z, 0-9, _, . and -")]
+    InvalidUsername,
+    /// Password too short.
+    #[error("passwords need at least 8 characters")]
+    WeakPassword,
+    /// Password absurdly long (hashing it would be a denial of service).
+    #[error("passwords are at most 1024 bytes")]
+    PasswordTooLong,
+    /// The username is taken.
+    #[error("that username is taken")]
+    UsernameTaken,
+    /// Wrong username or password (the same answer either way).
+    #[error("wrong username or password")]
+    BadCredentials,
+    /// No such user.
+    #[error("no such user")]
+    NoSuchUser,
+    /// The store failed.
+    #[error("user store: {0}")]
+    Store(String),
+}
+
+impl From<UserError> for ApiError {
+    fn from(e: UserError) -> Self {
+        let code = match &e {
+            UserError::InvalidUsername => ErrorCode::InvalidUsername,
+            UserError::WeakPassword => ErrorCode::WeakPassword,
+            UserError::PasswordTooLong => ErrorCode::InvalidRequest,
+            UserError::UsernameTaken => ErrorCode::UsernameTaken,
+            UserError::BadCredentials => ErrorCode::BadCredentials,
+            UserError::NoSuchUser => ErrorCode::NoSuchUser,
+            UserError::Store(_) => {
+                tracing::error!(error = %e, "user store failure");
+                return ApiError::new(ErrorCode::Internal, "storage failure");
+            }
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<UserStoreError> for UserError {
+    fn from(e: UserStoreError) -> Self {
+        match e {
+            UserStoreError::UsernameTaken => UserError::UsernameTaken,
+            UserStoreError::Other(s) => UserError::Store(s),
+        }
+    }
+}
+
+/// Checks the username rule of api-v1.md.
+pub fn valid_username(name: &str) -> bool {
+    (3..=32).contains(&name.len())
+        && name.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-'))
+}

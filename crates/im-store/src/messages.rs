@@ -1,0 +1,182 @@
+//! Message tables: append, history, conversation list and replay.
+
+use crate::writer::Op;
+use crate::{SqliteStore, StoreError};
+use async_trait::async_trait;
+use im_channel::{ConversationSummary, LogError, MessageHistory, MessageLog, Pending, Reply};
+use im_protocol::record::MessageRecord;
+use im_protocol::{GroupId, Message, MessageId, Target, UserId};
+use im_sse::{ReplayError, ReplaySource};
+use rusqlite::{Connection, OptionalExtension, params};
+
+pub(crate) fn max_id(conn: &Connection) -> Result<u64, StoreError> {
+    let id: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM messages", [], |r| r.get(0))?;
+    Ok(id as u64)
+}
+
+fn decode(bytes: Vec<u8>) -> Result<Message, StoreError> {
+    Ok(MessageRecord::decode(&bytes)?)
+}
+
+/// Inserts `msg` with id `id`; `false` means the sender's `client_id` was already used and
+/// the first message is returned instead.
+pub(crate) fn insert(conn: &Connection, id: u64, p: Pending) -> Result<(Message, bool), StoreError> {
+    if let Some(cid) = &p.client_id {
+        let first: Option<Vec<u8>> = conn
+            .prepare_cached("SELECT record FROM messages WHERE sender = ?1 AND client_id = ?2")?
+            .query_row(params![p.from.0 as i64, cid], |r| r.get(0))
+            .optional()?;
+        if let Some(bytes) = first {
+            return Ok((decode(bytes)?, false));
+        }
+    }
+    let msg = Message {
+        id: MessageId(id),
+        conversation: p.conversation,
+        from: p.from,
+        to: p.to,
+        kind: p.kind,
+        body: p.body,
+        client_id: p.client_id,
+        sent_at: p.sent_at,
+    };
+    let (recipient, group) = match msg.to {
+        Target::User(u) => (Some(u.0 as i64), None),
+        Target::Group(g) => (None, Some(g.0 as i64)),
+    };
+    conn.prepare_cached(
+        "INSERT INTO messages (id, conversation, sender, recipient, group_id, client_id, sent_at, record)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        id as i64,
+        msg.conversation,
+        msg.from.0 as i64,
+        recipient,
+        group,
+        msg.client_id,
+        msg.sent_at as i64,
+        MessageRecord::encode(&msg)
+    ])?;
+    let mut touch = conn.prepare_cached(
+        "INSERT INTO conversation_members (user_id, conversation, peer_user, group_id, last_message_id)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (user_id, conversation) DO UPDATE SET last_message_id = excluded.last_message_id",
+    )?;
+    match msg.to {
+        Target::User(to) => {
+            touch.execute(params![msg.from.0 as i64, msg.conversation, to.0 as i64, None::<i64>, id as i64])?;
+            if to != msg.from {
+                touch.execute(params![to.0 as i64, msg.conversation, msg.from.0 as i64, None::<i64>, id as i64])?;
+            }
+        }
+        Target::Group(g) => {
+            touch.execute(params![msg.from.0 as i64, msg.conversation, None::<i64>, g.0 as i64, id as i64])?;
+        }
+    }
+    Ok((msg, true))
+}
+
+impl MessageLog for SqliteStore {
+    fn append(&self, msg: Pending, reply: Reply) {
+        // A blocking send is the backpressure: the shard waits, its queue fills, and new
+        // posts get 503 instead of piling up in memory.
+        if let Err(flume::SendError(Op::Append(_, reply))) = self.inner.writer.send(Op::Append(msg, reply)) {
+            reply.send(im_channel::Outcome::Failed("the store is closed".into()));
+        }
+    }
+}
+
+fn log_err(e: StoreError) -> LogError {
+    LogError(e.to_string())
+}
+
+#[async_trait]
+impl MessageHistory for SqliteStore {
+    async fn history(
+        &self,
+        conversation: &str,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Message>, LogError> {
+        let conversation = conversation.to_owned();
+        let before = before.map_or(i64::MAX, |b| b.0.min(i64::MAX as u64) as i64);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT record FROM messages WHERE conversation = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![conversation, before, limit as i64], |r| r.get(0))?;
+            let mut out = rows
+                .map(|r| decode(r?))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            out.reverse();
+            Ok(out)
+        })
+        .await
+        .map_err(log_err)
+    }
+
+    async fn conversations(&self, user: UserId) -> Result<Vec<ConversationSummary>, LogError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT cm.conversation, cm.peer_user, cm.group_id, m.record,
+                   (SELECT COUNT(*) FROM messages x
+                     WHERE x.conversation = cm.conversation AND x.id > cm.read_up_to AND x.sender != cm.user_id)
+                 FROM conversation_members cm JOIN messages m ON m.id = cm.last_message_id
+                 WHERE cm.user_id = ?1 ORDER BY cm.last_message_id DESC LIMIT 1000",
+            )?;
+            let rows = stmt.query_map(params![user.0 as i64], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (conversation, peer, group, record, unread) = row?;
+                let with = match (peer, group) {
+                    (_, Some(g)) => Target::Group(GroupId(g as u64)),
+                    (p, None) => Target::User(UserId(p.unwrap_or_default() as u64)),
+                };
+                out.push(ConversationSummary {
+                    conversation,
+                    with,
+                    last_message: decode(record)?,
+                    unread: unread as u64,
+                });
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(log_err)
+    }
+}
+
+#[async_trait]
+impl ReplaySource for SqliteStore {
+    async fn since(
+        &self,
+        user: UserId,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<Vec<Message>, ReplayError> {
+        let after = after.0.min(i64::MAX as u64) as i64;
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT record FROM messages WHERE id > ?1 AND (sender = ?2 OR recipient = ?2)
+                 ORDER BY id LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![after, user.0 as i64, limit as i64], |r| r.get(0))?;
+            rows.map(|r| decode(r?)).collect::<Result<Vec<_>, StoreError>>()
+        })
+        .await
+        .map_err(|e| ReplayError::Store(e.to_string()))
+    }
+
+    async fn latest_id(&self) -> Result<MessageId, ReplayError> {
+        Ok(MessageId(self.committed_id()))
+    }
+}

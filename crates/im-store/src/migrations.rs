@@ -1,0 +1,63 @@
+//! Versioned schema migrations, tracked in `PRAGMA user_version`.
+
+use crate::StoreError;
+use rusqlite::Connection;
+
+/// Each entry moves the schema one version up; never edit a shipped entry, append one.
+const MIGRATIONS: &[&str] = &[
+    // 1: accounts, sessions, messages, per-user conversation state.
+    "CREATE TABLE users (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        username TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE sessions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        token_hash BLOB NOT NULL UNIQUE,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX sessions_user ON sessions(user_id);
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        conversation TEXT NOT NULL,
+        sender INTEGER NOT NULL,
+        recipient INTEGER,
+        group_id INTEGER,
+        client_id TEXT,
+        sent_at INTEGER NOT NULL,
+        record BLOB NOT NULL
+    );
+    CREATE INDEX messages_conversation ON messages(conversation, id);
+    CREATE INDEX messages_sender ON messages(sender, id);
+    CREATE INDEX messages_recipient ON messages(recipient, id) WHERE recipient IS NOT NULL;
+    CREATE UNIQUE INDEX messages_client_id ON messages(sender, client_id)
+        WHERE client_id IS NOT NULL;
+    CREATE TABLE conversation_members (
+        user_id INTEGER NOT NULL,
+        conversation TEXT NOT NULL,
+        peer_user INTEGER,
+        group_id INTEGER,
+        last_message_id INTEGER NOT NULL,
+        read_up_to INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (user_id, conversation)
+    ) WITHOUT ROWID;
+    CREATE INDEX conversation_members_recent ON conversation_members(user_id, last_message_id);",
+];
+
+/// Brings the schema to the latest version in one transaction.
+pub(crate) fn run(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(StoreError::TooNew { found: current, known });
+    }
+    let tx = conn.transaction()?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+    }
+    tx.commit()?;
+    Ok(())
+}

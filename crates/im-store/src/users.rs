@@ -1,0 +1,107 @@
+//! Accounts and sessions.
+
+use crate::{SqliteStore, StoreError};
+use async_trait::async_trait;
+use im_protocol::{UserId, now_millis};
+use im_users::{Principal, User, UserStore, UserStoreError};
+use rusqlite::{OptionalExtension, params};
+
+fn other(e: StoreError) -> UserStoreError {
+    UserStoreError::Other(e.to_string())
+}
+
+fn is_unique_violation(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+        if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+#[async_trait]
+impl UserStore for SqliteStore {
+    async fn create_user(&self, username: &str, password_hash: &str) -> Result<User, UserStoreError> {
+        let (name, hash) = (username.to_owned(), password_hash.to_owned());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO users (username, password_hash, created_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![name, hash, now_millis() as i64])?;
+            Ok(User { id: UserId(conn.last_insert_rowid() as u64), username: name })
+        })
+        .await
+        .map_err(|e| if is_unique_violation(&e) { UserStoreError::UsernameTaken } else { other(e) })
+    }
+
+    async fn login_record(&self, username: &str) -> Result<Option<(User, String)>, UserStoreError> {
+        let name = username.to_owned();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT id, password_hash FROM users WHERE username = ?1")?
+                .query_row(params![name], |r| {
+                    Ok((
+                        User { id: UserId(r.get::<_, i64>(0)? as u64), username: name.clone() },
+                        r.get(1)?,
+                    ))
+                })
+                .optional()?)
+        })
+        .await
+        .map_err(other)
+    }
+
+    async fn user(&self, id: UserId) -> Result<Option<User>, UserStoreError> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT username FROM users WHERE id = ?1")?
+                .query_row(params![id.0 as i64], |r| Ok(User { id, username: r.get(0)? }))
+                .optional()?)
+        })
+        .await
+        .map_err(other)
+    }
+
+    async fn user_ids(&self) -> Result<Vec<UserId>, UserStoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare("SELECT id FROM users")?;
+            let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+            Ok(rows.map(|r| r.map(|id| UserId(id as u64))).collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+        .map_err(other)
+    }
+
+    async fn create_session(&self, user: UserId, token_hash: [u8; 32]) -> Result<u64, UserStoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO sessions (token_hash, user_id, created_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![&token_hash[..], user.0 as i64, now_millis() as i64])?;
+            Ok(conn.last_insert_rowid() as u64)
+        })
+        .await
+        .map_err(other)
+    }
+
+    async fn session(&self, token_hash: [u8; 32]) -> Result<Option<Principal>, UserStoreError> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT id, user_id FROM sessions WHERE token_hash = ?1")?
+                .query_row(params![&token_hash[..]], |r| {
+                    Ok(Principal {
+                        session: r.get::<_, i64>(0)? as u64,
+                        user: UserId(r.get::<_, i64>(1)? as u64),
+                    })
+                })
+                .optional()?)
+        })
+        .await
+        .map_err(other)
+    }
+
+    async fn delete_session(&self, session: u64) -> Result<(), UserStoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM sessions WHERE id = ?1")?.execute(params![session as i64])?;
+            Ok(())
+        })
+        .await
+        .map_err(other)
+    }
+}

@@ -1,0 +1,148 @@
+//! The single writer thread and its group commit.
+
+use crate::{StoreError, messages};
+use im_channel::{Outcome, Pending, Reply};
+use im_protocol::Message;
+use rusqlite::Connection;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::oneshot;
+
+/// Hears about every committed message, in id order (the consumer pool, or a bus).
+pub trait CommitListener: Send + Sync + 'static {
+    /// Called on the writer thread right after the commit; must not block for long.
+    fn committed(&self, msg: &Message);
+}
+
+/// Tuning of the writer.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreConfig {
+    /// Operations queued for the writer before appenders wait.
+    pub queue: usize,
+    /// The most operations committed in one transaction.
+    pub batch: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { queue: 8192, batch: 1024 }
+    }
+}
+
+/// Runs after the batch's commit with its result.
+type Finish = Box<dyn FnOnce(Result<(), &StoreError>, &Ctx) + Send>;
+
+/// Runs inside the transaction; returns whether it succeeded and what to do after commit.
+type Exec = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
+
+pub(crate) enum Op {
+    Append(Pending, Reply),
+    Exec(Exec),
+}
+
+impl Op {
+    /// An operation whose result is sent to `tx` once the batch is committed.
+    pub(crate) fn exec<T: Send + 'static>(
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        tx: oneshot::Sender<Result<T, StoreError>>,
+    ) -> Self {
+        Op::Exec(Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let finish: Finish = Box::new(move |commit, _| {
+                let _ = tx.send(match commit {
+                    Ok(()) => result,
+                    Err(e) => Err(StoreError::Commit(e.to_string())),
+                });
+            });
+            (ok, finish)
+        }))
+    }
+}
+
+pub(crate) struct Ctx {
+    listener: Arc<OnceLock<Arc<dyn CommitListener>>>,
+}
+
+pub(crate) fn start(
+    conn: Connection,
+    config: StoreConfig,
+    committed: Arc<AtomicU64>,
+    listener: Arc<OnceLock<Arc<dyn CommitListener>>>,
+) -> Result<flume::Sender<Op>, StoreError> {
+    let (tx, rx) = flume::bounded(config.queue.max(1));
+    let ctx = Ctx { listener };
+    std::thread::Builder::new()
+        .name("im-store-writer".into())
+        .spawn(move || run(conn, rx, config.batch.max(1), committed, ctx))
+        .map_err(|source| StoreError::Io { path: "writer thread".into(), source })?;
+    Ok(tx)
+}
+
+fn run(conn: Connection, rx: flume::Receiver<Op>, batch_max: usize, committed: Arc<AtomicU64>, ctx: Ctx) {
+    let mut next_id = committed.load(Ordering::Acquire) + 1;
+    let mut batch = Vec::with_capacity(batch_max);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < batch_max {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let start_id = next_id;
+        let mut finishers: Vec<Finish> = Vec::with_capacity(batch.len());
+        let result = (|| -> Result<(), StoreError> {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            for op in batch.drain(..) {
+                conn.execute_batch("SAVEPOINT op")?;
+                let (ok, finish) = match op {
+                    Op::Append(msg, reply) => append(&conn, &mut next_id, msg, reply),
+                    Op::Exec(f) => f(&conn),
+                };
+                let end = if ok { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
+                conn.execute_batch(end)?;
+                finishers.push(finish);
+            }
+            conn.execute_batch("COMMIT")?;
+            Ok(())
+        })();
+        match &result {
+            Ok(()) => committed.store(next_id - 1, Ordering::Release),
+            Err(e) => {
+                tracing::error!(error = %e, "batch commit failed; nothing in it was acknowledged");
+                let _ = conn.execute_batch("ROLLBACK");
+                next_id = start_id;
+            }
+        }
+        // Ops drained but not run (an early error) are dropped, and their senders see that.
+        batch.clear();
+        for finish in finishers {
+            finish(result.as_ref().map(|_| ()), &ctx);
+        }
+    }
+}
+
+/// Appends one message, or finds the first one with the same `client_id`.
+fn append(conn: &Connection, next_id: &mut u64, msg: Pending, reply: Reply) -> (bool, Finish) {
+    let result = messages::insert(conn, *next_id, msg);
+    let ok = result.is_ok();
+    if let Ok((_, true)) = &result {
+        *next_id += 1;
+    }
+    let finish: Finish = Box::new(move |commit, ctx| match (commit, result) {
+        (Ok(()), Ok((m, true))) => {
+            if let Some(l) = ctx.listener.get() {
+                l.committed(&m);
+            }
+            reply.send(Outcome::Stored(m));
+        }
+        (Ok(()), Ok((m, false))) => reply.send(Outcome::Duplicate(m)),
+        (Err(e), _) => reply.send(Outcome::Failed(e.to_string())),
+        (_, Err(e)) => {
+            tracing::error!(error = %e, "append failed");
+            reply.send(Outcome::Failed(e.to_string()))
+        }
+    });
+    (ok, finish)
+}

@@ -1,0 +1,33 @@
+use crate::{Principal, User};
+use async_trait::async_trait;
+use im_protocol::UserId;
+
+/// Failures of a [`UserStore`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserStoreError {
+    /// The unique username constraint fired.
+    #[error("username taken")]
+    UsernameTaken,
+    /// Anything else (I/O, corruption).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The port for account and session persistence; the SQLite adapter is the default.
+#[async_trait]
+pub trait UserStore: Send + Sync + 'static {
+    /// Creates an account with an already hashed password.
+    async fn create_user(&self, username: &str, password_hash: &str) -> Result<User, UserStoreError>;
+    /// The account and its password hash, for login.
+    async fn login_record(&self, username: &str) -> Result<Option<(User, String)>, UserStoreError>;
+    /// One account.
+    async fn user(&self, id: UserId) -> Result<Option<User>, UserStoreError>;
+    /// Every account id, to warm the in-memory directory the channel handlers consult.
+    async fn user_ids(&self) -> Result<Vec<UserId>, UserStoreError>;
+    /// Records a session by the SHA-256 of its token; returns the session id.
+    async fn create_session(&self, user: UserId, token_hash: [u8; 32]) -> Result<u64, UserStoreError>;
+    /// The session a token hash belongs to.
+    async fn session(&self, token_hash: [u8; 32]) -> Result<Option<Principal>, UserStoreError>;
+    /// Revokes one session.
+    async fn delete_session(&self, session: u64) -> Result<(), UserStoreError>;
+}
