@@ -31,6 +31,17 @@ pub enum ClassifyError {
     Duplicate(String),
 }
 
+impl From<ClassifyError> for im_protocol::ApiError {
+    fn from(e: ClassifyError) -> Self {
+        use im_protocol::{ApiError, ErrorCode};
+        match e {
+            ClassifyError::UnknownKind(_) => ApiError::new(ErrorCode::UnknownKind, e.to_string()),
+            ClassifyError::InvalidBody { .. } => ApiError::new(ErrorCode::InvalidBody, e.to_string()),
+            ClassifyError::Duplicate(_) => ApiError::new(ErrorCode::Internal, e.to_string()),
+        }
+    }
+}
+
 type Validator = dyn Fn(&Value) -> Result<(), String> + Send + Sync;
 
 /// A message kind: its name, its body check and the channel group that handles it.

@@ -1,0 +1,273 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+//!
+//! This crate composes the others and holds no domain logic: configuration, routing,
+//! authentication plumbing, the static web client and graceful shutdown.
+
+pub mod config;
+mod http;
+mod routes;
+
+pub use config::{Command, Config, ConfigError};
+pub use im_channel::{Channel, Handler, Pending};
+pub use im_classifier::KindSpec;
+pub use im_protocol::{ApiError, ErrorCode};
+pub use im_users::{Authenticator, Credentials, Principal};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use im_channel::{ChannelGroup, ChannelGroupConfig};
+use im_classifier::{DEFAULT_GROUP, MessageClassifier};
+use im_pool::{ConsumerPool, PoolConfig};
+use im_protocol::Message;
+use im_sse::{BrokerConfig, SseBroker};
+use im_store::{SqliteStore, StoreConfig, StoreError};
+use im_users::{Authorize, HashParams, UserError, UserManager};
+use routes::App;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The user manager could not start.
+    #[error(transparent)]
+    Users(#[from] UserError),
+    /// An application kind collides with another.
+    #[error(transparent)]
+    Kind(#[from] im_classifier::ClassifyError),
+    /// Binding or a thread failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The failure.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+    let context = context.into();
+    move |source| ServerError::Io { context, source }
+}
+
+/// Builds an [`ImServer`]: the seed's `IM` wrapper, where applications plug in their kinds,
+/// handlers and authenticator.
+#[derive(Default)]
+pub struct ImServerBuilder {
+    config: Config,
+    kinds: Vec<KindSpec>,
+    handlers: Vec<(String, Arc<dyn Handler>)>,
+    authenticator: Option<Arc<dyn Authenticator>>,
+}
+
+impl ImServerBuilder {
+    /// Uses `config` instead of the defaults.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Registers an application message kind.
+    pub fn kind(mut self, kind: KindSpec) -> Self {
+        self.kinds.push(kind);
+        self
+    }
+
+    /// Appends a handler to the default (`chat`) channel, after the built-in authorization.
+    pub fn handler(self, handler: impl Handler) -> Self {
+        self.handler_in(DEFAULT_GROUP, handler)
+    }
+
+    /// Appends a handler to the named channel group, creating the group if needed; kinds
+    /// route to it with [`KindSpec::group`].
+    pub fn handler_in(mut self, group: &str, handler: impl Handler) -> Self {
+        self.handlers.push((group.to_owned(), Arc::new(handler)));
+        self
+    }
+
+    /// Replaces session-token authentication (used by every API call and event stream).
+    pub fn authenticator(mut self, auth: impl Authenticator) -> Self {
+        self.authenticator = Some(Arc::new(auth));
+        self
+    }
+
+    /// Opens the store, starts the workers and binds the listener.
+    pub async fn bind(self) -> Result<ImServer, ServerError> {
+        let cfg = &self.config;
+        let store = SqliteStore::open(&cfg.data_dir, StoreConfig::default())?;
+        let params = HashParams {
+            memory_kib: cfg.argon2.memory_kib,
+            iterations: cfg.argon2.iterations,
+            concurrency: cfg.argon2.concurrency,
+        };
+        let users = Arc::new(UserManager::new(Arc::new(store.clone()), params).await?);
+        let broker = SseBroker::new(
+            BrokerConfig {
+                mailbox: cfg.sse.mailbox,
+                keepalive: Duration::from_secs(cfg.sse.keepalive_secs.clamp(1, 20)),
+                retry_ms: cfg.sse.retry_ms,
+                resume_limit: cfg.sse.resume_limit,
+                ..BrokerConfig::default()
+            },
+            Arc::new(store.clone()),
+        );
+        let mut pool_cfg = PoolConfig { queue: cfg.workers.pool_queue, ..PoolConfig::default() };
+        if cfg.workers.pool_workers > 0 {
+            pool_cfg.workers = cfg.workers.pool_workers;
+        }
+        let pool = ConsumerPool::start(pool_cfg, Arc::new(broker.clone()), users.clone())
+            .map_err(io_err("starting the consumer pool"))?;
+        store.set_commit_listener(Arc::new(move |m: &Message| pool.dispatch(m)));
+
+        let mut classifier = MessageClassifier::with_builtins();
+        for kind in self.kinds {
+            classifier.register(kind)?;
+        }
+        let mut names: Vec<String> = classifier.groups().map(str::to_owned).collect();
+        names.extend(self.handlers.iter().map(|(g, _)| g.clone()));
+        names.push(DEFAULT_GROUP.to_owned());
+        names.sort();
+        names.dedup();
+        let mut group_cfg = ChannelGroupConfig { queue: cfg.workers.channel_queue, ..Default::default() };
+        if cfg.workers.channel_shards > 0 {
+            group_cfg.shards = cfg.workers.channel_shards;
+        }
+        let mut groups = HashMap::new();
+        for name in names {
+            let mut channel = Channel::new().with(Authorize::new(users.clone(), cfg.direct_messages));
+            for (_, h) in self.handlers.iter().filter(|(g, _)| *g == name) {
+                channel = channel.with_arc(h.clone());
+            }
+            let group = ChannelGroup::start(name.clone(), channel, group_cfg, Arc::new(store.clone()))
+                .map_err(io_err(format!("starting channel group {name}")))?;
+            groups.insert(name, group);
+        }
+
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(io_err(format!("binding {}", cfg.listen)))?;
+        let auth = self.authenticator.unwrap_or_else(|| users.clone());
+        let app = App {
+            config: self.config,
+            classifier,
+            groups,
+            users,
+            auth,
+            broker,
+            history: Arc::new(store),
+        };
+        Ok(ImServer { app: Arc::new(app), listener })
+    }
+}
+
+/// A bound server, ready to run.
+pub struct ImServer {
+    app: Arc<App>,
+    listener: TcpListener,
+}
+
+impl ImServer {
+    /// Starts configuring a server.
+    pub fn builder() -> ImServerBuilder {
+        ImServerBuilder::default()
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> Result<(), ServerError> {
+        self.run(shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` completes. Then it stops accepting, ends every event stream,
+    /// and gives open requests `shutdown_grace_secs` to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let ImServer { app, listener } = self;
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
+        http.http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, _peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Usually EMFILE: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            // Small SSE frames must leave at once, not wait for Nagle.
+            let _ = stream.set_nodelay(true);
+            let app = app.clone();
+            let service = service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(app.handle(req).await) }
+            });
+            let conn = http.serve_connection(TokioIo::new(stream), service).into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        tracing::info!("shutting down: ending event streams");
+        app.broker.shutdown();
+        let grace = Duration::from_secs(app.config.shutdown_grace_secs);
+        tokio::select! {
+            _ = graceful.shutdown() => tracing::info!("all connections closed"),
+            _ = tokio::time::sleep(grace) => tracing::warn!("connections still open after the grace period; closing"),
+        }
+        Ok(())
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -14,6 +14,12 @@ pub trait CommitListener: Send + Sync + 'static {
     fn committed(&self, msg: &Message);
 }
 
+impl<F: Fn(&Message) + Send + Sync + 'static> CommitListener for F {
+    fn committed(&self, msg: &Message) {
+        self(msg)
+    }
+}
+
 /// Tuning of the writer.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreConfig {

@@ -75,6 +75,15 @@ pub enum UserError {
     /// No such user.
     #[error("no such user")]
     NoSuchUser,
+    /// The caller is not a party to the conversation.
+    #[error("you are not a party to this conversation")]
+    NotParticipant,
+    /// The conversation key names a group that does not exist.
+    #[error("no such group")]
+    NoSuchGroup,
+    /// The conversation key is not one this server issues.
+    #[error("no such conversation")]
+    NoSuchConversation,
     /// The store failed.
     #[error("user store: {0}")]
     Store(String),
@@ -89,6 +98,9 @@ impl From<UserError> for ApiError {
             UserError::UsernameTaken => ErrorCode::UsernameTaken,
             UserError::BadCredentials => ErrorCode::BadCredentials,
             UserError::NoSuchUser => ErrorCode::NoSuchUser,
+            UserError::NotParticipant => ErrorCode::NotParticipant,
+            UserError::NoSuchGroup => ErrorCode::NoSuchGroup,
+            UserError::NoSuchConversation => ErrorCode::NotFound,
             UserError::Store(_) => {
                 tracing::error!(error = %e, "user store failure");
                 return ApiError::new(ErrorCode::Internal, "storage failure");

@@ -131,6 +131,18 @@ impl UserManager {
         self.known.read().contains(&id)
     }
 
+    /// Whether `user` may read `conversation`'s history.
+    pub fn check_party(&self, user: UserId, conversation: &str) -> Result<(), UserError> {
+        if let Some((a, b)) = im_protocol::direct_parties(conversation) {
+            return if user == a || user == b { Ok(()) } else { Err(UserError::NotParticipant) };
+        }
+        if im_protocol::group_of(conversation).is_some() {
+            // Groups arrive with the social features; until then no group exists.
+            return Err(UserError::NoSuchGroup);
+        }
+        Err(UserError::NoSuchConversation)
+    }
+
     /// Runs argon2 work on the blocking pool, a few at a time.
     async fn on_hash_pool<T: Send + 'static>(
         &self,

@@ -1,0 +1,55 @@
+//! The `im-server` binary: configuration from file, environment and flags, then serve.
+
+use im_server::{Command, Config, ImServer};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let (command, config) = match Config::load(std::env::args().skip(1), std::env::vars()) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("im-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Help => {
+            println!("{}", im_server::config::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("im-server {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Command::Run => {}
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("im-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let server = ImServer::builder().config(config).bind().await?;
+        let addr = server.local_addr().map_err(|source| im_server::ServerError::Io {
+            context: "reading the bound address".into(),
+            source,
+        })?;
+        // Tests and scripts read this line to find the port when listening on :0.
+        println!("im-server listening on http://{addr}");
+        tracing::info!(%addr, "listening");
+        server.run_until_signal().await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("im-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

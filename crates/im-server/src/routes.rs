@@ -1,0 +1,275 @@
+//! Routing: turns requests into calls on the composed parts and their answers into JSON.
+
+use crate::config::Config;
+use crate::http::{
+    Body, Reply, bytes_response, cookie, empty, error_response, json, query_param, query_u64,
+    read_json,
+};
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use im_channel::{ChannelGroup, MessageHistory, Outcome, Pending};
+use im_classifier::MessageClassifier;
+use im_protocol::{ApiError, Draft, ErrorCode, MessageId, conversation_of, now_millis};
+use im_sse::{Resume, SessionInfo, SseBroker};
+use im_users::{Authenticator, Credentials, Principal, UserManager};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The session cookie's name (api-v1.md).
+pub const SESSION_COOKIE: &str = "im_session";
+
+const INDEX_HTML: &str = include_str!("../web/index.html");
+
+/// The composed server: everything a request may need.
+pub(crate) struct App {
+    pub config: Config,
+    pub classifier: MessageClassifier,
+    pub groups: HashMap<String, ChannelGroup>,
+    pub users: Arc<UserManager>,
+    pub auth: Arc<dyn Authenticator>,
+    pub broker: SseBroker,
+    pub history: Arc<dyn MessageHistory>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    username: String,
+    password: String,
+}
+
+/// Every route, resolved from the path alone so a wrong method can answer 405 with `Allow`.
+enum Route {
+    Index,
+    Health,
+    Register,
+    Login,
+    Logout,
+    Me,
+    Events,
+    Messages,
+    Conversations,
+    History(String),
+}
+
+const GET: &[Method] = &[Method::GET, Method::HEAD];
+const POST: &[Method] = &[Method::POST];
+
+fn resolve(path: &str) -> Option<(Route, &'static [Method])> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    Some(match segments.as_slice() {
+        [""] => (Route::Index, GET),
+        ["healthz"] => (Route::Health, GET),
+        ["api", "v1", rest @ ..] => match rest {
+            ["auth", "register"] => (Route::Register, POST),
+            ["auth", "login"] => (Route::Login, POST),
+            ["auth", "logout"] => (Route::Logout, POST),
+            ["me"] => (Route::Me, GET),
+            ["events"] => (Route::Events, GET),
+            ["messages"] => (Route::Messages, POST),
+            ["conversations"] => (Route::Conversations, GET),
+            ["conversations", c, "messages"] if !c.is_empty() => (Route::History((*c).to_owned()), GET),
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+impl App {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        let mut res = match resolve(&path) {
+            None => error_response(&ApiError::new(ErrorCode::NotFound, format!("no route {path}"))),
+            Some((_, allowed)) if !allowed.contains(&method) => {
+                let list: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+                let list = list.join(", ");
+                let msg = format!("{path} accepts {list}");
+                let mut res = error_response(&ApiError::new(ErrorCode::MethodNotAllowed, msg));
+                if let Ok(v) = HeaderValue::from_str(&list) {
+                    res.headers_mut().insert(header::ALLOW, v);
+                }
+                res
+            }
+            Some((route, _)) => self.route(route, req).await.unwrap_or_else(|e| error_response(&e)),
+        };
+        res.headers_mut()
+            .entry(header::X_CONTENT_TYPE_OPTIONS)
+            .or_insert(HeaderValue::from_static("nosniff"));
+        tracing::debug!(%method, %path, status = res.status().as_u16(), "request");
+        res
+    }
+
+    async fn route(&self, route: Route, req: Request<Incoming>) -> Reply {
+        match route {
+            Route::Index => {
+                let mut res = bytes_response(
+                    StatusCode::OK,
+                    "text/html; charset=utf-8",
+                    Bytes::from_static(INDEX_HTML.as_bytes()),
+                );
+                let h = res.headers_mut();
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                h.insert(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static(
+                        "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+                    ),
+                );
+                Ok(res)
+            }
+            Route::Health => Ok(bytes_response(
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                Bytes::from_static(b"ok"),
+            )),
+            Route::Register => {
+                let body: Login = read_json(req, self.config.max_json_bytes).await?;
+                let user = self.users.register(&body.username, &body.password).await?;
+                Ok(json(StatusCode::CREATED, &json!({ "user": user })))
+            }
+            Route::Login => {
+                let body: Login = read_json(req, self.config.max_json_bytes).await?;
+                let out = self.users.login(&body.username, &body.password).await?;
+                let mut res = json(StatusCode::OK, &json!({ "token": out.token, "user": out.user }));
+                let secure = if self.config.cookie_secure { "; Secure" } else { "" };
+                let cookie =
+                    format!("{SESSION_COOKIE}={}; HttpOnly; SameSite=Lax; Path=/{secure}", out.token);
+                if let Ok(v) = HeaderValue::from_str(&cookie) {
+                    res.headers_mut().insert(header::SET_COOKIE, v);
+                }
+                Ok(res)
+            }
+            Route::Logout => {
+                let who = self.principal(&req).await?;
+                self.users.logout(who).await?;
+                self.broker.close_session(SessionInfo { user: who.user, session: who.session });
+                let mut res = empty(StatusCode::NO_CONTENT);
+                let gone = format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0");
+                if let Ok(v) = HeaderValue::from_str(&gone) {
+                    res.headers_mut().insert(header::SET_COOKIE, v);
+                }
+                Ok(res)
+            }
+            Route::Me => {
+                let who = self.principal(&req).await?;
+                let user = self.users.user(who.user).await?;
+                Ok(json(StatusCode::OK, &json!({ "user": user })))
+            }
+            Route::Events => self.events(req).await,
+            Route::Messages => self.post_message(req).await,
+            Route::Conversations => {
+                let who = self.principal(&req).await?;
+                let list = self.history.conversations(who.user).await?;
+                let list: Vec<_> = list
+                    .into_iter()
+                    .map(|c| {
+                        json!({
+                            "conversation": c.conversation,
+                            "with": c.with,
+                            "last_message": c.last_message,
+                            "unread": c.unread,
+                        })
+                    })
+                    .collect();
+                Ok(json(StatusCode::OK, &json!({ "conversations": list })))
+            }
+            Route::History(conversation) => {
+                let who = self.principal(&req).await?;
+                self.users.check_party(who.user, &conversation)?;
+                let query = req.uri().query();
+                let limit = query_u64(query, "limit")?.unwrap_or(50).clamp(1, 200) as usize;
+                let before = query_u64(query, "before")?.map(MessageId);
+                let messages = self.history.history(&conversation, before, limit).await?;
+                Ok(json(StatusCode::OK, &json!({ "messages": messages })))
+            }
+        }
+    }
+
+    async fn events(&self, req: Request<Incoming>) -> Reply {
+        let who = self.principal(&req).await?;
+        let header = req.headers().get("last-event-id").and_then(|v| v.to_str().ok());
+        let resume = Resume::from_parts(header, query_param(req.uri().query(), "last_event_id"));
+        let stream = self.broker.open(SessionInfo { user: who.user, session: who.session }, resume).await?;
+        let mut res = Response::new(Either::Right(stream));
+        for (k, v) in im_sse::SSE_HEADERS {
+            res.headers_mut().insert(k, HeaderValue::from_static(v));
+        }
+        Ok(res)
+    }
+
+    async fn post_message(&self, req: Request<Incoming>) -> Reply {
+        let who = self.principal(&req).await?;
+        let draft: Draft = read_json(req, self.config.max_message_bytes).await?;
+        if draft.client_id.as_ref().is_some_and(|c| c.is_empty() || c.len() > 128) {
+            return Err(ApiError::new(ErrorCode::InvalidRequest, "`client_id` must be 1–128 bytes"));
+        }
+        let route = self.classifier.classify(&draft.kind, &draft.body)?;
+        let group = self.groups.get(route.group).ok_or_else(|| {
+            ApiError::new(ErrorCode::Internal, format!("no channel group `{}`", route.group))
+        })?;
+        let pending = Pending {
+            from: who.user,
+            to: draft.to,
+            conversation: conversation_of(who.user, draft.to),
+            kind: route.kind.to_owned(),
+            body: draft.body,
+            client_id: draft.client_id,
+            sent_at: now_millis(),
+        };
+        let outcome = group
+            .submit(pending)?
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "the message was not stored"))?;
+        match outcome {
+            Outcome::Stored(m) => Ok(json(StatusCode::CREATED, &json!({ "message": m }))),
+            Outcome::Duplicate(m) => Ok(json(StatusCode::OK, &json!({ "message": m }))),
+            Outcome::Rejected(e) => Err(e),
+            Outcome::Failed(reason) => {
+                tracing::error!(%reason, "message not stored");
+                Err(ApiError::new(ErrorCode::Internal, "the message was not stored"))
+            }
+        }
+    }
+
+    /// Authenticates the caller and refuses cookie-authenticated writes from other origins.
+    async fn principal(&self, req: &Request<Incoming>) -> Result<Principal, ApiError> {
+        let bearer = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let creds = Credentials { bearer, cookie: cookie(req, SESSION_COOKIE) };
+        let who = self.auth.authenticate(creds).await?.ok_or_else(|| {
+            ApiError::new(ErrorCode::Unauthorized, "log in first: send a Bearer token or the session cookie")
+        })?;
+        let writes = matches!(*req.method(), Method::POST | Method::PUT | Method::DELETE | Method::PATCH);
+        if bearer.is_none() && writes && !self.origin_allowed(req) {
+            return Err(ApiError::new(ErrorCode::ForeignOrigin, "cross-origin writes with the session cookie are refused"));
+        }
+        Ok(who)
+    }
+
+    /// A request without `Origin` is not from a browser page; one with it must match `Host`
+    /// or be listed in `allowed_origins`.
+    fn origin_allowed(&self, req: &Request<Incoming>) -> bool {
+        let Some(origin) = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+            return true;
+        };
+        if self.config.allowed_origins.iter().any(|o| o == origin) {
+            return true;
+        }
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+        matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+    }
+}
