@@ -16,8 +16,13 @@ pub struct ChannelGroupConfig {
 
 impl Default for ChannelGroupConfig {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        Self { shards: cores, queue: 4096 }
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Self {
+            shards: cores,
+            queue: 4096,
+        }
     }
 }
 
@@ -156,18 +161,19 @@ mod tests {
 
     #[tokio::test]
     async fn chain_rewrites_rejects_and_survives_panics() {
-        let channel = Channel::new().with(|m: &mut Pending| {
-            match m.body["text"].as_str() {
-                Some("boom") => panic!("handler bug"),
-                Some("bad") => Err(ApiError::custom(422, "profanity", "no")),
-                Some(t) => {
-                    m.body["text"] = t.to_uppercase().into();
-                    Ok(())
-                }
-                None => Ok(()),
+        let channel = Channel::new().with(|m: &mut Pending| match m.body["text"].as_str() {
+            Some("boom") => panic!("handler bug"),
+            Some("bad") => Err(ApiError::custom(422, "profanity", "no")),
+            Some(t) => {
+                m.body["text"] = t.to_uppercase().into();
+                Ok(())
             }
+            None => Ok(()),
         });
-        let cfg = ChannelGroupConfig { shards: 2, queue: 16 };
+        let cfg = ChannelGroupConfig {
+            shards: 2,
+            queue: 16,
+        };
         let group = ChannelGroup::start("t", channel, cfg, Arc::new(MemLog::default())).unwrap();
         let Outcome::Stored(m) = group.submit(pending("hi", "a")).unwrap().await.unwrap() else {
             panic!("not stored")
@@ -184,15 +190,21 @@ mod tests {
 
     #[tokio::test]
     async fn order_holds_per_conversation() {
-        let cfg = ChannelGroupConfig { shards: 4, queue: 1024 };
-        let group = ChannelGroup::start("t", Channel::new(), cfg, Arc::new(MemLog::default())).unwrap();
+        let cfg = ChannelGroupConfig {
+            shards: 4,
+            queue: 1024,
+        };
+        let group =
+            ChannelGroup::start("t", Channel::new(), cfg, Arc::new(MemLog::default())).unwrap();
         let mut receipts = Vec::new();
         for i in 0..200 {
             receipts.push(group.submit(pending(&i.to_string(), "same")).unwrap());
         }
         let mut last = 0;
         for r in receipts {
-            let Outcome::Stored(m) = r.await.unwrap() else { panic!() };
+            let Outcome::Stored(m) = r.await.unwrap() else {
+                panic!()
+            };
             assert!(m.id.0 > last);
             last = m.id.0;
         }
@@ -209,7 +221,10 @@ mod tests {
         }
         let stuck = Arc::new(Stuck(std::sync::Mutex::new(())));
         let guard = stuck.0.lock().unwrap();
-        let cfg = ChannelGroupConfig { shards: 1, queue: 2 };
+        let cfg = ChannelGroupConfig {
+            shards: 1,
+            queue: 2,
+        };
         let group = ChannelGroup::start("t", Channel::new(), cfg, stuck.clone()).unwrap();
         let mut refused = 0;
         let mut accepted = Vec::new();

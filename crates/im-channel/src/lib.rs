@@ -81,7 +81,9 @@ pub struct Channel {
 
 impl std::fmt::Debug for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.handlers.iter().map(|h| h.name())).finish()
+        f.debug_list()
+            .entries(self.handlers.iter().map(|h| h.name()))
+            .finish()
     }
 }
 

@@ -36,7 +36,9 @@ impl From<ClassifyError> for im_protocol::ApiError {
         use im_protocol::{ApiError, ErrorCode};
         match e {
             ClassifyError::UnknownKind(_) => ApiError::new(ErrorCode::UnknownKind, e.to_string()),
-            ClassifyError::InvalidBody { .. } => ApiError::new(ErrorCode::InvalidBody, e.to_string()),
+            ClassifyError::InvalidBody { .. } => {
+                ApiError::new(ErrorCode::InvalidBody, e.to_string())
+            }
             ClassifyError::Duplicate(_) => ApiError::new(ErrorCode::Internal, e.to_string()),
         }
     }
@@ -57,7 +59,10 @@ pub struct KindSpec {
 
 impl std::fmt::Debug for KindSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KindSpec").field("name", &self.name).field("group", &self.group).finish()
+        f.debug_struct("KindSpec")
+            .field("name", &self.name)
+            .field("group", &self.group)
+            .finish()
     }
 }
 
@@ -68,7 +73,11 @@ impl KindSpec {
             name: name.into(),
             group: DEFAULT_GROUP.to_owned(),
             validator: Arc::new(|body| {
-                if body.is_object() { Ok(()) } else { Err("body must be a JSON object".into()) }
+                if body.is_object() {
+                    Ok(())
+                } else {
+                    Err("body must be a JSON object".into())
+                }
             }),
         }
     }
@@ -100,7 +109,10 @@ impl KindSpec {
             if obj.keys().any(|k| k != "text") {
                 return Err("text body has only the field `text`".into());
             }
-            let text = obj.get("text").and_then(Value::as_str).ok_or("`text` must be a string")?;
+            let text = obj
+                .get("text")
+                .and_then(Value::as_str)
+                .ok_or("`text` must be a string")?;
             if text.trim().is_empty() {
                 return Err("`text` must not be empty".into());
             }
@@ -157,10 +169,18 @@ impl MessageClassifier {
 
     /// Checks `kind` and `body` and names the channel group for them.
     pub fn classify(&self, kind: &str, body: &Value) -> Result<Route<'_>, ClassifyError> {
-        let spec = self.kinds.get(kind).ok_or_else(|| ClassifyError::UnknownKind(kind.to_owned()))?;
-        (spec.validator)(body)
-            .map_err(|reason| ClassifyError::InvalidBody { kind: spec.name.clone(), reason })?;
-        Ok(Route { kind: &spec.name, group: &spec.group })
+        let spec = self
+            .kinds
+            .get(kind)
+            .ok_or_else(|| ClassifyError::UnknownKind(kind.to_owned()))?;
+        (spec.validator)(body).map_err(|reason| ClassifyError::InvalidBody {
+            kind: spec.name.clone(),
+            reason,
+        })?;
+        Ok(Route {
+            kind: &spec.name,
+            group: &spec.group,
+        })
     }
 }
 
@@ -172,11 +192,26 @@ mod tests {
     #[test]
     fn builtin_text() {
         let c = MessageClassifier::with_builtins();
-        assert_eq!(c.classify("text", &json!({"text": "hi"})).unwrap().group, DEFAULT_GROUP);
-        assert!(matches!(c.classify("text", &json!({"text": 1})), Err(ClassifyError::InvalidBody { .. })));
-        assert!(matches!(c.classify("text", &json!({"text": " "})), Err(ClassifyError::InvalidBody { .. })));
-        assert!(matches!(c.classify("text", &json!({"text": "a", "x": 1})), Err(ClassifyError::InvalidBody { .. })));
-        assert_eq!(c.classify("nope", &json!({})), Err(ClassifyError::UnknownKind("nope".into())));
+        assert_eq!(
+            c.classify("text", &json!({"text": "hi"})).unwrap().group,
+            DEFAULT_GROUP
+        );
+        assert!(matches!(
+            c.classify("text", &json!({"text": 1})),
+            Err(ClassifyError::InvalidBody { .. })
+        ));
+        assert!(matches!(
+            c.classify("text", &json!({"text": " "})),
+            Err(ClassifyError::InvalidBody { .. })
+        ));
+        assert!(matches!(
+            c.classify("text", &json!({"text": "a", "x": 1})),
+            Err(ClassifyError::InvalidBody { .. })
+        ));
+        assert_eq!(
+            c.classify("nope", &json!({})),
+            Err(ClassifyError::UnknownKind("nope".into()))
+        );
     }
 
     #[test]

@@ -36,8 +36,14 @@ pub struct PoolConfig {
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        Self { workers: cores, queue: 8192, chunk: 256 }
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Self {
+            workers: cores,
+            queue: 8192,
+            chunk: 256,
+        }
     }
 }
 
@@ -58,7 +64,9 @@ pub struct ConsumerPool {
 
 impl std::fmt::Debug for ConsumerPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConsumerPool").field("workers", &self.workers.len()).finish()
+        f.debug_struct("ConsumerPool")
+            .field("workers", &self.workers.len())
+            .finish()
     }
 }
 
@@ -75,18 +83,25 @@ impl ConsumerPool {
         for i in 0..n {
             let (tx, rx) = flume::bounded::<Delivery>(config.queue.max(1));
             let mailboxes = mailboxes.clone();
-            threads.push(std::thread::Builder::new().name(format!("im-pool-{i}")).spawn(
-                move || {
-                    for d in rx.iter() {
-                        for user in d.users {
-                            mailboxes.deliver(user, &d.frame);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("im-pool-{i}"))
+                    .spawn(move || {
+                        for d in rx.iter() {
+                            for user in d.users {
+                                mailboxes.deliver(user, &d.frame);
+                            }
                         }
-                    }
-                },
-            )?);
+                    })?,
+            );
             workers.push(tx);
         }
-        Ok(Self { workers, threads, recipients, chunk: config.chunk.max(1) })
+        Ok(Self {
+            workers,
+            threads,
+            recipients,
+            chunk: config.chunk.max(1),
+        })
     }
 
     /// Stops accepting work and waits until every queued frame is in its mailbox.
@@ -123,7 +138,10 @@ impl ConsumerPool {
         }
         for (worker, users) in self.workers.iter().zip(per_worker) {
             for chunk in users.chunks(self.chunk) {
-                let d = Delivery { frame: frame.clone(), users: chunk.to_vec() };
+                let d = Delivery {
+                    frame: frame.clone(),
+                    users: chunk.to_vec(),
+                };
                 let sent = if must_deliver {
                     worker.send(d).is_ok()
                 } else {
@@ -154,7 +172,11 @@ mod tests {
     struct Recorder(Mutex<HashMap<UserId, Vec<u64>>>);
     impl Mailboxes for Recorder {
         fn deliver(&self, user: UserId, frame: &Frame) {
-            self.0.lock().entry(user).or_default().push(frame.id.unwrap_or(0));
+            self.0
+                .lock()
+                .entry(user)
+                .or_default()
+                .push(frame.id.unwrap_or(0));
         }
     }
     struct Everyone(u64);
@@ -167,7 +189,11 @@ mod tests {
     #[test]
     fn every_recipient_gets_every_message_in_order() {
         let rec = Arc::new(Recorder::default());
-        let cfg = PoolConfig { workers: 3, queue: 4, chunk: 7 };
+        let cfg = PoolConfig {
+            workers: 3,
+            queue: 4,
+            chunk: 7,
+        };
         let pool = ConsumerPool::start(cfg, rec.clone(), Arc::new(Everyone(50))).unwrap();
         for id in 1..=100 {
             pool.dispatch(&Message {

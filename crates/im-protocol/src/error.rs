@@ -131,7 +131,11 @@ pub struct ApiError {
 impl ApiError {
     /// An error with a built-in code and its usual status.
     pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
-        Self { status: code.status(), code: Cow::Borrowed(code.as_str()), message: message.into() }
+        Self {
+            status: code.status(),
+            code: Cow::Borrowed(code.as_str()),
+            message: message.into(),
+        }
     }
 
     /// An application-defined error; `status` should be a 4xx.
@@ -140,13 +144,20 @@ impl ApiError {
         code: impl Into<Cow<'static, str>>,
         message: impl Into<Cow<'static, str>>,
     ) -> Self {
-        Self { status, code: code.into(), message: message.into() }
+        Self {
+            status,
+            code: code.into(),
+            message: message.into(),
+        }
     }
 
     /// The JSON body `{"error":{"code","message"}}` of api-v1.md.
     pub fn to_json(&self) -> String {
         let body = ErrorBody {
-            error: ErrorDetail { code: self.code.to_string(), message: self.message.to_string() },
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message.to_string(),
+            },
         };
         serde_json::to_string(&body).unwrap_or_else(|_| {
             r#"{"error":{"code":"internal","message":"error encoding failed"}}"#.to_owned()

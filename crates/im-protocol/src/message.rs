@@ -109,7 +109,10 @@ mod tests {
     fn target_wire_form() {
         let t: Target = serde_json::from_str(r#"{"user": 2}"#).unwrap();
         assert_eq!(t, Target::User(UserId(2)));
-        assert_eq!(serde_json::to_string(&Target::Group(GroupId(7))).unwrap(), r#"{"group":7}"#);
+        assert_eq!(
+            serde_json::to_string(&Target::Group(GroupId(7))).unwrap(),
+            r#"{"group":7}"#
+        );
         assert!(serde_json::from_str::<Target>(r#"{"user": "x"}"#).is_err());
     }
 
@@ -129,7 +132,10 @@ mod tests {
     fn conversation_keys_parse_back() {
         let d = conversation_of(UserId(9), Target::User(UserId(3)));
         assert_eq!(direct_parties(&d), Some((UserId(3), UserId(9))));
-        assert_eq!(group_of(&conversation_of(UserId(1), Target::Group(GroupId(4)))), Some(GroupId(4)));
+        assert_eq!(
+            group_of(&conversation_of(UserId(1), Target::Group(GroupId(4)))),
+            Some(GroupId(4))
+        );
         for bad in ["", "d", "d1", "d1-", "d01-2", "x1-2", "g", "g01", "d1-2-3"] {
             assert_eq!(direct_parties(bad), None, "{bad}");
             assert_eq!(group_of(bad), None, "{bad}");
@@ -138,9 +144,8 @@ mod tests {
 
     #[test]
     fn draft_rejects_unknown_fields() {
-        let err = serde_json::from_str::<Draft>(
-            r#"{"to":{"user":1},"kind":"text","body":{},"extra":1}"#,
-        );
+        let err =
+            serde_json::from_str::<Draft>(r#"{"to":{"user":1},"kind":"text","body":{},"extra":1}"#);
         assert!(err.is_err());
     }
 }

@@ -62,18 +62,25 @@ impl MessageRecord {
     /// Decodes a record of any known version.
     pub fn decode(bytes: &[u8]) -> Result<Message, RecordError> {
         match postcard::from_bytes::<MessageRecord>(bytes)? {
-            MessageRecord::V1 { id, conversation, from, to, kind, body, client_id, sent_at } => {
-                Ok(Message {
-                    id: MessageId(id),
-                    conversation,
-                    from: UserId(from),
-                    to,
-                    kind,
-                    body: serde_json::from_str(&body)?,
-                    client_id,
-                    sent_at,
-                })
-            }
+            MessageRecord::V1 {
+                id,
+                conversation,
+                from,
+                to,
+                kind,
+                body,
+                client_id,
+                sent_at,
+            } => Ok(Message {
+                id: MessageId(id),
+                conversation,
+                from: UserId(from),
+                to,
+                kind,
+                body: serde_json::from_str(&body)?,
+                client_id,
+                sent_at,
+            }),
         }
     }
 }

@@ -165,7 +165,9 @@ impl Parser {
             return;
         }
         if let Some(comment) = line.strip_prefix(':') {
-            items.push(Item::Comment(comment.strip_prefix(' ').unwrap_or(comment).to_owned()));
+            items.push(Item::Comment(
+                comment.strip_prefix(' ').unwrap_or(comment).to_owned(),
+            ));
             return;
         }
         let (field, value) = match line.split_once(':') {
@@ -203,12 +205,18 @@ pub struct Frame {
 impl Frame {
     /// The frame of a durable message.
     pub fn message(msg: &Message) -> Self {
-        Self { id: Some(msg.id.0), bytes: message_frame(msg) }
+        Self {
+            id: Some(msg.id.0),
+            bytes: message_frame(msg),
+        }
     }
 
     /// The frame of an ephemeral event.
     pub fn ephemeral(event: &str, data: &str) -> Self {
-        Self { id: None, bytes: ephemeral_frame(event, data) }
+        Self {
+            id: None,
+            bytes: ephemeral_frame(event, data),
+        }
     }
 }
 
@@ -233,7 +241,11 @@ mod tests {
             vec![
                 Item::Retry(3000),
                 Item::Comment("ka".into()),
-                Item::Event(Event { id: Some("1".into()), event: "x".into(), data: "y".into() })
+                Item::Event(Event {
+                    id: Some("1".into()),
+                    event: "x".into(),
+                    data: "y".into()
+                })
             ]
         );
     }

@@ -129,20 +129,34 @@ impl Default for Config {
 
 impl Default for SseConfig {
     fn default() -> Self {
-        Self { keepalive_secs: 15, mailbox: 1024, resume_limit: 10_000, retry_ms: 2000 }
+        Self {
+            keepalive_secs: 15,
+            mailbox: 1024,
+            resume_limit: 10_000,
+            retry_ms: 2000,
+        }
     }
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { channel_shards: 0, channel_queue: 4096, pool_workers: 0, pool_queue: 8192 }
+        Self {
+            channel_shards: 0,
+            channel_queue: 4096,
+            pool_workers: 0,
+            pool_queue: 8192,
+        }
     }
 }
 
 impl Default for Argon2Config {
     fn default() -> Self {
         let d = im_users::HashParams::default();
-        Self { memory_kib: d.memory_kib, iterations: d.iterations, concurrency: d.concurrency }
+        Self {
+            memory_kib: d.memory_kib,
+            iterations: d.iterations,
+            concurrency: d.concurrency,
+        }
     }
 }
 
@@ -172,9 +186,10 @@ impl Config {
                 None => (arg.clone(), None),
             };
             let mut value = || {
-                inline.clone().or_else(|| args.next()).ok_or_else(|| {
-                    ConfigError::Usage(format!("{name} needs a value"))
-                })
+                inline
+                    .clone()
+                    .or_else(|| args.next())
+                    .ok_or_else(|| ConfigError::Usage(format!("{name} needs a value")))
             };
             match name.as_str() {
                 "-h" | "--help" => return Ok((Command::Help, Config::default())),
@@ -191,15 +206,19 @@ impl Config {
         }
         let mut table = match &file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
                 text.parse::<Table>()
                     .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?
             }
             None => Table::new(),
         };
         for (key, raw) in vars {
-            let Some(key) = key.strip_prefix("IM_") else { continue };
+            let Some(key) = key.strip_prefix("IM_") else {
+                continue;
+            };
             let path: Vec<String> = key.split("__").map(str::to_lowercase).collect();
             set_path(&mut table, &path, parse_scalar(&raw))?;
         }
@@ -231,7 +250,9 @@ fn set_path(table: &mut Table, path: &[String], value: Value) -> Result<(), Conf
             Ok(())
         }
         [head, rest @ ..] => {
-            let entry = table.entry(head.clone()).or_insert_with(|| Value::Table(Table::new()));
+            let entry = table
+                .entry(head.clone())
+                .or_insert_with(|| Value::Table(Table::new()));
             match entry {
                 Value::Table(t) => set_path(t, rest, value),
                 _ => Err(ConfigError::Invalid(format!("`{head}` is not a table"))),
@@ -275,12 +296,27 @@ mod tests {
 
     #[test]
     fn bad_input_is_a_clear_error() {
-        assert!(matches!(Config::load(s(&["--nope"]), vec![]), Err(ConfigError::Usage(_))));
-        assert!(matches!(Config::load(s(&["--listen"]), vec![]), Err(ConfigError::Usage(_))));
+        assert!(matches!(
+            Config::load(s(&["--nope"]), vec![]),
+            Err(ConfigError::Usage(_))
+        ));
+        assert!(matches!(
+            Config::load(s(&["--listen"]), vec![]),
+            Err(ConfigError::Usage(_))
+        ));
         let vars = vec![("IM_DIRECT_MESSAGES".to_owned(), "nobody".to_owned())];
-        assert!(matches!(Config::load(vec![], vars), Err(ConfigError::Invalid(_))));
+        assert!(matches!(
+            Config::load(vec![], vars),
+            Err(ConfigError::Invalid(_))
+        ));
         let vars = vec![("IM_TYPO".to_owned(), "1".to_owned())];
-        assert!(matches!(Config::load(vec![], vars), Err(ConfigError::Invalid(_))));
-        assert_eq!(Config::load(s(&["--help"]), vec![]).unwrap().0, Command::Help);
+        assert!(matches!(
+            Config::load(vec![], vars),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert_eq!(
+            Config::load(s(&["--help"]), vec![]).unwrap().0,
+            Command::Help
+        );
     }
 }

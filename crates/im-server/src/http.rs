@@ -22,16 +22,24 @@ pub fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
         Ok(bytes) => bytes_response(status, "application/json", Bytes::from(bytes)),
         Err(e) => {
             tracing::error!(error = %e, "response encoding failed");
-            error_response(&ApiError::new(ErrorCode::Internal, "response encoding failed"))
+            error_response(&ApiError::new(
+                ErrorCode::Internal,
+                "response encoding failed",
+            ))
         }
     }
 }
 
 /// A response with a fixed body and content type.
-pub fn bytes_response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
+pub fn bytes_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+) -> Response<Body> {
     let mut res = Response::new(Either::Left(Full::new(body)));
     *res.status_mut() = status;
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     res
 }
 
@@ -47,15 +55,20 @@ pub fn error_response(err: &ApiError) -> Response<Body> {
     let status = StatusCode::from_u16(err.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut res = bytes_response(status, "application/json", Bytes::from(err.to_json()));
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
-    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }
 
 /// Reads a JSON body of at most `limit` bytes, with the status codes api-v1.md promises:
 /// 415 for another content type, 413 over the limit, 400 for bad JSON or a wrong shape.
-pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>, limit: usize) -> Result<T, ApiError> {
+pub async fn read_json<T: DeserializeOwned>(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<T, ApiError> {
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -68,7 +81,12 @@ pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>, limit: usize
             "send the body as Content-Type: application/json",
         ));
     }
-    let too_large = || ApiError::new(ErrorCode::PayloadTooLarge, format!("the body is over {limit} bytes"));
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the body is over {limit} bytes"),
+        )
+    };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -81,10 +99,15 @@ pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>, limit: usize
         .collect()
         .await
         .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 too_large()
             } else {
-                ApiError::new(ErrorCode::InvalidRequest, "the request body could not be read")
+                ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    "the request body could not be read",
+                )
             }
         })?
         .to_bytes();
@@ -100,7 +123,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             Category::Syntax | Category::Eof | Category::Io => {
                 ApiError::new(ErrorCode::MalformedJson, format!("malformed JSON: {e}"))
             }
-            Category::Data => ApiError::new(ErrorCode::InvalidRequest, format!("invalid request: {e}")),
+            Category::Data => {
+                ApiError::new(ErrorCode::InvalidRequest, format!("invalid request: {e}"))
+            }
         }
     })
 }
@@ -118,7 +143,10 @@ pub fn query_u64(query: Option<&str>, name: &str) -> Result<Option<u64>, ApiErro
     query_param(query, name)
         .map(|v| {
             v.parse::<u64>().map_err(|_| {
-                ApiError::new(ErrorCode::InvalidQuery, format!("`{name}` must be a non-negative integer"))
+                ApiError::new(
+                    ErrorCode::InvalidQuery,
+                    format!("`{name}` must be a non-negative integer"),
+                )
             })
         })
         .transpose()
@@ -126,12 +154,16 @@ pub fn query_u64(query: Option<&str>, name: &str) -> Result<Option<u64>, ApiErro
 
 /// A cookie's value from the `Cookie` header.
 pub fn cookie<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
-    req.headers().get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|v| {
-        v.split(';').find_map(|pair| {
-            let (k, val) = pair.trim().split_once('=')?;
-            (k == name).then_some(val)
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            v.split(';').find_map(|pair| {
+                let (k, val) = pair.trim().split_once('=')?;
+                (k == name).then_some(val)
+            })
         })
-    })
 }
 
 #[cfg(test)]
@@ -147,7 +179,10 @@ mod tests {
         struct T {
             a: u32,
         }
-        assert_eq!(parse_json::<T>(br#"{"a":"x"}"#).unwrap_err().code, "invalid_request");
+        assert_eq!(
+            parse_json::<T>(br#"{"a":"x"}"#).unwrap_err().code,
+            "invalid_request"
+        );
         assert_eq!(parse_json::<T>(b"").unwrap_err().code, "malformed_json");
     }
 

@@ -125,7 +125,10 @@ impl ImServerBuilder {
             },
             Arc::new(store.clone()),
         );
-        let mut pool_cfg = PoolConfig { queue: cfg.workers.pool_queue, ..PoolConfig::default() };
+        let mut pool_cfg = PoolConfig {
+            queue: cfg.workers.pool_queue,
+            ..PoolConfig::default()
+        };
         if cfg.workers.pool_workers > 0 {
             pool_cfg.workers = cfg.workers.pool_workers;
         }
@@ -142,18 +145,23 @@ impl ImServerBuilder {
         names.push(DEFAULT_GROUP.to_owned());
         names.sort();
         names.dedup();
-        let mut group_cfg = ChannelGroupConfig { queue: cfg.workers.channel_queue, ..Default::default() };
+        let mut group_cfg = ChannelGroupConfig {
+            queue: cfg.workers.channel_queue,
+            ..Default::default()
+        };
         if cfg.workers.channel_shards > 0 {
             group_cfg.shards = cfg.workers.channel_shards;
         }
         let mut groups = HashMap::new();
         for name in names {
-            let mut channel = Channel::new().with(Authorize::new(users.clone(), cfg.direct_messages));
+            let mut channel =
+                Channel::new().with(Authorize::new(users.clone(), cfg.direct_messages));
             for (_, h) in self.handlers.iter().filter(|(g, _)| *g == name) {
                 channel = channel.with_arc(h.clone());
             }
-            let group = ChannelGroup::start(name.clone(), channel, group_cfg, Arc::new(store.clone()))
-                .map_err(io_err(format!("starting channel group {name}")))?;
+            let group =
+                ChannelGroup::start(name.clone(), channel, group_cfg, Arc::new(store.clone()))
+                    .map_err(io_err(format!("starting channel group {name}")))?;
             groups.insert(name, group);
         }
 
@@ -170,7 +178,10 @@ impl ImServerBuilder {
             broker,
             history: Arc::new(store),
         };
-        Ok(ImServer { app: Arc::new(app), listener })
+        Ok(ImServer {
+            app: Arc::new(app),
+            listener,
+        })
     }
 }
 
@@ -229,7 +240,9 @@ impl ImServer {
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(app.handle(req).await) }
             });
-            let conn = http.serve_connection(TokioIo::new(stream), service).into_owned();
+            let conn = http
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 if let Err(e) = conn.await {

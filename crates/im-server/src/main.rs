@@ -25,9 +25,15 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("im-server: cannot start the runtime: {e}");
@@ -36,10 +42,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let server = ImServer::builder().config(config).bind().await?;
-        let addr = server.local_addr().map_err(|source| im_server::ServerError::Io {
-            context: "reading the bound address".into(),
-            source,
-        })?;
+        let addr = server
+            .local_addr()
+            .map_err(|source| im_server::ServerError::Io {
+                context: "reading the bound address".into(),
+                source,
+            })?;
         // Tests and scripts read this line to find the port when listening on :0.
         println!("im-server listening on http://{addr}");
         tracing::info!(%addr, "listening");

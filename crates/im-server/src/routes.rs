@@ -73,7 +73,9 @@ fn resolve(path: &str) -> Option<(Route, &'static [Method])> {
             ["events"] => (Route::Events, GET),
             ["messages"] => (Route::Messages, POST),
             ["conversations"] => (Route::Conversations, GET),
-            ["conversations", c, "messages"] if !c.is_empty() => (Route::History((*c).to_owned()), GET),
+            ["conversations", c, "messages"] if !c.is_empty() => {
+                (Route::History((*c).to_owned()), GET)
+            }
             _ => return None,
         },
         _ => return None,
@@ -84,7 +86,10 @@ impl App {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         let mut res = match resolve(&path) {
-            None => error_response(&ApiError::new(ErrorCode::NotFound, format!("no route {path}"))),
+            None => error_response(&ApiError::new(
+                ErrorCode::NotFound,
+                format!("no route {path}"),
+            )),
             Some((_, allowed)) if !allowed.contains(&method) => {
                 let list: Vec<&str> = allowed.iter().map(Method::as_str).collect();
                 let list = list.join(", ");
@@ -95,7 +100,10 @@ impl App {
                 }
                 res
             }
-            Some((route, _)) => self.route(route, req).await.unwrap_or_else(|e| error_response(&e)),
+            Some((route, _)) => self
+                .route(route, req)
+                .await
+                .unwrap_or_else(|e| error_response(&e)),
         };
         res.headers_mut()
             .entry(header::X_CONTENT_TYPE_OPTIONS)
@@ -135,10 +143,19 @@ impl App {
             Route::Login => {
                 let body: Login = read_json(req, self.config.max_json_bytes).await?;
                 let out = self.users.login(&body.username, &body.password).await?;
-                let mut res = json(StatusCode::OK, &json!({ "token": out.token, "user": out.user }));
-                let secure = if self.config.cookie_secure { "; Secure" } else { "" };
-                let cookie =
-                    format!("{SESSION_COOKIE}={}; HttpOnly; SameSite=Lax; Path=/{secure}", out.token);
+                let mut res = json(
+                    StatusCode::OK,
+                    &json!({ "token": out.token, "user": out.user }),
+                );
+                let secure = if self.config.cookie_secure {
+                    "; Secure"
+                } else {
+                    ""
+                };
+                let cookie = format!(
+                    "{SESSION_COOKIE}={}; HttpOnly; SameSite=Lax; Path=/{secure}",
+                    out.token
+                );
                 if let Ok(v) = HeaderValue::from_str(&cookie) {
                     res.headers_mut().insert(header::SET_COOKIE, v);
                 }
@@ -147,7 +164,10 @@ impl App {
             Route::Logout => {
                 let who = self.principal(&req).await?;
                 self.users.logout(who).await?;
-                self.broker.close_session(SessionInfo { user: who.user, session: who.session });
+                self.broker.close_session(SessionInfo {
+                    user: who.user,
+                    session: who.session,
+                });
                 let mut res = empty(StatusCode::NO_CONTENT);
                 let gone = format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0");
                 if let Ok(v) = HeaderValue::from_str(&gone) {
@@ -192,9 +212,21 @@ impl App {
 
     async fn events(&self, req: Request<Incoming>) -> Reply {
         let who = self.principal(&req).await?;
-        let header = req.headers().get("last-event-id").and_then(|v| v.to_str().ok());
+        let header = req
+            .headers()
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok());
         let resume = Resume::from_parts(header, query_param(req.uri().query(), "last_event_id"));
-        let stream = self.broker.open(SessionInfo { user: who.user, session: who.session }, resume).await?;
+        let stream = self
+            .broker
+            .open(
+                SessionInfo {
+                    user: who.user,
+                    session: who.session,
+                },
+                resume,
+            )
+            .await?;
         let mut res = Response::new(Either::Right(stream));
         for (k, v) in im_sse::SSE_HEADERS {
             res.headers_mut().insert(k, HeaderValue::from_static(v));
@@ -205,12 +237,22 @@ impl App {
     async fn post_message(&self, req: Request<Incoming>) -> Reply {
         let who = self.principal(&req).await?;
         let draft: Draft = read_json(req, self.config.max_message_bytes).await?;
-        if draft.client_id.as_ref().is_some_and(|c| c.is_empty() || c.len() > 128) {
-            return Err(ApiError::new(ErrorCode::InvalidRequest, "`client_id` must be 1–128 bytes"));
+        if draft
+            .client_id
+            .as_ref()
+            .is_some_and(|c| c.is_empty() || c.len() > 128)
+        {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "`client_id` must be 1–128 bytes",
+            ));
         }
         let route = self.classifier.classify(&draft.kind, &draft.body)?;
         let group = self.groups.get(route.group).ok_or_else(|| {
-            ApiError::new(ErrorCode::Internal, format!("no channel group `{}`", route.group))
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("no channel group `{}`", route.group),
+            )
         })?;
         let pending = Pending {
             from: who.user,
@@ -231,7 +273,10 @@ impl App {
             Outcome::Rejected(e) => Err(e),
             Outcome::Failed(reason) => {
                 tracing::error!(%reason, "message not stored");
-                Err(ApiError::new(ErrorCode::Internal, "the message was not stored"))
+                Err(ApiError::new(
+                    ErrorCode::Internal,
+                    "the message was not stored",
+                ))
             }
         }
     }
@@ -244,13 +289,25 @@ impl App {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        let creds = Credentials { bearer, cookie: cookie(req, SESSION_COOKIE) };
+        let creds = Credentials {
+            bearer,
+            cookie: cookie(req, SESSION_COOKIE),
+        };
         let who = self.auth.authenticate(creds).await?.ok_or_else(|| {
-            ApiError::new(ErrorCode::Unauthorized, "log in first: send a Bearer token or the session cookie")
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "log in first: send a Bearer token or the session cookie",
+            )
         })?;
-        let writes = matches!(*req.method(), Method::POST | Method::PUT | Method::DELETE | Method::PATCH);
+        let writes = matches!(
+            *req.method(),
+            Method::POST | Method::PUT | Method::DELETE | Method::PATCH
+        );
         if bearer.is_none() && writes && !self.origin_allowed(req) {
-            return Err(ApiError::new(ErrorCode::ForeignOrigin, "cross-origin writes with the session cookie are refused"));
+            return Err(ApiError::new(
+                ErrorCode::ForeignOrigin,
+                "cross-origin writes with the session cookie are refused",
+            ));
         }
         Ok(who)
     }
@@ -258,7 +315,11 @@ impl App {
     /// A request without `Origin` is not from a browser page; one with it must match `Host`
     /// or be listed in `allowed_origins`.
     fn origin_allowed(&self, req: &Request<Incoming>) -> bool {
-        let Some(origin) = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        let Some(origin) = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+        else {
             return true;
         };
         if self.config.allowed_origins.iter().any(|o| o == origin) {
@@ -269,7 +330,9 @@ impl App {
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()));
-        let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+        let authority = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
         matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
     }
 }

@@ -133,14 +133,18 @@ pub struct SseBroker {
 
 impl std::fmt::Debug for SseBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SseBroker").field("streams", &self.streams()).finish()
+        f.debug_struct("SseBroker")
+            .field("streams", &self.streams())
+            .finish()
     }
 }
 
 impl SseBroker {
     /// A broker that replays from `replay`.
     pub fn new(config: BrokerConfig, replay: Arc<dyn ReplaySource>) -> Self {
-        let shards = (0..config.shards.max(1)).map(|_| RwLock::new(HashMap::new())).collect();
+        let shards = (0..config.shards.max(1))
+            .map(|_| RwLock::new(HashMap::new()))
+            .collect();
         Self {
             inner: Arc::new(Inner {
                 shards,
@@ -158,7 +162,12 @@ impl SseBroker {
             return Err(ReplayError::ShuttingDown);
         }
         let mailbox = Arc::new(Mailbox::new(who.session, self.inner.config.mailbox));
-        self.inner.shard(who.user).write().entry(who.user).or_default().push(mailbox.clone());
+        self.inner
+            .shard(who.user)
+            .write()
+            .entry(who.user)
+            .or_default()
+            .push(mailbox.clone());
         let stream = SseStream::new(self.inner.clone(), who.user, mailbox.clone());
         // A shutdown that walked the registry before we registered would miss us.
         if self.inner.shutting_down.load(Ordering::Acquire) {
@@ -175,11 +184,16 @@ impl SseBroker {
                 if pos > latest {
                     self.resync(&mut head).await?
                 } else {
-                    let msgs = self.inner.replay.since(who.user, pos, cfg.resume_limit + 1).await?;
+                    let msgs = self
+                        .inner
+                        .replay
+                        .since(who.user, pos, cfg.resume_limit + 1)
+                        .await?;
                     if msgs.len() > cfg.resume_limit {
                         self.resync(&mut head).await?
                     } else {
-                        msgs.iter().for_each(|m| head.extend_from_slice(&sse::message_frame(m)));
+                        msgs.iter()
+                            .for_each(|m| head.extend_from_slice(&sse::message_frame(m)));
                         msgs.last().map_or(pos.0, |m| m.id.0)
                     }
                 }
@@ -207,7 +221,9 @@ impl SseBroker {
     /// Ends the streams opened with one login session (on logout).
     pub fn close_session(&self, who: SessionInfo) {
         if let Some(list) = self.inner.shard(who.user).read().get(&who.user) {
-            list.iter().filter(|m| m.session == who.session).for_each(|m| m.close());
+            list.iter()
+                .filter(|m| m.session == who.session)
+                .for_each(|m| m.close());
         }
     }
 
@@ -236,4 +252,3 @@ impl im_pool::Mailboxes for SseBroker {
         }
     }
 }
-

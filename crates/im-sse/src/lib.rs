@@ -82,13 +82,19 @@ mod tests {
     }
 
     fn who() -> SessionInfo {
-        SessionInfo { user: UserId(2), session: 9 }
+        SessionInfo {
+            user: UserId(2),
+            session: 9,
+        }
     }
 
     #[tokio::test]
     async fn resume_replays_then_drops_live_duplicates() {
         let broker = SseBroker::new(BrokerConfig::default(), Arc::new(Log(10)));
-        let mut body = broker.open(who(), Resume::After(MessageId(5))).await.unwrap();
+        let mut body = broker
+            .open(who(), Resume::After(MessageId(5)))
+            .await
+            .unwrap();
         // Live copies of replayed messages (the race the broker must absorb), then new ones.
         for id in 8..=12 {
             broker.deliver(UserId(2), &Frame::message(&msg(id)));
@@ -100,21 +106,33 @@ mod tests {
     #[tokio::test]
     async fn future_or_garbage_position_gets_resync() {
         let broker = SseBroker::new(BrokerConfig::default(), Arc::new(Log(3)));
-        for resume in [Resume::After(MessageId(99)), Resume::from_parts(Some("abc"), None)] {
+        for resume in [
+            Resume::After(MessageId(99)),
+            Resume::from_parts(Some("abc"), None),
+        ] {
             let mut body = broker.open(who(), resume).await.unwrap();
             let (_, names) = read_ids(&mut body, 1).await;
             assert_eq!(names, vec!["resync"]);
         }
-        let cfg = BrokerConfig { resume_limit: 2, ..Default::default() };
+        let cfg = BrokerConfig {
+            resume_limit: 2,
+            ..Default::default()
+        };
         let broker = SseBroker::new(cfg, Arc::new(Log(3)));
-        let mut body = broker.open(who(), Resume::After(MessageId(0))).await.unwrap();
+        let mut body = broker
+            .open(who(), Resume::After(MessageId(0)))
+            .await
+            .unwrap();
         let (ids, names) = read_ids(&mut body, 1).await;
         assert_eq!((ids, names), (vec![], vec!["resync".to_owned()]));
     }
 
     #[tokio::test]
     async fn full_mailbox_closes_the_stream_and_logout_ends_it() {
-        let cfg = BrokerConfig { mailbox: 2, ..Default::default() };
+        let cfg = BrokerConfig {
+            mailbox: 2,
+            ..Default::default()
+        };
         let broker = SseBroker::new(cfg, Arc::new(Log(0)));
         let mut slow = broker.open(who(), Resume::Live).await.unwrap();
         for id in 1..=5 {
@@ -122,7 +140,10 @@ mod tests {
         }
         let (ids, _) = read_ids(&mut slow, 2).await;
         assert_eq!(ids, vec![1, 2]);
-        assert!(slow.frame().await.is_none(), "a slow session is closed, not waited for");
+        assert!(
+            slow.frame().await.is_none(),
+            "a slow session is closed, not waited for"
+        );
 
         let mut other = broker.open(who(), Resume::Live).await.unwrap();
         assert_eq!(broker.sessions_of(UserId(2)), 2);
@@ -137,8 +158,14 @@ mod tests {
     #[test]
     fn resume_position_parsing() {
         assert_eq!(Resume::from_parts(None, None), Resume::Live);
-        assert_eq!(Resume::from_parts(Some("7"), Some("3")), Resume::After(MessageId(7)));
-        assert_eq!(Resume::from_parts(None, Some("3")), Resume::After(MessageId(3)));
+        assert_eq!(
+            Resume::from_parts(Some("7"), Some("3")),
+            Resume::After(MessageId(7))
+        );
+        assert_eq!(
+            Resume::from_parts(None, Some("3")),
+            Resume::After(MessageId(3))
+        );
         assert_eq!(Resume::from_parts(Some("-1"), None), Resume::Unservable);
     }
 }

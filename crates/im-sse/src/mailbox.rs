@@ -32,7 +32,11 @@ pub(crate) enum Drained {
 
 impl Mailbox {
     pub(crate) fn new(session: u64, capacity: usize) -> Self {
-        Self { session, capacity: capacity.max(1), state: Mutex::new(State::default()) }
+        Self {
+            session,
+            capacity: capacity.max(1),
+            state: Mutex::new(State::default()),
+        }
     }
 
     /// Queues a frame; a full mailbox is closed instead, so a slow client never holds

@@ -26,7 +26,10 @@ pub struct SseStream {
 
 impl std::fmt::Debug for SseStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SseStream").field("user", &self.user).field("after", &self.after).finish()
+        f.debug_struct("SseStream")
+            .field("user", &self.user)
+            .field("after", &self.after)
+            .finish()
     }
 }
 
@@ -34,7 +37,14 @@ impl SseStream {
     pub(crate) fn new(inner: Arc<Inner>, user: UserId, mailbox: Arc<Mailbox>) -> Self {
         inner.streams.fetch_add(1, Ordering::Relaxed);
         let keepalive = Box::pin(tokio::time::sleep(inner.config.keepalive));
-        Self { inner, user, mailbox, head: None, after: 0, keepalive }
+        Self {
+            inner,
+            user,
+            mailbox,
+            head: None,
+            after: 0,
+            keepalive,
+        }
     }
 
     pub(crate) fn start(mut self, head: Bytes, after: u64) -> Self {
@@ -85,7 +95,9 @@ impl Body for SseStream {
         if this.keepalive.as_mut().poll(cx).is_ready() {
             let next = Instant::now() + this.inner.config.keepalive;
             this.keepalive.as_mut().reset(next);
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b": keep-alive\n\n")))));
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                b": keep-alive\n\n",
+            )))));
         }
         Poll::Pending
     }

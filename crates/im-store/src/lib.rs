@@ -74,7 +74,9 @@ struct Inner {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.inner.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish()
     }
 }
 
@@ -85,8 +87,10 @@ impl SqliteStore {
     /// Opens (creating if needed) the database in `dir`, runs migrations and starts the
     /// writer thread.
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|source| StoreError::Io { path: dir.to_owned(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
         let path = dir.join(DB_FILE);
         let mut conn = open_conn(&path)?;
         migrations::run(&mut conn)?;
@@ -141,7 +145,11 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let op = writer::Op::exec(f, tx);
-        self.inner.writer.send_async(op).await.map_err(|_| StoreError::Closed)?;
+        self.inner
+            .writer
+            .send_async(op)
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 }

@@ -10,7 +10,9 @@ use im_sse::{ReplayError, ReplaySource};
 use rusqlite::{Connection, OptionalExtension, params};
 
 pub(crate) fn max_id(conn: &Connection) -> Result<u64, StoreError> {
-    let id: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM messages", [], |r| r.get(0))?;
+    let id: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM messages", [], |r| {
+        r.get(0)
+    })?;
     Ok(id as u64)
 }
 
@@ -20,7 +22,11 @@ fn decode(bytes: Vec<u8>) -> Result<Message, StoreError> {
 
 /// Inserts `msg` with id `id`; `false` means the sender's `client_id` was already used and
 /// the first message is returned instead.
-pub(crate) fn insert(conn: &Connection, id: u64, p: Pending) -> Result<(Message, bool), StoreError> {
+pub(crate) fn insert(
+    conn: &Connection,
+    id: u64,
+    p: Pending,
+) -> Result<(Message, bool), StoreError> {
     if let Some(cid) = &p.client_id {
         let first: Option<Vec<u8>> = conn
             .prepare_cached("SELECT record FROM messages WHERE sender = ?1 AND client_id = ?2")?
@@ -65,13 +71,31 @@ pub(crate) fn insert(conn: &Connection, id: u64, p: Pending) -> Result<(Message,
     )?;
     match msg.to {
         Target::User(to) => {
-            touch.execute(params![msg.from.0 as i64, msg.conversation, to.0 as i64, None::<i64>, id as i64])?;
+            touch.execute(params![
+                msg.from.0 as i64,
+                msg.conversation,
+                to.0 as i64,
+                None::<i64>,
+                id as i64
+            ])?;
             if to != msg.from {
-                touch.execute(params![to.0 as i64, msg.conversation, msg.from.0 as i64, None::<i64>, id as i64])?;
+                touch.execute(params![
+                    to.0 as i64,
+                    msg.conversation,
+                    msg.from.0 as i64,
+                    None::<i64>,
+                    id as i64
+                ])?;
             }
         }
         Target::Group(g) => {
-            touch.execute(params![msg.from.0 as i64, msg.conversation, None::<i64>, g.0 as i64, id as i64])?;
+            touch.execute(params![
+                msg.from.0 as i64,
+                msg.conversation,
+                None::<i64>,
+                g.0 as i64,
+                id as i64
+            ])?;
         }
     }
     Ok((msg, true))
@@ -81,7 +105,9 @@ impl MessageLog for SqliteStore {
     fn append(&self, msg: Pending, reply: Reply) {
         // A blocking send is the backpressure: the shard waits, its queue fills, and new
         // posts get 503 instead of piling up in memory.
-        if let Err(flume::SendError(Op::Append(_, reply))) = self.inner.writer.send(Op::Append(msg, reply)) {
+        if let Err(flume::SendError(Op::Append(_, reply))) =
+            self.inner.writer.send(Op::Append(msg, reply))
+        {
             reply.send(im_channel::Outcome::Failed("the store is closed".into()));
         }
     }
@@ -170,7 +196,8 @@ impl ReplaySource for SqliteStore {
                  ORDER BY id LIMIT ?3",
             )?;
             let rows = stmt.query_map(params![after, user.0 as i64, limit as i64], |r| r.get(0))?;
-            rows.map(|r| decode(r?)).collect::<Result<Vec<_>, StoreError>>()
+            rows.map(|r| decode(r?))
+                .collect::<Result<Vec<_>, StoreError>>()
         })
         .await
         .map_err(|e| ReplayError::Store(e.to_string()))

@@ -56,7 +56,11 @@ async fn append_history_replay_and_reopen() {
         ids.push(stored(r.await.unwrap()).id.0);
     }
     assert!(ids.windows(2).all(|w| w[0] < w[1]));
-    assert_eq!(*rec.0.lock(), ids, "listener hears every commit in id order");
+    assert_eq!(
+        *rec.0.lock(),
+        ids,
+        "listener hears every commit in id order"
+    );
 
     let first = stored(append(&store, pending(1, 2, "once", Some("c1"))).await);
     let again = append(&store, pending(1, 2, "twice", Some("c1"))).await;
@@ -75,9 +79,18 @@ async fn append_history_replay_and_reopen() {
     assert_eq!(convs[0].with, Target::User(UserId(1)));
     assert_eq!(convs[0].unread, 51);
 
-    let since = store.since(UserId(2), MessageId(ids[9]), 1000).await.unwrap();
+    let since = store
+        .since(UserId(2), MessageId(ids[9]), 1000)
+        .await
+        .unwrap();
     assert_eq!(since.len(), 40 + 2);
-    assert!(store.since(UserId(3), MessageId(0), 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .since(UserId(3), MessageId(0), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let latest = store.latest_id().await.unwrap();
     drop(store);
 
@@ -92,7 +105,10 @@ async fn users_and_sessions() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path(), StoreConfig::default()).unwrap();
     let alice = store.create_user("alice", "h").await.unwrap();
-    assert_eq!(store.create_user("alice", "h2").await, Err(UserStoreError::UsernameTaken));
+    assert_eq!(
+        store.create_user("alice", "h2").await,
+        Err(UserStoreError::UsernameTaken)
+    );
     let (u, hash) = store.login_record("alice").await.unwrap().unwrap();
     assert_eq!((u.id, hash.as_str()), (alice.id, "h"));
     assert!(store.login_record("bob").await.unwrap().is_none());

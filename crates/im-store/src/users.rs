@@ -17,17 +17,30 @@ fn is_unique_violation(e: &StoreError) -> bool {
 
 #[async_trait]
 impl UserStore for SqliteStore {
-    async fn create_user(&self, username: &str, password_hash: &str) -> Result<User, UserStoreError> {
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+    ) -> Result<User, UserStoreError> {
         let (name, hash) = (username.to_owned(), password_hash.to_owned());
         self.write(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO users (username, password_hash, created_at) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![name, hash, now_millis() as i64])?;
-            Ok(User { id: UserId(conn.last_insert_rowid() as u64), username: name })
+            Ok(User {
+                id: UserId(conn.last_insert_rowid() as u64),
+                username: name,
+            })
         })
         .await
-        .map_err(|e| if is_unique_violation(&e) { UserStoreError::UsernameTaken } else { other(e) })
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                UserStoreError::UsernameTaken
+            } else {
+                other(e)
+            }
+        })
     }
 
     async fn login_record(&self, username: &str) -> Result<Option<(User, String)>, UserStoreError> {
@@ -37,7 +50,10 @@ impl UserStore for SqliteStore {
                 .prepare_cached("SELECT id, password_hash FROM users WHERE username = ?1")?
                 .query_row(params![name], |r| {
                     Ok((
-                        User { id: UserId(r.get::<_, i64>(0)? as u64), username: name.clone() },
+                        User {
+                            id: UserId(r.get::<_, i64>(0)? as u64),
+                            username: name.clone(),
+                        },
                         r.get(1)?,
                     ))
                 })
@@ -51,7 +67,12 @@ impl UserStore for SqliteStore {
         self.read(move |conn| {
             Ok(conn
                 .prepare_cached("SELECT username FROM users WHERE id = ?1")?
-                .query_row(params![id.0 as i64], |r| Ok(User { id, username: r.get(0)? }))
+                .query_row(params![id.0 as i64], |r| {
+                    Ok(User {
+                        id,
+                        username: r.get(0)?,
+                    })
+                })
                 .optional()?)
         })
         .await
@@ -62,13 +83,19 @@ impl UserStore for SqliteStore {
         self.read(|conn| {
             let mut stmt = conn.prepare("SELECT id FROM users")?;
             let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
-            Ok(rows.map(|r| r.map(|id| UserId(id as u64))).collect::<Result<Vec<_>, _>>()?)
+            Ok(rows
+                .map(|r| r.map(|id| UserId(id as u64)))
+                .collect::<Result<Vec<_>, _>>()?)
         })
         .await
         .map_err(other)
     }
 
-    async fn create_session(&self, user: UserId, token_hash: [u8; 32]) -> Result<u64, UserStoreError> {
+    async fn create_session(
+        &self,
+        user: UserId,
+        token_hash: [u8; 32],
+    ) -> Result<u64, UserStoreError> {
         self.write(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO sessions (token_hash, user_id, created_at) VALUES (?1, ?2, ?3)",
@@ -98,7 +125,8 @@ impl UserStore for SqliteStore {
 
     async fn delete_session(&self, session: u64) -> Result<(), UserStoreError> {
         self.write(move |conn| {
-            conn.prepare_cached("DELETE FROM sessions WHERE id = ?1")?.execute(params![session as i64])?;
+            conn.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
+                .execute(params![session as i64])?;
             Ok(())
         })
         .await

@@ -31,7 +31,10 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { queue: 8192, batch: 1024 }
+        Self {
+            queue: 8192,
+            batch: 1024,
+        }
     }
 }
 
@@ -81,11 +84,20 @@ pub(crate) fn start(
     std::thread::Builder::new()
         .name("im-store-writer".into())
         .spawn(move || run(conn, rx, config.batch.max(1), committed, ctx))
-        .map_err(|source| StoreError::Io { path: "writer thread".into(), source })?;
+        .map_err(|source| StoreError::Io {
+            path: "writer thread".into(),
+            source,
+        })?;
     Ok(tx)
 }
 
-fn run(conn: Connection, rx: flume::Receiver<Op>, batch_max: usize, committed: Arc<AtomicU64>, ctx: Ctx) {
+fn run(
+    conn: Connection,
+    rx: flume::Receiver<Op>,
+    batch_max: usize,
+    committed: Arc<AtomicU64>,
+    ctx: Ctx,
+) {
     let mut next_id = committed.load(Ordering::Acquire) + 1;
     let mut batch = Vec::with_capacity(batch_max);
     while let Ok(first) = rx.recv() {
@@ -106,7 +118,11 @@ fn run(conn: Connection, rx: flume::Receiver<Op>, batch_max: usize, committed: A
                     Op::Append(msg, reply) => append(&conn, &mut next_id, msg, reply),
                     Op::Exec(f) => f(&conn),
                 };
-                let end = if ok { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
+                let end = if ok {
+                    "RELEASE op"
+                } else {
+                    "ROLLBACK TO op; RELEASE op"
+                };
                 conn.execute_batch(end)?;
                 finishers.push(finish);
             }

@@ -122,5 +122,7 @@ impl From<UserStoreError> for UserError {
 /// Checks the username rule of api-v1.md.
 pub fn valid_username(name: &str) -> bool {
     (3..=32).contains(&name.len())
-        && name.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-'))
+        && name
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-'))
 }

@@ -22,7 +22,11 @@ pub struct HashParams {
 
 impl Default for HashParams {
     fn default() -> Self {
-        Self { memory_kib: 19 * 1024, iterations: 2, concurrency: 4 }
+        Self {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            concurrency: 4,
+        }
     }
 }
 
@@ -51,7 +55,9 @@ pub struct UserManager {
 
 impl std::fmt::Debug for UserManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UserManager").field("users", &self.known.read().len()).finish()
+        f.debug_struct("UserManager")
+            .field("users", &self.known.read().len())
+            .finish()
     }
 }
 
@@ -80,7 +86,9 @@ impl UserManager {
         }
         check_password(password)?;
         let password = password.to_owned();
-        let hash = self.on_hash_pool(move |argon| hash_password(argon, &password)).await??;
+        let hash = self
+            .on_hash_pool(move |argon| hash_password(argon, &password))
+            .await??;
         let user = self.store.create_user(username, &hash).await?;
         self.known.write().insert(user.id);
         Ok(user)
@@ -92,7 +100,9 @@ impl UserManager {
             return Err(UserError::BadCredentials);
         }
         let record = self.store.login_record(username).await?;
-        let hash = record.as_ref().map_or(self.decoy_hash.clone(), |(_, h)| h.clone());
+        let hash = record
+            .as_ref()
+            .map_or(self.decoy_hash.clone(), |(_, h)| h.clone());
         let password = password.to_owned();
         let ok = self
             .on_hash_pool(move |argon| {
@@ -109,14 +119,23 @@ impl UserManager {
         let token = hex(&raw);
         let token_hash = token_hash(&token);
         let session = self.store.create_session(user.id, token_hash).await?;
-        let principal = Principal { user: user.id, session };
+        let principal = Principal {
+            user: user.id,
+            session,
+        };
         self.sessions.write().insert(token_hash, principal);
-        Ok(LoginOutcome { token, user, principal })
+        Ok(LoginOutcome {
+            token,
+            user,
+            principal,
+        })
     }
 
     /// Revokes the session a token belongs to.
     pub async fn logout(&self, principal: Principal) -> Result<(), UserError> {
-        self.sessions.write().retain(|_, p| p.session != principal.session);
+        self.sessions
+            .write()
+            .retain(|_, p| p.session != principal.session);
         self.store.delete_session(principal.session).await?;
         Ok(())
     }
@@ -134,7 +153,11 @@ impl UserManager {
     /// Whether `user` may read `conversation`'s history.
     pub fn check_party(&self, user: UserId, conversation: &str) -> Result<(), UserError> {
         if let Some((a, b)) = im_protocol::direct_parties(conversation) {
-            return if user == a || user == b { Ok(()) } else { Err(UserError::NotParticipant) };
+            return if user == a || user == b {
+                Ok(())
+            } else {
+                Err(UserError::NotParticipant)
+            };
         }
         if im_protocol::group_of(conversation).is_some() {
             // Groups arrive with the social features; until then no group exists.
@@ -148,7 +171,11 @@ impl UserManager {
         &self,
         work: impl FnOnce(&Argon2<'static>) -> T + Send + 'static,
     ) -> Result<T, UserError> {
-        let _permit = self.hashing.acquire().await.map_err(|e| UserError::Store(e.to_string()))?;
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|e| UserError::Store(e.to_string()))?;
         let argon = self.argon.clone();
         tokio::task::spawn_blocking(move || work(&argon))
             .await
@@ -187,7 +214,9 @@ fn hex(bytes: &[u8]) -> String {
 #[async_trait]
 impl Authenticator for UserManager {
     async fn authenticate(&self, creds: Credentials<'_>) -> Result<Option<Principal>, UserError> {
-        let Some(token) = creds.bearer.or(creds.cookie) else { return Ok(None) };
+        let Some(token) = creds.bearer.or(creds.cookie) else {
+            return Ok(None);
+        };
         // Tokens we issue are 64 hex chars; anything else cannot match, so skip the lookup.
         if token.len() != 64 {
             return Ok(None);

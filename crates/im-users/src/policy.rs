@@ -38,7 +38,10 @@ impl Handler for Authorize {
         match msg.to {
             Target::User(to) => {
                 if !self.users.exists(to) {
-                    return Err(ApiError::new(ErrorCode::NoSuchUser, format!("no user {to}")));
+                    return Err(ApiError::new(
+                        ErrorCode::NoSuchUser,
+                        format!("no user {to}"),
+                    ));
                 }
                 if self.policy == DirectMessages::Friends && to != msg.from {
                     return Err(ApiError::new(

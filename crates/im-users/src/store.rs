@@ -17,7 +17,11 @@ pub enum UserStoreError {
 #[async_trait]
 pub trait UserStore: Send + Sync + 'static {
     /// Creates an account with an already hashed password.
-    async fn create_user(&self, username: &str, password_hash: &str) -> Result<User, UserStoreError>;
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+    ) -> Result<User, UserStoreError>;
     /// The account and its password hash, for login.
     async fn login_record(&self, username: &str) -> Result<Option<(User, String)>, UserStoreError>;
     /// One account.
@@ -25,7 +29,11 @@ pub trait UserStore: Send + Sync + 'static {
     /// Every account id, to warm the in-memory directory the channel handlers consult.
     async fn user_ids(&self) -> Result<Vec<UserId>, UserStoreError>;
     /// Records a session by the SHA-256 of its token; returns the session id.
-    async fn create_session(&self, user: UserId, token_hash: [u8; 32]) -> Result<u64, UserStoreError>;
+    async fn create_session(
+        &self,
+        user: UserId,
+        token_hash: [u8; 32],
+    ) -> Result<u64, UserStoreError>;
     /// The session a token hash belongs to.
     async fn session(&self, token_hash: [u8; 32]) -> Result<Option<Principal>, UserStoreError>;
     /// Revokes one session.

@@ -1,0 +1,138 @@
+//! Test support: a real server on 127.0.0.1:0 with a real SQLite store in a temp dir,
+//! either in this process or as the `im-server` binary (for kill and signal tests).
+#![allow(dead_code)]
+
+use im_client::Client;
+use im_server::{Config, ImServer, ImServerBuilder};
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Generous bound so a broken test fails instead of hanging CI; never a timing assertion.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Fails the test if `f` does not finish within [`PATIENCE`].
+pub async fn patient<T>(what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(PATIENCE, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("gave up waiting for {what}"),
+    }
+}
+
+/// A cheap argon2 cost so tests can register many users quickly.
+pub fn test_config(dir: &Path) -> Config {
+    let mut c = Config::default();
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.data_dir = dir.to_owned();
+    c.argon2.memory_kib = 64;
+    c.argon2.iterations = 1;
+    c
+}
+
+/// An in-process server; dropping it shuts it down.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|b| b).await
+    }
+
+    /// Starts a server after `customize` added kinds, handlers or config.
+    pub async fn start_with(customize: impl FnOnce(ImServerBuilder) -> ImServerBuilder) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let builder = ImServer::builder().config(test_config(dir.path()));
+        let server = customize(builder).bind().await.expect("server binds");
+        let addr = server.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let done = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self {
+            addr,
+            dir,
+            stop: Some(stop),
+            done: Some(done),
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.addr)
+    }
+
+    /// Triggers graceful shutdown and waits for the server to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(done) = self.done.take() {
+            patient("server shutdown", done).await.unwrap();
+        }
+    }
+}
+
+/// The `im-server` binary running as a child process.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts the binary on `data_dir` with a cheap argon2 cost and waits until it listens.
+    pub fn start(data_dir: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_im-server"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("IM_ARGON2__MEMORY_KIB", "64")
+            .env("IM_ARGON2__ITERATIONS", "1")
+            .env("IM_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn im-server");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("im-server listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .parse()
+            .unwrap();
+        Self { child, addr }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.addr)
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`) through kill(1), to avoid unsafe FFI.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,295 @@
+//! The core flow over real TCP: accounts, event streams, 100 messages, resume, idempotency.
+
+mod common;
+
+use common::{TestServer, patient};
+use http::{Method, StatusCode};
+use im_client::{Client, EventStream};
+use im_protocol::sse::Item;
+use im_protocol::{Message, Target, UserId};
+
+async fn collect(stream: &mut EventStream, n: usize) -> Vec<Message> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let m = patient("a message", stream.next_message())
+            .await
+            .expect("stream ended")
+            .unwrap();
+        out.push(m);
+    }
+    out
+}
+
+async fn pair(server: &TestServer) -> (Client, Client) {
+    let anon = server.client();
+    let alice = anon.signup("alice", "alice-password").await.unwrap();
+    let bob = anon.signup("bob", "bob-password").await.unwrap();
+    (alice, bob)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_messages_every_session_history_and_resume() {
+    let server = TestServer::start().await;
+    let (alice, bob) = pair(&server).await;
+    let bob_id = UserId(2);
+
+    let mut bob1 = bob.events(None).await.unwrap();
+    // A second login (another device) and a second tab of the first login.
+    let bob_phone = server.client().login("bob", "bob-password").await.unwrap();
+    let mut bob2 = bob_phone.events(None).await.unwrap();
+    let mut bob3 = bob.events(None).await.unwrap();
+    // The sender's own other session receives too.
+    let mut alice_tab = alice.events(None).await.unwrap();
+
+    let mut sent = Vec::new();
+    for i in 0..100 {
+        let m = alice
+            .send_text(Target::User(bob_id), &format!("message {i}"), None)
+            .await
+            .unwrap();
+        sent.push(m);
+    }
+    assert!(sent.windows(2).all(|w| w[0].id < w[1].id), "ids increase");
+    for stream in [&mut bob1, &mut bob2, &mut bob3, &mut alice_tab] {
+        let got = collect(stream, 100).await;
+        assert_eq!(got, sent, "every session gets all 100, in order, as stored");
+    }
+
+    // History returns the same 100.
+    let conversation = sent[0].conversation.clone();
+    let history = bob.history(&conversation, None, Some(100)).await.unwrap();
+    assert_eq!(history, sent);
+    let older = bob
+        .history(&conversation, Some(sent[50].id.0), Some(10))
+        .await
+        .unwrap();
+    assert_eq!(older, sent[40..50].to_vec());
+
+    // Resume after the 50th: exactly 51..100, then live, with no duplicates.
+    let mut resumed = bob.events(Some(sent[49].id.0)).await.unwrap();
+    let replay = collect(&mut resumed, 50).await;
+    assert_eq!(replay, sent[50..].to_vec());
+    let live = alice
+        .send_text(Target::User(bob_id), "after resume", None)
+        .await
+        .unwrap();
+    let next = collect(&mut resumed, 1).await;
+    assert_eq!(next, vec![live]);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_frames_and_headers_match_the_contract() {
+    let server = TestServer::start().await;
+    let (alice, bob) = pair(&server).await;
+    let res = bob.call(Method::GET, "/api/v1/me", None).await.unwrap();
+    assert_eq!(res.json()["user"]["username"], "bob");
+
+    // Raw look at the SSE response: headers, retry hint, then an id/event/data frame.
+    let mut stream = bob.events(None).await.unwrap();
+    let header = |name: &str| {
+        stream
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(header("content-type").as_deref(), Some("text/event-stream"));
+    assert_eq!(header("cache-control").as_deref(), Some("no-cache"));
+    assert_eq!(header("x-accel-buffering").as_deref(), Some("no"));
+    assert_eq!(header("content-encoding"), None);
+    let first = patient("retry hint", stream.next_item())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(first, Item::Retry(ms) if ms > 0));
+    let m = alice
+        .send_text(Target::User(UserId(2)), "hello", None)
+        .await
+        .unwrap();
+    let ev = patient("event", stream.next_event())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.id, Some(m.id.0.to_string()));
+    assert_eq!(ev.event, "message");
+    let json: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+    for key in [
+        "id",
+        "conversation",
+        "from",
+        "to",
+        "kind",
+        "body",
+        "client_id",
+        "sent_at",
+    ] {
+        assert!(json.get(key).is_some(), "message JSON has `{key}`");
+    }
+    assert_eq!(json["to"], serde_json::json!({"user": 2}));
+    assert_eq!(json["body"]["text"], "hello");
+
+    let anon = server.client();
+    let res = anon.call(Method::GET, "/healthz", None).await.unwrap();
+    assert_eq!((res.status, &res.body[..]), (StatusCode::OK, &b"ok"[..]));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_id_makes_posts_idempotent() {
+    let server = TestServer::start().await;
+    let (alice, bob) = pair(&server).await;
+    let mut stream = bob.events(None).await.unwrap();
+    let header = |name: &str| {
+        stream
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(header("content-type").as_deref(), Some("text/event-stream"));
+    assert_eq!(header("cache-control").as_deref(), Some("no-cache"));
+    assert_eq!(header("x-accel-buffering").as_deref(), Some("no"));
+    assert_eq!(header("content-encoding"), None);
+    let first = alice
+        .post_text(Target::User(UserId(2)), "once", Some("k-1"))
+        .await
+        .unwrap();
+    assert_eq!(first.status, StatusCode::CREATED);
+    let again = alice
+        .post_text(Target::User(UserId(2)), "once", Some("k-1"))
+        .await
+        .unwrap();
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(first.json()["message"], again.json()["message"]);
+    // The repeat produced no new event: the next event bob sees is the next message.
+    let next = alice
+        .send_text(Target::User(UserId(2)), "next", None)
+        .await
+        .unwrap();
+    let got = collect(&mut stream, 2).await;
+    assert_eq!(got[0].client_id.as_deref(), Some("k-1"));
+    assert_eq!(got[1], next);
+    // Another sender may reuse the key.
+    let res = bob
+        .post_text(Target::User(UserId(1)), "mine", Some("k-1"))
+        .await
+        .unwrap();
+    assert_eq!(res.status, StatusCode::CREATED);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_list_with_unread() {
+    let server = TestServer::start().await;
+    let (alice, bob) = pair(&server).await;
+    for i in 0..3 {
+        alice
+            .send_text(Target::User(UserId(2)), &format!("{i}"), None)
+            .await
+            .unwrap();
+    }
+    let last = bob
+        .send_text(Target::User(UserId(1)), "reply", None)
+        .await
+        .unwrap();
+    let res = bob
+        .call(Method::GET, "/api/v1/conversations", None)
+        .await
+        .unwrap();
+    let list = res.json()["conversations"].as_array().cloned().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["with"], serde_json::json!({"user": 1}));
+    assert_eq!(list[0]["unread"], 3);
+    assert_eq!(list[0]["last_message"]["id"], last.id.0);
+    let res = alice
+        .call(Method::GET, "/api/v1/conversations", None)
+        .await
+        .unwrap();
+    assert_eq!(res.json()["conversations"][0]["unread"], 1);
+    // A third user is not a party to alice and bob's conversation.
+    let carol = server
+        .client()
+        .signup("carol", "carol-password")
+        .await
+        .unwrap();
+    let path = format!("/api/v1/conversations/{}/messages", last.conversation);
+    let res = carol.call(Method::GET, &path, None).await.unwrap();
+    assert_eq!(
+        (res.status, res.error_code().as_deref()),
+        (StatusCode::FORBIDDEN, Some("not_participant"))
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_sessions_origin_check_and_logout() {
+    let server = TestServer::start().await;
+    let anon = server.client();
+    anon.register("alice", "alice-password").await.unwrap();
+    anon.register("bob", "bob-password").await.unwrap();
+    let body = serde_json::json!({"username": "alice", "password": "alice-password"});
+    let res = anon
+        .call(Method::POST, "/api/v1/auth/login", Some(&body))
+        .await
+        .unwrap();
+    let set_cookie = res.headers["set-cookie"].to_str().unwrap().to_owned();
+    for attr in ["im_session=", "HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(set_cookie.contains(attr), "{set_cookie} has {attr}");
+    }
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let msg = r#"{"to":{"user":2},"kind":"text","body":{"text":"via cookie"}}"#;
+    let host = server.addr.to_string();
+    let same_origin = format!("http://{host}");
+    let json = ("content-type", "application/json");
+
+    let res = anon
+        .raw(Method::GET, "/api/v1/me", &[("cookie", &cookie)], "")
+        .await
+        .unwrap();
+    assert_eq!(res.json()["user"]["username"], "alice");
+    let res = anon
+        .raw(
+            Method::POST,
+            "/api/v1/messages",
+            &[("cookie", &cookie), json, ("origin", &same_origin)],
+            msg,
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status, StatusCode::CREATED);
+    let res = anon
+        .raw(
+            Method::POST,
+            "/api/v1/messages",
+            &[("cookie", &cookie), json, ("origin", "http://evil.example")],
+            msg,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (res.status, res.error_code().as_deref()),
+        (StatusCode::FORBIDDEN, Some("foreign_origin"))
+    );
+
+    // Logout revokes the session and ends the streams opened with it.
+    let alice = anon.login("alice", "alice-password").await.unwrap();
+    let mut stream = alice.events(None).await.unwrap();
+    let res = alice
+        .call(Method::POST, "/api/v1/auth/logout", None)
+        .await
+        .unwrap();
+    assert_eq!(res.status, StatusCode::NO_CONTENT);
+    while let Some(item) = patient("stream end", stream.next_item()).await {
+        item.unwrap();
+    }
+    let res = alice.call(Method::GET, "/api/v1/me", None).await.unwrap();
+    assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+    // The cookie session is a different session and still works.
+    let res = anon
+        .raw(Method::GET, "/api/v1/me", &[("cookie", &cookie)], "")
+        .await
+        .unwrap();
+    assert_eq!(res.status, StatusCode::OK);
+    server.shutdown().await;
+}
