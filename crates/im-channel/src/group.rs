@@ -110,14 +110,15 @@ fn shard_of(conversation: &str, shards: usize) -> usize {
 
 fn run_job(channel: &Channel, log: &dyn MessageLog, job: Job) {
     let Job { mut msg, reply } = job;
-    // A panicking application handler must not kill the shard or leave the sender waiting.
-    match catch_unwind(AssertUnwindSafe(|| channel.run(&mut msg))) {
-        Ok(Ok(())) => log.append(msg, reply),
-        Ok(Err(rejection)) => reply.send(Outcome::Rejected(rejection)),
-        Err(_) => {
-            tracing::error!(conversation = %msg.conversation, "a handler panicked");
-            reply.send(Outcome::Failed("a message handler failed".into()))
-        }
+    // A panicking handler (or log) must not kill the shard. The reply answers `Failed` by
+    // itself when it is dropped during the unwind, so the sender never waits forever.
+    let conversation = msg.conversation.clone();
+    let ran = catch_unwind(AssertUnwindSafe(move || match channel.run(&mut msg) {
+        Ok(()) => log.append(msg, reply),
+        Err(rejection) => reply.send(Outcome::Rejected(rejection)),
+    }));
+    if ran.is_err() {
+        tracing::error!(%conversation, "a message handler panicked");
     }
 }
 

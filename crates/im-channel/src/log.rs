@@ -16,8 +16,21 @@ impl From<LogError> for im_protocol::ApiError {
 }
 
 /// Where a message's one [`Outcome`] goes; sending is a no-op if the sender has gone away.
+///
+/// A reply dropped without an answer (a queue torn down, a batch abandoned) answers
+/// `Outcome::Failed` by itself, so no sender ever waits without an outcome.
 #[derive(Debug)]
 pub struct Reply(Option<oneshot::Sender<Outcome>>);
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(Outcome::Failed(
+                "the message was abandoned before it was stored".into(),
+            ));
+        }
+    }
+}
 
 impl Reply {
     /// A reply channel and the receiver the sender awaits.
@@ -32,8 +45,8 @@ impl Reply {
     }
 
     /// Delivers the outcome.
-    pub fn send(self, outcome: Outcome) {
-        if let Some(tx) = self.0 {
+    pub fn send(mut self, outcome: Outcome) {
+        if let Some(tx) = self.0.take() {
             let _ = tx.send(outcome);
         }
     }

@@ -84,7 +84,7 @@ pub fn conversation_of(from: UserId, to: Target) -> String {
 pub fn direct_parties(conversation: &str) -> Option<(UserId, UserId)> {
     let (a, b) = conversation.strip_prefix('d')?.split_once('-')?;
     let (a, b) = (a.parse().ok()?, b.parse().ok()?);
-    (conversation == format!("d{a}-{b}")).then_some((UserId(a), UserId(b)))
+    (a <= b && conversation == format!("d{a}-{b}")).then_some((UserId(a), UserId(b)))
 }
 
 /// The group of a group conversation key, or `None` if it is not one.
@@ -136,7 +136,9 @@ mod tests {
             group_of(&conversation_of(UserId(1), Target::Group(GroupId(4)))),
             Some(GroupId(4))
         );
-        for bad in ["", "d", "d1", "d1-", "d01-2", "x1-2", "g", "g01", "d1-2-3"] {
+        for bad in [
+            "", "d", "d1", "d1-", "d01-2", "d2-1", "x1-2", "g", "g01", "d1-2-3",
+        ] {
             assert_eq!(direct_parties(bad), None, "{bad}");
             assert_eq!(group_of(bad), None, "{bad}");
         }

@@ -45,7 +45,7 @@ pub enum MessageRecord {
 
 impl MessageRecord {
     /// Encodes a message as the current record version.
-    pub fn encode(msg: &Message) -> Vec<u8> {
+    pub fn encode(msg: &Message) -> Result<Vec<u8>, RecordError> {
         let rec = MessageRecord::V1 {
             id: msg.id.0,
             conversation: msg.conversation.clone(),
@@ -56,7 +56,7 @@ impl MessageRecord {
             client_id: msg.client_id.clone(),
             sent_at: msg.sent_at,
         };
-        postcard::to_allocvec(&rec).unwrap_or_default()
+        Ok(postcard::to_allocvec(&rec)?)
     }
 
     /// Decodes a record of any known version.
@@ -101,7 +101,7 @@ mod tests {
                 from: UserId(from), to, kind: "text".into(),
                 body: serde_json::json!({"text": text}), client_id: cid, sent_at: at,
             };
-            let bytes = MessageRecord::encode(&msg);
+            let bytes = MessageRecord::encode(&msg).unwrap();
             prop_assert_eq!(MessageRecord::decode(&bytes).unwrap(), msg);
         }
     }

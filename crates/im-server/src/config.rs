@@ -66,6 +66,10 @@ pub struct Config {
     pub workers: WorkerConfig,
     /// Password hashing cost.
     pub argon2: Argon2Config,
+    /// `IM_*` variables that name no setting; ignored, and logged at start-up so a typo is
+    /// visible without unrelated variables stopping the server.
+    #[serde(skip)]
+    pub ignored_env: Vec<String>,
 }
 
 /// `[sse]`: event stream tuning.
@@ -123,6 +127,7 @@ impl Default for Config {
             sse: SseConfig::default(),
             workers: WorkerConfig::default(),
             argon2: Argon2Config::default(),
+            ignored_env: Vec::new(),
         }
     }
 }
@@ -215,22 +220,44 @@ impl Config {
             }
             None => Table::new(),
         };
-        for (key, raw) in vars {
-            let Some(key) = key.strip_prefix("IM_") else {
+        let mut ignored_env = Vec::new();
+        for (var, raw) in vars {
+            let Some(key) = var.strip_prefix("IM_") else {
                 continue;
             };
             let path: Vec<String> = key.split("__").map(str::to_lowercase).collect();
+            if !KEYS.contains(&path[0].as_str()) {
+                ignored_env.push(var);
+                continue;
+            }
             set_path(&mut table, &path, parse_scalar(&raw))?;
         }
         for (k, v) in flags {
             table.insert(k, v);
         }
-        let config: Config = Value::Table(table)
+        let mut config: Config = Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.ignored_env = ignored_env;
         Ok((Command::Run, config))
     }
 }
+
+/// Top-level settings an `IM_*` variable may name.
+const KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "direct_messages",
+    "log",
+    "max_message_bytes",
+    "max_json_bytes",
+    "shutdown_grace_secs",
+    "cookie_secure",
+    "allowed_origins",
+    "sse",
+    "workers",
+    "argon2",
+];
 
 /// Reads an environment value as TOML when it parses (numbers, booleans, arrays), else as a
 /// plain string, so `IM_LISTEN=127.0.0.1:1` needs no quoting.
@@ -309,9 +336,22 @@ mod tests {
             Config::load(vec![], vars),
             Err(ConfigError::Invalid(_))
         ));
-        let vars = vec![("IM_TYPO".to_owned(), "1".to_owned())];
+        let vars = vec![("IM_SSE__TYPO".to_owned(), "1".to_owned())];
         assert!(matches!(
             Config::load(vec![], vars),
+            Err(ConfigError::Invalid(_))
+        ));
+        // An unrelated IM_ variable is reported, not fatal.
+        let vars = vec![("IM_TYPO".to_owned(), "1".to_owned())];
+        assert_eq!(
+            Config::load(vec![], vars).unwrap().1.ignored_env,
+            vec!["IM_TYPO"]
+        );
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), "typo = 1").unwrap();
+        let args = vec!["--config".to_owned(), file.path().display().to_string()];
+        assert!(matches!(
+            Config::load(args, vec![]),
             Err(ConfigError::Invalid(_))
         ));
         assert_eq!(

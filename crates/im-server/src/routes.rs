@@ -105,9 +105,16 @@ impl App {
                 .await
                 .unwrap_or_else(|e| error_response(&e)),
         };
-        res.headers_mut()
+        let headers = res.headers_mut();
+        headers
             .entry(header::X_CONTENT_TYPE_OPTIONS)
             .or_insert(HeaderValue::from_static("nosniff"));
+        if path.starts_with("/api/") {
+            // Tokens and private messages must not sit in shared or browser caches.
+            headers
+                .entry(header::CACHE_CONTROL)
+                .or_insert(HeaderValue::from_static("no-store"));
+        }
         tracing::debug!(%method, %path, status = res.status().as_u16(), "request");
         res
     }

@@ -89,8 +89,9 @@ pub enum Resume {
 impl Resume {
     /// Reads the position; the header wins over the query, as browsers set the header on
     /// their own reconnects.
-    pub fn from_parts(header: Option<&str>, query: Option<&str>) -> Self {
-        match header.or(query).map(str::trim) {
+    pub fn from_parts<'a>(header: Option<&'a str>, query: Option<&'a str>) -> Self {
+        let nonempty = |v: Option<&'a str>| v.map(str::trim).filter(|v| !v.is_empty());
+        match nonempty(header).or(nonempty(query)) {
             None | Some("") => Resume::Live,
             Some(v) => match v.parse::<u64>() {
                 Ok(id) => Resume::After(MessageId(id)),
@@ -203,9 +204,16 @@ impl SseBroker {
     }
 
     /// Writes `event: resync` and returns the position live delivery continues after.
+    ///
+    /// The frame carries `id: <latest>`, so a browser's next automatic reconnect starts from
+    /// a servable position instead of asking for the unservable one again.
     async fn resync(&self, head: &mut BytesMut) -> Result<u64, ReplayError> {
-        head.extend_from_slice(&sse::ephemeral_frame("resync", "{}"));
-        Ok(self.inner.replay.latest_id().await?.0)
+        let latest = self.inner.replay.latest_id().await?.0;
+        let data = format!("{{\"latest\":{latest}}}");
+        let mut frame = Vec::new();
+        sse::write_event(&mut frame, Some(latest), Some("resync"), &data);
+        head.extend_from_slice(&frame);
+        Ok(latest)
     }
 
     /// Ends every stream and refuses new ones, so graceful shutdown can complete.

@@ -72,6 +72,7 @@ mod tests {
             for item in parser.feed(&frame) {
                 if let Item::Event(e) = item {
                     match e.id {
+                        Some(_) if e.event == "resync" => names.push(e.event),
                         Some(id) => ids.push(id.parse().unwrap()),
                         None => names.push(e.event),
                     }
@@ -167,5 +168,9 @@ mod tests {
             Resume::After(MessageId(3))
         );
         assert_eq!(Resume::from_parts(Some("-1"), None), Resume::Unservable);
+        assert_eq!(
+            Resume::from_parts(Some(""), Some("4")),
+            Resume::After(MessageId(4))
+        );
     }
 }

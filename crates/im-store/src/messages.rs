@@ -62,7 +62,7 @@ pub(crate) fn insert(
         group,
         msg.client_id,
         msg.sent_at as i64,
-        MessageRecord::encode(&msg)
+        MessageRecord::encode(&msg)?
     ])?;
     let mut touch = conn.prepare_cached(
         "INSERT INTO conversation_members (user_id, conversation, peer_user, group_id, last_message_id)

@@ -25,9 +25,11 @@ pub async fn patient<T>(what: &str, f: impl Future<Output = T>) -> T {
 
 /// A cheap argon2 cost so tests can register many users quickly.
 pub fn test_config(dir: &Path) -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".parse().unwrap();
-    c.data_dir = dir.to_owned();
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_owned(),
+        ..Config::default()
+    };
     c.argon2.memory_kib = 64;
     c.argon2.iterations = 1;
     c
