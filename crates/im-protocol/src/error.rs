@@ -45,6 +45,12 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// 409: the username is taken.
     UsernameTaken,
+    /// 409: the two users are friends already.
+    AlreadyFriends,
+    /// 409: the friend request was already answered.
+    RequestAnswered,
+    /// 404: no such friend request.
+    NoSuchRequest,
     /// 413: the body is over the limit.
     PayloadTooLarge,
     /// 415: wrong content type.
@@ -84,6 +90,9 @@ impl ErrorCode {
             NoSuchGroup => "no_such_group",
             MethodNotAllowed => "method_not_allowed",
             UsernameTaken => "username_taken",
+            AlreadyFriends => "already_friends",
+            RequestAnswered => "request_answered",
+            NoSuchRequest => "no_such_request",
             PayloadTooLarge => "payload_too_large",
             UnsupportedMediaType => "unsupported_media_type",
             Rejected => "rejected",
@@ -101,9 +110,9 @@ impl ErrorCode {
             | WeakPassword | InvalidQuery => 400,
             Unauthorized | BadCredentials => 401,
             ForeignOrigin | NotFriends | Blocked | NotMember | NotParticipant | Forbidden => 403,
-            NotFound | NoSuchUser | NoSuchGroup => 404,
+            NotFound | NoSuchUser | NoSuchGroup | NoSuchRequest => 404,
             MethodNotAllowed => 405,
-            UsernameTaken => 409,
+            UsernameTaken | AlreadyFriends | RequestAnswered => 409,
             PayloadTooLarge => 413,
             UnsupportedMediaType => 415,
             Rejected => 422,
