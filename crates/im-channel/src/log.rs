@@ -87,6 +87,14 @@ pub trait MessageHistory: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Message>, LogError>;
 
-    /// The user's conversations, newest activity first.
+    /// The user's conversations with messages, newest activity first.
     async fn conversations(&self, user: UserId) -> Result<Vec<ConversationSummary>, LogError>;
+
+    /// Moves the user's read position in a conversation forward (never back).
+    async fn mark_read(
+        &self,
+        user: UserId,
+        conversation: &str,
+        up_to: MessageId,
+    ) -> Result<(), LogError>;
 }

@@ -187,6 +187,32 @@ impl Client {
         self.login(username, password).await
     }
 
+    /// `POST /api/v1/friends/requests`: the request's JSON (201).
+    pub async fn request_friend(&self, username: &str) -> Result<Value, ClientError> {
+        let body = json!({ "username": username });
+        let res = self
+            .call(Method::POST, "/api/v1/friends/requests", Some(&body))
+            .await?;
+        Ok(res.expect(StatusCode::CREATED)?.json()["request"].clone())
+    }
+
+    /// `POST /api/v1/friends/requests/{id}/accept`.
+    pub async fn accept_request(&self, id: u64) -> Result<Value, ClientError> {
+        let path = format!("/api/v1/friends/requests/{id}/accept");
+        let res = self.call(Method::POST, &path, None).await?;
+        Ok(res.expect(StatusCode::OK)?.json()["request"].clone())
+    }
+
+    /// Makes this user and `other` (whose name is `other_name`) friends: request, accept.
+    pub async fn befriend(&self, other: &Client, other_name: &str) -> Result<(), ClientError> {
+        let request = self.request_friend(other_name).await?;
+        let id = request["id"]
+            .as_u64()
+            .ok_or_else(|| ClientError::Body("request without id".into()))?;
+        other.accept_request(id).await?;
+        Ok(())
+    }
+
     /// `POST /api/v1/messages` with a text body; returns the raw response so callers can
     /// tell 201 from 200.
     pub async fn post_text(

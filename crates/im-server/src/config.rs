@@ -58,6 +58,8 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// Marks the session cookie `Secure` (set it behind HTTPS).
     pub cookie_secure: bool,
+    /// Milliseconds a user with no open stream still counts as online, so reloads do not flap.
+    pub presence_grace_ms: u64,
     /// Extra origins allowed to make cookie-authenticated writes, e.g. `https://chat.example`.
     pub allowed_origins: Vec<String>,
     /// Event stream tuning.
@@ -117,12 +119,13 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./im-data"),
-            direct_messages: DirectMessages::Anyone,
+            direct_messages: DirectMessages::Friends,
             log: "info".into(),
             max_message_bytes: 64 * 1024,
             max_json_bytes: 16 * 1024,
             shutdown_grace_secs: 4,
             cookie_secure: false,
+            presence_grace_ms: 5000,
             allowed_origins: Vec::new(),
             sse: SseConfig::default(),
             workers: WorkerConfig::default(),
@@ -253,6 +256,7 @@ const KEYS: &[&str] = &[
     "max_json_bytes",
     "shutdown_grace_secs",
     "cookie_secure",
+    "presence_grace_ms",
     "allowed_origins",
     "sse",
     "workers",
@@ -302,7 +306,7 @@ mod tests {
         let file = dir.path().join("im.toml");
         std::fs::write(
             &file,
-            "listen = \"127.0.0.1:1\"\ndata_dir = \"/from-file\"\ndirect_messages = \"friends\"\n[sse]\nkeepalive_secs = 3\n",
+            "listen = \"127.0.0.1:1\"\ndata_dir = \"/from-file\"\ndirect_messages = \"anyone\"\n[sse]\nkeepalive_secs = 3\n",
         )
         .unwrap();
         let vars = vec![
@@ -315,7 +319,7 @@ mod tests {
         assert_eq!(cmd, Command::Run);
         assert_eq!(c.listen.port(), 2);
         assert_eq!(c.data_dir, PathBuf::from("/from-flag"));
-        assert_eq!(c.direct_messages, DirectMessages::Friends);
+        assert_eq!(c.direct_messages, DirectMessages::Anyone);
         assert_eq!((c.sse.keepalive_secs, c.sse.mailbox), (3, 7));
         let (_, c) = Config::load(s(&["--listen", "127.0.0.1:3"]), vec![]).unwrap();
         assert_eq!(c.listen.port(), 3);

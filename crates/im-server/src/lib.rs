@@ -24,7 +24,7 @@ use im_pool::{ConsumerPool, PoolConfig};
 use im_protocol::Message;
 use im_sse::{BrokerConfig, SseBroker};
 use im_store::{SqliteStore, StoreConfig, StoreError};
-use im_users::{Authorize, HashParams, UserError, UserManager};
+use im_users::{Authorize, HashParams, UserError, UserManager, UsersConfig};
 use routes::App;
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -109,12 +109,16 @@ impl ImServerBuilder {
     pub async fn bind(self) -> Result<ImServer, ServerError> {
         let cfg = &self.config;
         let store = SqliteStore::open(&cfg.data_dir, StoreConfig::default())?;
-        let params = HashParams {
-            memory_kib: cfg.argon2.memory_kib,
-            iterations: cfg.argon2.iterations,
-            concurrency: cfg.argon2.concurrency,
+        let users_cfg = UsersConfig {
+            hash: HashParams {
+                memory_kib: cfg.argon2.memory_kib,
+                iterations: cfg.argon2.iterations,
+                concurrency: cfg.argon2.concurrency,
+            },
+            direct_messages: cfg.direct_messages,
+            presence_grace: Duration::from_millis(cfg.presence_grace_ms),
         };
-        let users = Arc::new(UserManager::new(Arc::new(store.clone()), params).await?);
+        let users = UserManager::new(Arc::new(store.clone()), users_cfg).await?;
         let broker = SseBroker::new(
             BrokerConfig {
                 mailbox: cfg.sse.mailbox,
@@ -132,6 +136,8 @@ impl ImServerBuilder {
         if cfg.workers.pool_workers > 0 {
             pool_cfg.workers = cfg.workers.pool_workers;
         }
+        broker.set_listener(users.clone());
+        users.attach_mailboxes(Arc::new(broker.clone()));
         let pool = ConsumerPool::start(pool_cfg, Arc::new(broker.clone()), users.clone())
             .map_err(io_err("starting the consumer pool"))?;
         store.set_commit_listener(Arc::new(move |m: &Message| pool.dispatch(m)));
@@ -154,8 +160,7 @@ impl ImServerBuilder {
         }
         let mut groups = HashMap::new();
         for name in names {
-            let mut channel =
-                Channel::new().with(Authorize::new(users.clone(), cfg.direct_messages));
+            let mut channel = Channel::new().with(Authorize::new(users.clone()));
             for (_, h) in self.handlers.iter().filter(|(g, _)| *g == name) {
                 channel = channel.with_arc(h.clone());
             }

@@ -12,9 +12,11 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use im_channel::{ChannelGroup, MessageHistory, Outcome, Pending};
 use im_classifier::MessageClassifier;
-use im_protocol::{ApiError, Draft, ErrorCode, MessageId, conversation_of, now_millis};
+use im_protocol::{
+    ApiError, Draft, ErrorCode, GroupId, MessageId, Target, UserId, conversation_of, now_millis,
+};
 use im_sse::{Resume, SessionInfo, SseBroker};
-use im_users::{Authenticator, Credentials, Principal, UserManager};
+use im_users::{Authenticator, Credentials, Principal, Role, UserManager};
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
@@ -38,6 +40,44 @@ pub(crate) struct App {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ReadBody {
+    up_to: MessageId,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TypingBody {
+    to: Target,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FriendRequestBody {
+    username: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserIdBody {
+    user_id: UserId,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewGroupBody {
+    name: String,
+    #[serde(default)]
+    members: Vec<UserId>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleBody {
+    role: Role,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Login {
     username: String,
     password: String,
@@ -55,10 +95,30 @@ enum Route {
     Messages,
     Conversations,
     History(String),
+    Read(String),
+    Typing,
+    Friends,
+    Friend(UserId),
+    FriendRequests,
+    AnswerRequest(u64, bool),
+    Blocks,
+    Block(UserId),
+    Groups,
+    Group(GroupId),
+    GroupMembers(GroupId),
+    GroupMember(GroupId, UserId),
 }
 
 const GET: &[Method] = &[Method::GET, Method::HEAD];
 const POST: &[Method] = &[Method::POST];
+const GET_POST: &[Method] = &[Method::GET, Method::HEAD, Method::POST];
+const DELETE: &[Method] = &[Method::DELETE];
+const PUT_DELETE: &[Method] = &[Method::PUT, Method::DELETE];
+
+/// A numeric path segment; anything else is an unknown route.
+fn num(s: &str) -> Option<u64> {
+    s.parse().ok().filter(|_| !s.starts_with('+'))
+}
 
 fn resolve(path: &str) -> Option<(Route, &'static [Method])> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -76,6 +136,22 @@ fn resolve(path: &str) -> Option<(Route, &'static [Method])> {
             ["conversations", c, "messages"] if !c.is_empty() => {
                 (Route::History((*c).to_owned()), GET)
             }
+            ["conversations", c, "read"] if !c.is_empty() => (Route::Read((*c).to_owned()), POST),
+            ["typing"] => (Route::Typing, POST),
+            ["friends"] => (Route::Friends, GET),
+            ["friends", "requests"] => (Route::FriendRequests, GET_POST),
+            ["friends", "requests", id, "accept"] => (Route::AnswerRequest(num(id)?, true), POST),
+            ["friends", "requests", id, "decline"] => (Route::AnswerRequest(num(id)?, false), POST),
+            ["friends", id] => (Route::Friend(UserId(num(id)?)), DELETE),
+            ["blocks"] => (Route::Blocks, GET_POST),
+            ["blocks", id] => (Route::Block(UserId(num(id)?)), DELETE),
+            ["groups"] => (Route::Groups, GET_POST),
+            ["groups", id] => (Route::Group(GroupId(num(id)?)), GET),
+            ["groups", id, "members"] => (Route::GroupMembers(GroupId(num(id)?)), POST),
+            ["groups", id, "members", user] => (
+                Route::GroupMember(GroupId(num(id)?), UserId(num(user)?)),
+                PUT_DELETE,
+            ),
             _ => return None,
         },
         _ => return None,
@@ -184,7 +260,7 @@ impl App {
             }
             Route::Me => {
                 let who = self.principal(&req).await?;
-                let user = self.users.user(who.user).await?;
+                let user = self.users.user(who.user)?;
                 Ok(json(StatusCode::OK, &json!({ "user": user })))
             }
             Route::Events => self.events(req).await,
@@ -214,6 +290,123 @@ impl App {
                 let messages = self.history.history(&conversation, before, limit).await?;
                 Ok(json(StatusCode::OK, &json!({ "messages": messages })))
             }
+            other => self.social(other, req).await,
+        }
+    }
+
+    /// Friends, blocks, groups, typing and read receipts.
+    async fn social(&self, route: Route, req: Request<Incoming>) -> Reply {
+        let who = self.principal(&req).await?.user;
+        let users = &self.users;
+        let is_get = req.method() != Method::POST;
+        let limit = self.config.max_json_bytes;
+        match route {
+            Route::Read(conversation) => {
+                users.check_party(who, &conversation)?;
+                let body: ReadBody = read_json(req, limit).await?;
+                self.history
+                    .mark_read(who, &conversation, body.up_to)
+                    .await?;
+                users.announce_read(who, &conversation, body.up_to);
+                Ok(empty(StatusCode::NO_CONTENT))
+            }
+            Route::Typing => {
+                let body: TypingBody = read_json(req, limit).await?;
+                users.typing(who, body.to)?;
+                Ok(empty(StatusCode::NO_CONTENT))
+            }
+            Route::Friends => {
+                let friends: Vec<_> = users
+                    .friends(who)
+                    .into_iter()
+                    .map(|f| json!({"id": f.id, "username": f.username, "online": users.is_online(f.id)}))
+                    .collect();
+                Ok(json(StatusCode::OK, &json!({ "friends": friends })))
+            }
+            Route::Friend(other) => {
+                users.unfriend(who, other).await?;
+                Ok(empty(StatusCode::NO_CONTENT))
+            }
+            Route::FriendRequests if is_get => {
+                let (incoming, outgoing) = users.requests(who);
+                let list = |v: Vec<_>| v.iter().map(|r| users.request_json(r)).collect::<Vec<_>>();
+                Ok(json(
+                    StatusCode::OK,
+                    &json!({"incoming": list(incoming), "outgoing": list(outgoing)}),
+                ))
+            }
+            Route::FriendRequests => {
+                let body: FriendRequestBody = read_json(req, limit).await?;
+                let r = users.request_friend(who, &body.username).await?;
+                Ok(json(
+                    StatusCode::CREATED,
+                    &json!({ "request": users.request_json(&r) }),
+                ))
+            }
+            Route::AnswerRequest(id, accept) => {
+                let r = users.answer_request(who, id, accept).await?;
+                Ok(json(
+                    StatusCode::OK,
+                    &json!({ "request": users.request_json(&r) }),
+                ))
+            }
+            Route::Blocks if is_get => Ok(json(
+                StatusCode::OK,
+                &json!({ "blocked": users.blocked(who) }),
+            )),
+            Route::Blocks => {
+                let body: UserIdBody = read_json(req, limit).await?;
+                users.block(who, body.user_id).await?;
+                Ok(empty(StatusCode::NO_CONTENT))
+            }
+            Route::Block(other) => {
+                users.unblock(who, other).await?;
+                Ok(empty(StatusCode::NO_CONTENT))
+            }
+            Route::Groups if is_get => {
+                let groups: Vec<_> = users
+                    .groups(who)
+                    .iter()
+                    .map(|g| users.group_json(g))
+                    .collect();
+                Ok(json(StatusCode::OK, &json!({ "groups": groups })))
+            }
+            Route::Groups => {
+                let body: NewGroupBody = read_json(req, limit).await?;
+                let g = users.create_group(who, &body.name, &body.members).await?;
+                Ok(json(
+                    StatusCode::CREATED,
+                    &json!({ "group": users.group_json(&g) }),
+                ))
+            }
+            Route::Group(id) => {
+                let g = users.group(who, id)?;
+                Ok(json(
+                    StatusCode::OK,
+                    &json!({ "group": users.group_json(&g) }),
+                ))
+            }
+            Route::GroupMembers(id) => {
+                let body: UserIdBody = read_json(req, limit).await?;
+                let g = users.add_member(who, id, body.user_id).await?;
+                Ok(json(
+                    StatusCode::OK,
+                    &json!({ "group": users.group_json(&g) }),
+                ))
+            }
+            Route::GroupMember(id, user) if req.method() == Method::PUT => {
+                let body: RoleBody = read_json(req, limit).await?;
+                let g = users.set_role(who, id, user, body.role).await?;
+                Ok(json(
+                    StatusCode::OK,
+                    &json!({ "group": users.group_json(&g) }),
+                ))
+            }
+            Route::GroupMember(id, user) => {
+                users.remove_member(who, id, user).await?;
+                Ok(empty(StatusCode::NO_CONTENT))
+            }
+            _ => Err(ApiError::new(ErrorCode::NotFound, "no such route")),
         }
     }
 

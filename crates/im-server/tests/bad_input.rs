@@ -30,14 +30,9 @@ async fn every_bad_request_gets_its_code() {
     let server = TestServer::start().await;
     let anon = server.client();
     let alice = anon.signup("alice", "alice-password").await.unwrap();
-    anon.register("bob", "bob-password").await.unwrap();
-    let mut bob_stream = anon
-        .login("bob", "bob-password")
-        .await
-        .unwrap()
-        .events(None)
-        .await
-        .unwrap();
+    let bob = anon.signup("bob", "bob-password").await.unwrap();
+    alice.befriend(&bob, "bob").await.unwrap();
+    let mut bob_stream = bob.events(None).await.unwrap();
     let post = |body: &'static str| {
         let alice = alice.clone();
         async move {

@@ -20,7 +20,8 @@ async fn acknowledged_messages_survive_sigkill() {
     let server = ServerProcess::start(dir.path());
     let anon = server.client();
     let alice = anon.signup("alice", "alice-password").await.unwrap();
-    anon.register("bob", "bob-password").await.unwrap();
+    let bob = anon.signup("bob", "bob-password").await.unwrap();
+    alice.befriend(&bob, "bob").await.unwrap();
 
     let acked: Arc<Mutex<BTreeMap<String, Message>>> = Arc::default();
     let unanswered: Arc<Mutex<Vec<String>>> = Arc::default();

@@ -20,6 +20,7 @@ async fn word_filter_rewrites_and_rejects() {
     let anon = server.client();
     let alice = anon.signup("alice", "alice-password").await.unwrap();
     let bob = anon.signup("bob", "bob-password").await.unwrap();
+    alice.befriend(&bob, "bob").await.unwrap();
     let mut stream = bob.events(None).await.unwrap();
 
     let res = alice
@@ -63,6 +64,7 @@ async fn custom_kind_is_accepted_validated_and_delivered() {
     let anon = server.client();
     let alice = anon.signup("alice", "alice-password").await.unwrap();
     let bob = anon.signup("bob", "bob-password").await.unwrap();
+    alice.befriend(&bob, "bob").await.unwrap();
     let mut stream = bob.events(None).await.unwrap();
 
     let post = |body: serde_json::Value| {

@@ -24,6 +24,7 @@ async fn pair(server: &TestServer) -> (Client, Client) {
     let anon = server.client();
     let alice = anon.signup("alice", "alice-password").await.unwrap();
     let bob = anon.signup("bob", "bob-password").await.unwrap();
+    alice.befriend(&bob, "bob").await.unwrap();
     (alice, bob)
 }
 
@@ -226,8 +227,9 @@ async fn conversations_list_with_unread() {
 async fn cookie_sessions_origin_check_and_logout() {
     let server = TestServer::start().await;
     let anon = server.client();
-    anon.register("alice", "alice-password").await.unwrap();
-    anon.register("bob", "bob-password").await.unwrap();
+    let a = anon.signup("alice", "alice-password").await.unwrap();
+    let b = anon.signup("bob", "bob-password").await.unwrap();
+    a.befriend(&b, "bob").await.unwrap();
     let body = serde_json::json!({"username": "alice", "password": "alice-password"});
     let res = anon
         .call(Method::POST, "/api/v1/auth/login", Some(&body))

@@ -13,6 +13,7 @@ async fn sigterm_ends_streams_and_exits() {
     let anon = server.client();
     let alice = anon.signup("alice", "alice-password").await.unwrap();
     let bob = anon.signup("bob", "bob-password").await.unwrap();
+    alice.befriend(&bob, "bob").await.unwrap();
     let mut streams = vec![
         bob.events(None).await.unwrap(),
         alice.events(None).await.unwrap(),

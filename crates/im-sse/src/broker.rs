@@ -6,8 +6,8 @@ use im_protocol::sse::{self, Frame};
 use im_protocol::{ApiError, ErrorCode, Message, MessageId, UserId};
 use parking_lot::RwLock;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Reading the replay from the store failed.
@@ -46,6 +46,16 @@ pub trait ReplaySource: Send + Sync + 'static {
 
     /// The highest committed id, to tell a position from the future (another deployment).
     async fn latest_id(&self) -> Result<MessageId, ReplayError>;
+}
+
+/// Hears every stream open and close, e.g. to track presence. Calls come from any thread and
+/// must not block; opens and closes of one user may arrive in any order relative to each
+/// other, so keep counts rather than flags.
+pub trait SessionListener: Send + Sync + 'static {
+    /// A stream of `user` opened.
+    fn opened(&self, user: UserId);
+    /// A stream of `user` closed.
+    fn closed(&self, user: UserId);
 }
 
 /// Tuning of the broker.
@@ -118,6 +128,7 @@ pub(crate) struct Inner {
     shutting_down: AtomicBool,
     pub(crate) streams: AtomicUsize,
     replay: Arc<dyn ReplaySource>,
+    pub(crate) listener: OnceLock<Arc<dyn SessionListener>>,
 }
 
 impl Inner {
@@ -153,6 +164,7 @@ impl SseBroker {
                 shutting_down: AtomicBool::new(false),
                 streams: AtomicUsize::new(0),
                 replay,
+                listener: OnceLock::new(),
             }),
         }
     }
@@ -214,6 +226,11 @@ impl SseBroker {
         sse::write_event(&mut frame, Some(latest), Some("resync"), &data);
         head.extend_from_slice(&frame);
         Ok(latest)
+    }
+
+    /// Sets who hears about streams opening and closing; set it before serving.
+    pub fn set_listener(&self, listener: Arc<dyn SessionListener>) {
+        let _ = self.inner.listener.set(listener);
     }
 
     /// Ends every stream and refuses new ones, so graceful shutdown can complete.

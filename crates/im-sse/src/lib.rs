@@ -13,7 +13,9 @@ mod broker;
 mod mailbox;
 mod stream;
 
-pub use broker::{BrokerConfig, ReplayError, ReplaySource, Resume, SessionInfo, SseBroker};
+pub use broker::{
+    BrokerConfig, ReplayError, ReplaySource, Resume, SessionInfo, SessionListener, SseBroker,
+};
 pub use stream::SseStream;
 
 /// The SSE response headers every stream must carry.

@@ -36,6 +36,9 @@ impl std::fmt::Debug for SseStream {
 impl SseStream {
     pub(crate) fn new(inner: Arc<Inner>, user: UserId, mailbox: Arc<Mailbox>) -> Self {
         inner.streams.fetch_add(1, Ordering::Relaxed);
+        if let Some(l) = inner.listener.get() {
+            l.opened(user);
+        }
         let keepalive = Box::pin(tokio::time::sleep(inner.config.keepalive));
         Self {
             inner,
@@ -57,12 +60,17 @@ impl SseStream {
 impl Drop for SseStream {
     fn drop(&mut self) {
         self.inner.streams.fetch_sub(1, Ordering::Relaxed);
-        let mut shard = self.inner.shard(self.user).write();
-        if let Some(list) = shard.get_mut(&self.user) {
-            list.retain(|m| !Arc::ptr_eq(m, &self.mailbox));
-            if list.is_empty() {
-                shard.remove(&self.user);
+        {
+            let mut shard = self.inner.shard(self.user).write();
+            if let Some(list) = shard.get_mut(&self.user) {
+                list.retain(|m| !Arc::ptr_eq(m, &self.mailbox));
+                if list.is_empty() {
+                    shard.remove(&self.user);
+                }
             }
+        }
+        if let Some(l) = self.inner.listener.get() {
+            l.closed(self.user);
         }
     }
 }

@@ -13,6 +13,7 @@
 
 mod messages;
 mod migrations;
+mod social;
 mod users;
 mod writer;
 

@@ -64,36 +64,25 @@ pub(crate) fn insert(
         msg.sent_at as i64,
         MessageRecord::encode(&msg)?
     ])?;
-    let mut touch = conn.prepare_cached(
-        "INSERT INTO conversation_members (user_id, conversation, peer_user, group_id, last_message_id)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (user_id, conversation) DO UPDATE SET last_message_id = excluded.last_message_id",
-    )?;
-    match msg.to {
-        Target::User(to) => {
+    // Direct chats keep a per-user row for the conversation list; group lists come from
+    // membership, so a group message costs no per-member write.
+    if let Target::User(to) = msg.to {
+        let mut touch = conn.prepare_cached(
+            "INSERT INTO conversation_members (user_id, conversation, peer_user, group_id, last_message_id)
+             VALUES (?1, ?2, ?3, NULL, ?4)
+             ON CONFLICT (user_id, conversation) DO UPDATE SET last_message_id = excluded.last_message_id",
+        )?;
+        touch.execute(params![
+            msg.from.0 as i64,
+            msg.conversation,
+            to.0 as i64,
+            id as i64
+        ])?;
+        if to != msg.from {
             touch.execute(params![
-                msg.from.0 as i64,
-                msg.conversation,
                 to.0 as i64,
-                None::<i64>,
-                id as i64
-            ])?;
-            if to != msg.from {
-                touch.execute(params![
-                    to.0 as i64,
-                    msg.conversation,
-                    msg.from.0 as i64,
-                    None::<i64>,
-                    id as i64
-                ])?;
-            }
-        }
-        Target::Group(g) => {
-            touch.execute(params![
-                msg.from.0 as i64,
                 msg.conversation,
-                None::<i64>,
-                g.0 as i64,
+                msg.from.0 as i64,
                 id as i64
             ])?;
         }
@@ -144,37 +133,74 @@ impl MessageHistory for SqliteStore {
 
     async fn conversations(&self, user: UserId) -> Result<Vec<ConversationSummary>, LogError> {
         self.read(move |conn| {
+            let me = user.0 as i64;
             let mut stmt = conn.prepare_cached(
-                "SELECT cm.conversation, cm.peer_user, cm.group_id, m.record,
-                   (SELECT COUNT(*) FROM messages x
-                     WHERE x.conversation = cm.conversation AND x.id > cm.read_up_to AND x.sender != cm.user_id)
-                 FROM conversation_members cm JOIN messages m ON m.id = cm.last_message_id
-                 WHERE cm.user_id = ?1 ORDER BY cm.last_message_id DESC LIMIT 1000",
+                "SELECT conversation, peer_user, NULL, last_message_id FROM conversation_members
+                   WHERE user_id = ?1 AND peer_user IS NOT NULL
+                 UNION ALL
+                 SELECT 'g' || gm.group_id, NULL, gm.group_id,
+                   (SELECT MAX(m.id) FROM messages m WHERE m.group_id = gm.group_id)
+                   FROM group_members gm WHERE gm.user_id = ?1",
             )?;
-            let rows = stmt.query_map(params![user.0 as i64], |r| {
+            let rows = stmt.query_map(params![me], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, Option<i64>>(1)?,
                     r.get::<_, Option<i64>>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                    r.get::<_, i64>(4)?,
+                    r.get::<_, Option<i64>>(3)?,
                 ))
             })?;
-            let mut out = Vec::new();
+            let mut found = Vec::new();
             for row in rows {
-                let (conversation, peer, group, record, unread) = row?;
+                let (conversation, peer, group, last) = row?;
                 let with = match (peer, group) {
                     (_, Some(g)) => Target::Group(GroupId(g as u64)),
                     (p, None) => Target::User(UserId(p.unwrap_or_default() as u64)),
                 };
+                if let Some(last) = last {
+                    found.push((conversation, with, last));
+                }
+            }
+            found.sort_by_key(|f| std::cmp::Reverse(f.2));
+            found.truncate(1000);
+            let mut record = conn.prepare_cached("SELECT record FROM messages WHERE id = ?1")?;
+            let mut unread = conn.prepare_cached(
+                "SELECT COUNT(*) FROM messages
+                  WHERE conversation = ?1 AND sender != ?2 AND id > COALESCE(
+                    (SELECT up_to FROM read_positions WHERE user_id = ?2 AND conversation = ?1), 0)",
+            )?;
+            let mut out = Vec::with_capacity(found.len());
+            for (conversation, with, last) in found {
+                let bytes: Vec<u8> = record.query_row(params![last], |r| r.get(0))?;
+                let n: i64 = unread.query_row(params![conversation, me], |r| r.get(0))?;
                 out.push(ConversationSummary {
                     conversation,
                     with,
-                    last_message: decode(record)?,
-                    unread: unread as u64,
+                    last_message: decode(bytes)?,
+                    unread: n as u64,
                 });
             }
             Ok(out)
+        })
+        .await
+        .map_err(log_err)
+    }
+
+    async fn mark_read(
+        &self,
+        user: UserId,
+        conversation: &str,
+        up_to: MessageId,
+    ) -> Result<(), LogError> {
+        let conversation = conversation.to_owned();
+        let up_to = up_to.0.min(i64::MAX as u64) as i64;
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO read_positions (user_id, conversation, up_to) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_id, conversation) DO UPDATE SET up_to = MAX(up_to, excluded.up_to)",
+            )?
+            .execute(params![user.0 as i64, conversation, up_to])?;
+            Ok(())
         })
         .await
         .map_err(log_err)
@@ -192,7 +218,8 @@ impl ReplaySource for SqliteStore {
         let after = after.0.min(i64::MAX as u64) as i64;
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT record FROM messages WHERE id > ?1 AND (sender = ?2 OR recipient = ?2)
+                "SELECT record FROM messages WHERE id > ?1 AND (sender = ?2 OR recipient = ?2
+                   OR group_id IN (SELECT group_id FROM group_members WHERE user_id = ?2))
                  ORDER BY id LIMIT ?3",
             )?;
             let rows = stmt.query_map(params![after, user.0 as i64, limit as i64], |r| r.get(0))?;

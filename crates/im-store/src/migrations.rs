@@ -44,6 +44,49 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user_id, conversation)
     ) WITHOUT ROWID;
     CREATE INDEX conversation_members_recent ON conversation_members(user_id, last_message_id);",
+    // 2: the social graph, and read positions for every kind of conversation.
+    "CREATE TABLE friend_requests (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        from_user INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        to_user INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'accepted', 'declined')),
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX friend_requests_pending ON friend_requests(state) WHERE state = 'pending';
+    CREATE TABLE friendships (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        friend_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        since INTEGER NOT NULL,
+        PRIMARY KEY (user_id, friend_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE blocks (
+        blocker INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        blocked INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        since INTEGER NOT NULL,
+        PRIMARY KEY (blocker, blocked)
+    ) WITHOUT ROWID;
+    CREATE TABLE groups (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE group_members (
+        group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        role TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'member')),
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (group_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX group_members_user ON group_members(user_id);
+    CREATE INDEX messages_group ON messages(group_id, id) WHERE group_id IS NOT NULL;
+    CREATE TABLE read_positions (
+        user_id INTEGER NOT NULL,
+        conversation TEXT NOT NULL,
+        up_to INTEGER NOT NULL,
+        PRIMARY KEY (user_id, conversation)
+    ) WITHOUT ROWID;
+    INSERT INTO read_positions (user_id, conversation, up_to)
+        SELECT user_id, conversation, read_up_to FROM conversation_members WHERE read_up_to > 0;",
 ];
 
 /// Brings the schema to the latest version in one transaction.

@@ -116,5 +116,5 @@ async fn users_and_sessions() {
     assert_eq!(store.session([7; 32]).await.unwrap().unwrap().session, sid);
     store.delete_session(sid).await.unwrap();
     assert!(store.session([7; 32]).await.unwrap().is_none());
-    assert_eq!(store.user_ids().await.unwrap(), vec![alice.id]);
+    assert_eq!(store.all_users().await.unwrap(), vec![alice]);
 }

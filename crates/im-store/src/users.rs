@@ -1,9 +1,12 @@
 //! Accounts and sessions.
 
+use crate::social;
 use crate::{SqliteStore, StoreError};
 use async_trait::async_trait;
 use im_protocol::{UserId, now_millis};
-use im_users::{Principal, User, UserStore, UserStoreError};
+use im_users::{
+    FriendRequest, Principal, SocialSnapshot, SocialWrite, User, UserStore, UserStoreError,
+};
 use rusqlite::{OptionalExtension, params};
 
 fn other(e: StoreError) -> UserStoreError {
@@ -79,16 +82,36 @@ impl UserStore for SqliteStore {
         .map_err(other)
     }
 
-    async fn user_ids(&self) -> Result<Vec<UserId>, UserStoreError> {
+    async fn all_users(&self) -> Result<Vec<User>, UserStoreError> {
         self.read(|conn| {
-            let mut stmt = conn.prepare("SELECT id FROM users")?;
-            let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
-            Ok(rows
-                .map(|r| r.map(|id| UserId(id as u64)))
-                .collect::<Result<Vec<_>, _>>()?)
+            let mut stmt = conn.prepare("SELECT id, username FROM users")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(User {
+                    id: UserId(r.get::<_, i64>(0)? as u64),
+                    username: r.get(1)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
         .map_err(other)
+    }
+
+    async fn load_social(&self) -> Result<SocialSnapshot, UserStoreError> {
+        self.read(social::load).await.map_err(other)
+    }
+
+    async fn apply_social(&self, change: &SocialWrite) -> Result<u64, UserStoreError> {
+        let change = change.clone();
+        self.write(move |conn| social::apply(conn, &change))
+            .await
+            .map_err(other)
+    }
+
+    async fn friend_request(&self, id: u64) -> Result<Option<FriendRequest>, UserStoreError> {
+        self.read(move |conn| social::request(conn, id))
+            .await
+            .map_err(other)
     }
 
     async fn create_session(

@@ -7,10 +7,13 @@
 
 mod manager;
 mod policy;
+mod presence;
+pub mod social;
 mod store;
 
-pub use manager::{HashParams, LoginOutcome, UserManager};
+pub use manager::{HashParams, LoginOutcome, UserManager, UsersConfig};
 pub use policy::{Authorize, DirectMessages};
+pub use social::{FriendRequest, Group, RequestState, Role, SocialSnapshot, SocialWrite};
 pub use store::{UserStore, UserStoreError};
 
 use async_trait::async_trait;
@@ -75,6 +78,36 @@ pub enum UserError {
     /// No such user.
     #[error("no such user")]
     NoSuchUser,
+    /// A user cannot befriend or block themselves.
+    #[error("that would be a relation with yourself")]
+    SelfRelation,
+    /// The two are friends already.
+    #[error("you are friends already")]
+    AlreadyFriends,
+    /// One side blocked the other.
+    #[error("one of you has blocked the other")]
+    Blocked,
+    /// The policy needs friendship.
+    #[error("direct messages are allowed only between friends")]
+    NotFriends,
+    /// Only the addressee answers a friend request.
+    #[error("only the addressee may answer this request")]
+    NotAddressee,
+    /// The request was answered already.
+    #[error("this request was already answered")]
+    RequestAnswered,
+    /// No such friend request (or not yours to see).
+    #[error("no such friend request")]
+    NoSuchRequest,
+    /// The caller is not a member of the group.
+    #[error("you are not a member of this group")]
+    NotMember,
+    /// Only owners and admins manage membership; only the owner assigns roles.
+    #[error("your role in this group does not allow that")]
+    NotAdmin,
+    /// Group names are 1–64 characters, not blank.
+    #[error("group names are 1–64 characters and not blank")]
+    InvalidGroupName,
     /// The caller is not a party to the conversation.
     #[error("you are not a party to this conversation")]
     NotParticipant,
@@ -99,6 +132,14 @@ impl From<UserError> for ApiError {
             UserError::BadCredentials => ErrorCode::BadCredentials,
             UserError::NoSuchUser => ErrorCode::NoSuchUser,
             UserError::NotParticipant => ErrorCode::NotParticipant,
+            UserError::SelfRelation | UserError::InvalidGroupName => ErrorCode::InvalidRequest,
+            UserError::AlreadyFriends => ErrorCode::AlreadyFriends,
+            UserError::Blocked => ErrorCode::Blocked,
+            UserError::NotFriends => ErrorCode::NotFriends,
+            UserError::NotAddressee | UserError::NotAdmin => ErrorCode::Forbidden,
+            UserError::RequestAnswered => ErrorCode::RequestAnswered,
+            UserError::NoSuchRequest => ErrorCode::NoSuchRequest,
+            UserError::NotMember => ErrorCode::NotMember,
             UserError::NoSuchGroup => ErrorCode::NoSuchGroup,
             UserError::NoSuchConversation => ErrorCode::NotFound,
             UserError::Store(_) => {

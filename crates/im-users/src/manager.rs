@@ -1,12 +1,21 @@
-use crate::{Authenticator, Credentials, Principal, User, UserError, UserStore, valid_username};
+use crate::presence::{Change, Presence};
+use crate::social::{FriendRequest, Group, RequestState, Role, Social, SocialWrite, successor};
+use crate::{
+    Authenticator, Credentials, DirectMessages, Principal, User, UserError, UserStore,
+    valid_username,
+};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use async_trait::async_trait;
-use im_protocol::{Message, Target, UserId};
+use im_pool::Mailboxes;
+use im_protocol::sse::Frame;
+use im_protocol::{GroupId, Message, MessageId, Target, UserId, conversation_of};
 use parking_lot::RwLock;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
 use tokio::sync::Semaphore;
 
 /// argon2id cost settings. The defaults are OWASP's recommendation (19 MiB, 2 passes).
@@ -30,6 +39,27 @@ impl Default for HashParams {
     }
 }
 
+/// Settings of the [`UserManager`].
+#[derive(Debug, Clone, Copy)]
+pub struct UsersConfig {
+    /// Password hashing cost.
+    pub hash: HashParams,
+    /// Who may message whom directly.
+    pub direct_messages: DirectMessages,
+    /// How long a user with no open stream still counts as online (no flap on reload).
+    pub presence_grace: Duration,
+}
+
+impl Default for UsersConfig {
+    fn default() -> Self {
+        Self {
+            hash: HashParams::default(),
+            direct_messages: DirectMessages::Friends,
+            presence_grace: Duration::from_secs(5),
+        }
+    }
+}
+
 /// A successful login.
 #[derive(Debug, Clone)]
 pub struct LoginOutcome {
@@ -41,14 +71,30 @@ pub struct LoginOutcome {
     pub principal: Principal,
 }
 
-/// Accounts and sessions, with an in-memory directory so channel handlers can check users
-/// without blocking.
+#[derive(Debug, Default)]
+struct Directory {
+    names: HashMap<UserId, String>,
+    ids: HashMap<String, UserId>,
+}
+
+/// Accounts, sessions, the social graph and presence.
+///
+/// The user directory and the social graph are kept in memory (loaded at start, written
+/// through to the store), so channel handlers can authorize without blocking.
 pub struct UserManager {
     store: Arc<dyn UserStore>,
+    config: UsersConfig,
     argon: Argon2<'static>,
     hashing: Semaphore,
-    known: RwLock<HashSet<UserId>>,
+    directory: RwLock<Directory>,
     sessions: RwLock<HashMap<[u8; 32], Principal>>,
+    social: RwLock<Social>,
+    /// Serializes graph changes so memory and store apply them in the same order.
+    social_writes: tokio::sync::Mutex<()>,
+    presence: Presence,
+    mailboxes: OnceLock<Arc<dyn Mailboxes>>,
+    runtime: Option<tokio::runtime::Handle>,
+    me: Weak<UserManager>,
     /// Verified against when the username does not exist, so both cases cost the same.
     decoy_hash: String,
 }
@@ -56,28 +102,56 @@ pub struct UserManager {
 impl std::fmt::Debug for UserManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UserManager")
-            .field("users", &self.known.read().len())
+            .field("users", &self.directory.read().names.len())
             .finish()
     }
 }
 
 impl UserManager {
-    /// Loads the directory from `store`.
-    pub async fn new(store: Arc<dyn UserStore>, params: HashParams) -> Result<Self, UserError> {
-        let argon_params = Params::new(params.memory_kib.max(8), params.iterations.max(1), 1, None)
+    /// Loads the directory and the social graph from `store`.
+    pub async fn new(
+        store: Arc<dyn UserStore>,
+        config: UsersConfig,
+    ) -> Result<Arc<Self>, UserError> {
+        let p = config.hash;
+        let argon_params = Params::new(p.memory_kib.max(8), p.iterations.max(1), 1, None)
             .map_err(|e| UserError::Store(format!("argon2 parameters: {e}")))?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params);
-        let known = store.user_ids().await?.into_iter().collect();
+        let mut directory = Directory::default();
+        for u in store.all_users().await? {
+            directory.ids.insert(u.username.clone(), u.id);
+            directory.names.insert(u.id, u.username);
+        }
+        let social = Social::from_snapshot(store.load_social().await?);
         let decoy_hash = hash_password(&argon, "decoy password that matches nothing")?;
-        Ok(Self {
+        Ok(Arc::new_cyclic(|me| Self {
             store,
+            config,
             argon,
-            hashing: Semaphore::new(params.concurrency.max(1)),
-            known: RwLock::new(known),
+            hashing: Semaphore::new(p.concurrency.max(1)),
+            directory: RwLock::new(directory),
             sessions: RwLock::new(HashMap::new()),
+            social: RwLock::new(social),
+            social_writes: tokio::sync::Mutex::new(()),
+            presence: Presence::default(),
+            mailboxes: OnceLock::new(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            me: me.clone(),
             decoy_hash,
-        })
+        }))
     }
+
+    /// Connects the live sessions that ephemeral events (presence, typing, requests) go to.
+    pub fn attach_mailboxes(&self, mailboxes: Arc<dyn Mailboxes>) {
+        let _ = self.mailboxes.set(mailboxes);
+    }
+
+    /// The direct-message policy in force.
+    pub fn direct_messages(&self) -> DirectMessages {
+        self.config.direct_messages
+    }
+
+    // ----- accounts and sessions -----
 
     /// Creates an account.
     pub async fn register(&self, username: &str, password: &str) -> Result<User, UserError> {
@@ -90,7 +164,9 @@ impl UserManager {
             .on_hash_pool(move |argon| hash_password(argon, &password))
             .await??;
         let user = self.store.create_user(username, &hash).await?;
-        self.known.write().insert(user.id);
+        let mut dir = self.directory.write();
+        dir.ids.insert(user.username.clone(), user.id);
+        dir.names.insert(user.id, user.username.clone());
         Ok(user)
     }
 
@@ -141,29 +217,33 @@ impl UserManager {
     }
 
     /// One account.
-    pub async fn user(&self, id: UserId) -> Result<User, UserError> {
-        self.store.user(id).await?.ok_or(UserError::NoSuchUser)
+    pub fn user(&self, id: UserId) -> Result<User, UserError> {
+        let dir = self.directory.read();
+        let username = dir.names.get(&id).ok_or(UserError::NoSuchUser)?.clone();
+        Ok(User { id, username })
     }
 
     /// Whether an account exists, without I/O (for handlers on the hot path).
     pub fn exists(&self, id: UserId) -> bool {
-        self.known.read().contains(&id)
+        self.directory.read().names.contains_key(&id)
     }
 
-    /// Whether `user` may read `conversation`'s history.
-    pub fn check_party(&self, user: UserId, conversation: &str) -> Result<(), UserError> {
-        if let Some((a, b)) = im_protocol::direct_parties(conversation) {
-            return if user == a || user == b {
-                Ok(())
-            } else {
-                Err(UserError::NotParticipant)
-            };
-        }
-        if im_protocol::group_of(conversation).is_some() {
-            // Groups arrive with the social features; until then no group exists.
-            return Err(UserError::NoSuchGroup);
-        }
-        Err(UserError::NoSuchConversation)
+    fn id_by_name(&self, username: &str) -> Result<UserId, UserError> {
+        self.directory
+            .read()
+            .ids
+            .get(username)
+            .copied()
+            .ok_or(UserError::NoSuchUser)
+    }
+
+    fn name_of(&self, id: UserId) -> String {
+        self.directory
+            .read()
+            .names
+            .get(&id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Runs argon2 work on the blocking pool, a few at a time.
@@ -180,6 +260,607 @@ impl UserManager {
         tokio::task::spawn_blocking(move || work(&argon))
             .await
             .map_err(|e| UserError::Store(format!("hashing task: {e}")))
+    }
+
+    // ----- authorization -----
+
+    /// Whether `from` may send to (or type at) `to` under the policy, blocks and membership.
+    pub fn may_send(&self, from: UserId, to: Target) -> Result<(), UserError> {
+        let social = self.social.read();
+        match to {
+            Target::User(to) => {
+                if !self.exists(to) {
+                    return Err(UserError::NoSuchUser);
+                }
+                if to == from {
+                    return Ok(());
+                }
+                if social.blocked_between(from, to) {
+                    return Err(UserError::Blocked);
+                }
+                if self.config.direct_messages == DirectMessages::Friends
+                    && !social.are_friends(from, to)
+                {
+                    return Err(UserError::NotFriends);
+                }
+                Ok(())
+            }
+            Target::Group(g) => match social.group(g)?.role_of(from) {
+                Some(_) => Ok(()),
+                None => Err(UserError::NotMember),
+            },
+        }
+    }
+
+    /// Whether `user` may read `conversation`'s history.
+    pub fn check_party(&self, user: UserId, conversation: &str) -> Result<(), UserError> {
+        if let Some((a, b)) = im_protocol::direct_parties(conversation) {
+            return if user == a || user == b {
+                Ok(())
+            } else {
+                Err(UserError::NotParticipant)
+            };
+        }
+        if let Some(g) = im_protocol::group_of(conversation) {
+            return match self.social.read().group(g)?.role_of(user) {
+                Some(_) => Ok(()),
+                None => Err(UserError::NotMember),
+            };
+        }
+        Err(UserError::NoSuchConversation)
+    }
+
+    /// Everyone who takes part in `conversation` (both users, or the group's members).
+    fn parties(&self, conversation: &str) -> Vec<UserId> {
+        if let Some((a, b)) = im_protocol::direct_parties(conversation) {
+            return if a == b { vec![a] } else { vec![a, b] };
+        }
+        let social = self.social.read();
+        im_protocol::group_of(conversation)
+            .and_then(|g| social.group(g).ok())
+            .map(|g| g.member_ids().collect())
+            .unwrap_or_default()
+    }
+
+    // ----- ephemeral events -----
+
+    fn emit(&self, users: impl IntoIterator<Item = UserId>, event: &str, data: &Value) {
+        if let Some(m) = self.mailboxes.get() {
+            let frame = Frame::ephemeral(event, &data.to_string());
+            for u in users {
+                m.deliver(u, &frame);
+            }
+        }
+    }
+
+    /// Tells the other parties (and the sender's other tabs, which ignore it) that `from` is
+    /// typing.
+    pub fn typing(&self, from: UserId, to: Target) -> Result<(), UserError> {
+        self.may_send(from, to)?;
+        let conversation = conversation_of(from, to);
+        let others: Vec<UserId> = self
+            .parties(&conversation)
+            .into_iter()
+            .filter(|u| *u != from)
+            .collect();
+        self.emit(
+            others,
+            "typing",
+            &json!({"from": from, "to": to, "conversation": conversation}),
+        );
+        Ok(())
+    }
+
+    /// Announces a read position to every party, the reader's other sessions included.
+    pub fn announce_read(&self, user: UserId, conversation: &str, up_to: MessageId) {
+        let data = json!({"user": user, "conversation": conversation, "up_to": up_to});
+        self.emit(self.parties(conversation), "read", &data);
+    }
+
+    fn announce_presence(&self, user: UserId, online: bool) {
+        let friends = self.social.read().friends_of(user);
+        self.emit(
+            friends,
+            "presence",
+            &json!({"user": user, "online": online}),
+        );
+    }
+
+    /// Whether the user has an open event stream (or had one within the grace period).
+    pub fn is_online(&self, user: UserId) -> bool {
+        self.presence.is_online(user)
+    }
+
+    // ----- friends and blocks -----
+
+    /// The JSON of a friend request, with both usernames for display.
+    pub fn request_json(&self, r: &FriendRequest) -> Value {
+        json!({
+            "id": r.id, "from": r.from, "to": r.to, "state": r.state,
+            "from_username": self.name_of(r.from), "to_username": self.name_of(r.to),
+        })
+    }
+
+    async fn write(&self, w: &SocialWrite) -> Result<u64, UserError> {
+        let id = self.store.apply_social(w).await?;
+        self.social.write().apply(w, id);
+        Ok(id)
+    }
+
+    /// Asks `username` to be friends. A crossing request is accepted at once; asking again
+    /// returns the pending request.
+    pub async fn request_friend(
+        &self,
+        from: UserId,
+        username: &str,
+    ) -> Result<FriendRequest, UserError> {
+        let to = self.id_by_name(username)?;
+        if to == from {
+            return Err(UserError::SelfRelation);
+        }
+        let _serial = self.social_writes.lock().await;
+        let (existing, crossing) = {
+            let social = self.social.read();
+            if social.blocked_between(from, to) {
+                return Err(UserError::Blocked);
+            }
+            if social.are_friends(from, to) {
+                return Err(UserError::AlreadyFriends);
+            }
+            let mine = social
+                .pending
+                .values()
+                .find(|r| r.from == from && r.to == to)
+                .copied();
+            let theirs: Vec<u64> = social
+                .pending
+                .values()
+                .filter(|r| r.from == to && r.to == from)
+                .map(|r| r.id)
+                .collect();
+            (mine, theirs)
+        };
+        if let Some(r) = existing {
+            return Ok(r);
+        }
+        if crossing.is_empty() {
+            let id = self.write(&SocialWrite::Request { from, to }).await?;
+            let r = FriendRequest {
+                id,
+                from,
+                to,
+                state: RequestState::Pending,
+            };
+            self.emit(
+                [to],
+                "friend_request",
+                &json!({"request": self.request_json(&r)}),
+            );
+            return Ok(r);
+        }
+        let w = SocialWrite::Answer {
+            requests: crossing,
+            state: RequestState::Accepted,
+            friends: Some((from, to)),
+            new_request: Some((from, to)),
+        };
+        let id = self.write(&w).await?;
+        let r = FriendRequest {
+            id,
+            from,
+            to,
+            state: RequestState::Accepted,
+        };
+        self.befriended(&r);
+        Ok(r)
+    }
+
+    /// Both sides learn of a new friendship, and each other's presence.
+    fn befriended(&self, r: &FriendRequest) {
+        self.emit(
+            [r.from, r.to],
+            "friend_request",
+            &json!({"request": self.request_json(r)}),
+        );
+        for (a, b) in [(r.from, r.to), (r.to, r.from)] {
+            self.emit(
+                [b],
+                "presence",
+                &json!({"user": a, "online": self.is_online(a)}),
+            );
+        }
+    }
+
+    /// Accepts or declines a request; only its addressee may.
+    pub async fn answer_request(
+        &self,
+        user: UserId,
+        id: u64,
+        accept: bool,
+    ) -> Result<FriendRequest, UserError> {
+        let _serial = self.social_writes.lock().await;
+        let pending = self.social.read().pending.get(&id).copied();
+        let Some(mut r) = pending else {
+            return match self.store.friend_request(id).await? {
+                Some(r) if r.to == user => Err(UserError::RequestAnswered),
+                Some(r) if r.from == user => Err(UserError::NotAddressee),
+                _ => Err(UserError::NoSuchRequest),
+            };
+        };
+        if r.to != user {
+            return Err(if r.from == user {
+                UserError::NotAddressee
+            } else {
+                UserError::NoSuchRequest
+            });
+        }
+        r.state = if accept {
+            RequestState::Accepted
+        } else {
+            RequestState::Declined
+        };
+        let w = SocialWrite::Answer {
+            requests: vec![id],
+            state: r.state,
+            friends: accept.then_some((r.from, r.to)),
+            new_request: None,
+        };
+        self.write(&w).await?;
+        if accept {
+            self.befriended(&r);
+        } else {
+            self.emit(
+                [r.from],
+                "friend_request",
+                &json!({"request": self.request_json(&r)}),
+            );
+        }
+        Ok(r)
+    }
+
+    /// Pending requests to and from `user`.
+    pub fn requests(&self, user: UserId) -> (Vec<FriendRequest>, Vec<FriendRequest>) {
+        let social = self.social.read();
+        let incoming = social
+            .pending
+            .values()
+            .filter(|r| r.to == user)
+            .copied()
+            .collect();
+        let outgoing = social
+            .pending
+            .values()
+            .filter(|r| r.from == user)
+            .copied()
+            .collect();
+        (incoming, outgoing)
+    }
+
+    /// Friends with their usernames, by id.
+    pub fn friends(&self, user: UserId) -> Vec<User> {
+        let ids = self.social.read().friends_of(user);
+        ids.into_iter()
+            .map(|id| User {
+                id,
+                username: self.name_of(id),
+            })
+            .collect()
+    }
+
+    /// Ends a friendship (a no-op if there is none).
+    pub async fn unfriend(&self, user: UserId, other: UserId) -> Result<(), UserError> {
+        self.user(other)?;
+        let _serial = self.social_writes.lock().await;
+        if self.social.read().are_friends(user, other) {
+            self.write(&SocialWrite::Unfriend(user, other)).await?;
+        }
+        Ok(())
+    }
+
+    /// Blocks `other`: no messages or requests either way; ends a friendship.
+    pub async fn block(&self, user: UserId, other: UserId) -> Result<(), UserError> {
+        self.user(other)?;
+        if user == other {
+            return Err(UserError::SelfRelation);
+        }
+        let _serial = self.social_writes.lock().await;
+        let requests = {
+            let social = self.social.read();
+            if social.has_blocked(user, other) {
+                return Ok(());
+            }
+            social.pending_between(user, other)
+        };
+        self.write(&SocialWrite::Block {
+            blocker: user,
+            blocked: other,
+            requests,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Lifts a block (a no-op if there is none).
+    pub async fn unblock(&self, user: UserId, other: UserId) -> Result<(), UserError> {
+        self.user(other)?;
+        let _serial = self.social_writes.lock().await;
+        if self.social.read().has_blocked(user, other) {
+            self.write(&SocialWrite::Unblock {
+                blocker: user,
+                blocked: other,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The users `user` has blocked.
+    pub fn blocked(&self, user: UserId) -> Vec<User> {
+        let ids = self.social.read().blocked_by(user);
+        ids.into_iter()
+            .map(|id| User {
+                id,
+                username: self.name_of(id),
+            })
+            .collect()
+    }
+
+    // ----- groups -----
+
+    /// The JSON of a group: id, name, owner and members with usernames and roles.
+    pub fn group_json(&self, g: &Group) -> Value {
+        let members: Vec<Value> = g
+            .members
+            .iter()
+            .map(|(u, r)| json!({"id": u, "username": self.name_of(*u), "role": r}))
+            .collect();
+        json!({"id": g.id, "name": g.name, "owner": g.owner(), "members": members})
+    }
+
+    fn announce_group(&self, group: &Group, change: &str, user: UserId, extra: Option<UserId>) {
+        let data = json!({"change": change, "user": user, "group": self.group_json(group)});
+        self.emit(group.member_ids().chain(extra), "group", &data);
+    }
+
+    /// Creates a group owned by `owner`; every initial member must be a friend of the owner.
+    pub async fn create_group(
+        &self,
+        owner: UserId,
+        name: &str,
+        members: &[UserId],
+    ) -> Result<Group, UserError> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 64 {
+            return Err(UserError::InvalidGroupName);
+        }
+        let _serial = self.social_writes.lock().await;
+        let mut list = vec![(owner, Role::Owner)];
+        {
+            let social = self.social.read();
+            for &m in members {
+                if m == owner || list.iter().any(|(u, _)| *u == m) {
+                    continue;
+                }
+                if !self.exists(m) {
+                    return Err(UserError::NoSuchUser);
+                }
+                if !social.are_friends(owner, m) {
+                    return Err(UserError::NotFriends);
+                }
+                list.push((m, Role::Member));
+            }
+        }
+        let id = self
+            .write(&SocialWrite::CreateGroup {
+                name: name.to_owned(),
+                members: list,
+            })
+            .await?;
+        let group = self.social.read().group(GroupId(id))?.clone();
+        self.announce_group(&group, "created", owner, None);
+        Ok(group)
+    }
+
+    /// The groups `user` belongs to.
+    pub fn groups(&self, user: UserId) -> Vec<Group> {
+        self.social
+            .read()
+            .groups_of(user)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// One group, for its members only.
+    pub fn group(&self, user: UserId, id: GroupId) -> Result<Group, UserError> {
+        let social = self.social.read();
+        let g = social.group(id)?;
+        g.role_of(user).ok_or(UserError::NotMember)?;
+        Ok(g.clone())
+    }
+
+    /// Adds `user` as a member; the actor must be an owner or admin and a friend of `user`.
+    pub async fn add_member(
+        &self,
+        actor: UserId,
+        id: GroupId,
+        user: UserId,
+    ) -> Result<Group, UserError> {
+        self.user(user)?;
+        let _serial = self.social_writes.lock().await;
+        {
+            let social = self.social.read();
+            let g = social.group(id)?;
+            let role = g.role_of(actor).ok_or(UserError::NotMember)?;
+            if !role.manages() {
+                return Err(UserError::NotAdmin);
+            }
+            if g.role_of(user).is_some() {
+                return Ok(g.clone());
+            }
+            if social.blocked_between(actor, user) {
+                return Err(UserError::Blocked);
+            }
+            if !social.are_friends(actor, user) {
+                return Err(UserError::NotFriends);
+            }
+        }
+        self.write(&SocialWrite::SetMember {
+            group: id,
+            user,
+            role: Role::Member,
+        })
+        .await?;
+        let group = self.social.read().group(id)?.clone();
+        self.announce_group(&group, "member_added", user, None);
+        Ok(group)
+    }
+
+    /// Makes a member an admin or a plain member again; only the owner may.
+    pub async fn set_role(
+        &self,
+        actor: UserId,
+        id: GroupId,
+        user: UserId,
+        role: Role,
+    ) -> Result<Group, UserError> {
+        let _serial = self.social_writes.lock().await;
+        {
+            let social = self.social.read();
+            let g = social.group(id)?;
+            let actor_role = g.role_of(actor).ok_or(UserError::NotMember)?;
+            if actor_role != Role::Owner || role == Role::Owner {
+                return Err(UserError::NotAdmin);
+            }
+            let current = g.role_of(user).ok_or(UserError::NoSuchUser)?;
+            if current == Role::Owner || current == role {
+                return Ok(g.clone());
+            }
+        }
+        self.write(&SocialWrite::SetMember {
+            group: id,
+            user,
+            role,
+        })
+        .await?;
+        let group = self.social.read().group(id)?.clone();
+        self.announce_group(&group, "role_changed", user, None);
+        Ok(group)
+    }
+
+    /// Removes `user` from the group: themselves (leave), or by an owner or admin. An admin
+    /// cannot remove the owner or another admin. A leaving owner hands the group on; the last
+    /// one out deletes it.
+    pub async fn remove_member(
+        &self,
+        actor: UserId,
+        id: GroupId,
+        user: UserId,
+    ) -> Result<(), UserError> {
+        let _serial = self.social_writes.lock().await;
+        let (w, before) = {
+            let social = self.social.read();
+            let g = social.group(id)?;
+            let actor_role = g.role_of(actor).ok_or(UserError::NotMember)?;
+            let Some(target_role) = g.role_of(user) else {
+                return Ok(());
+            };
+            if actor != user {
+                let allowed = match actor_role {
+                    Role::Owner => true,
+                    Role::Admin => target_role == Role::Member,
+                    Role::Member => false,
+                };
+                if !allowed {
+                    return Err(UserError::NotAdmin);
+                }
+            }
+            let new_owner = if target_role == Role::Owner {
+                successor(&g.members, user)
+            } else {
+                None
+            };
+            let delete_group = g.members.len() == 1;
+            (
+                SocialWrite::RemoveMember {
+                    group: id,
+                    user,
+                    new_owner,
+                    delete_group,
+                },
+                g.clone(),
+            )
+        };
+        self.write(&w).await?;
+        let after = self.social.read().group(id).ok().cloned();
+        match after {
+            Some(g) => self.announce_group(&g, "member_removed", user, Some(user)),
+            None => self.announce_group(&before, "deleted", user, None),
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Authenticator for UserManager {
+    async fn authenticate(&self, creds: Credentials<'_>) -> Result<Option<Principal>, UserError> {
+        let Some(token) = creds.bearer.or(creds.cookie) else {
+            return Ok(None);
+        };
+        // Tokens we issue are 64 hex chars; anything else cannot match, so skip the lookup.
+        if token.len() != 64 {
+            return Ok(None);
+        }
+        let hash = token_hash(token);
+        if let Some(p) = self.sessions.read().get(&hash) {
+            return Ok(Some(*p));
+        }
+        let found = self.store.session(hash).await?;
+        if let Some(p) = found {
+            self.sessions.write().insert(hash, p);
+        }
+        Ok(found)
+    }
+}
+
+impl im_pool::Recipients for UserManager {
+    fn recipients(&self, msg: &Message, out: &mut Vec<UserId>) {
+        out.push(msg.from);
+        match msg.to {
+            Target::User(to) => out.push(to),
+            Target::Group(g) => {
+                if let Some(group) = self.social.read().groups.get(&g) {
+                    out.extend(group.member_ids());
+                }
+            }
+        }
+    }
+}
+
+impl im_sse::SessionListener for UserManager {
+    fn opened(&self, user: UserId) {
+        if self.presence.opened(user) == Change::Online {
+            self.announce_presence(user, true);
+        }
+    }
+
+    fn closed(&self, user: UserId) {
+        let Change::MaybeOffline(generation) = self.presence.closed(user) else {
+            return;
+        };
+        let (Some(rt), Some(me)) = (self.runtime.as_ref(), self.me.upgrade()) else {
+            if self.presence.confirm_offline(user, generation) {
+                self.announce_presence(user, false);
+            }
+            return;
+        };
+        let grace = self.config.presence_grace;
+        rt.spawn(async move {
+            tokio::time::sleep(grace).await;
+            if me.presence.confirm_offline(user, generation) {
+                me.announce_presence(user, false);
+            }
+        });
     }
 }
 
@@ -209,35 +890,4 @@ fn token_hash(token: &str) -> [u8; 32] {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[async_trait]
-impl Authenticator for UserManager {
-    async fn authenticate(&self, creds: Credentials<'_>) -> Result<Option<Principal>, UserError> {
-        let Some(token) = creds.bearer.or(creds.cookie) else {
-            return Ok(None);
-        };
-        // Tokens we issue are 64 hex chars; anything else cannot match, so skip the lookup.
-        if token.len() != 64 {
-            return Ok(None);
-        }
-        let hash = token_hash(token);
-        if let Some(p) = self.sessions.read().get(&hash) {
-            return Ok(Some(*p));
-        }
-        let found = self.store.session(hash).await?;
-        if let Some(p) = found {
-            self.sessions.write().insert(hash, p);
-        }
-        Ok(found)
-    }
-}
-
-impl im_pool::Recipients for UserManager {
-    fn recipients(&self, msg: &Message, out: &mut Vec<UserId>) {
-        out.push(msg.from);
-        if let Target::User(to) = msg.to {
-            out.push(to);
-        }
-    }
 }

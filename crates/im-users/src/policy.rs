@@ -1,6 +1,6 @@
 use crate::UserManager;
 use im_channel::{Handler, Pending};
-use im_protocol::{ApiError, ErrorCode, Target};
+use im_protocol::ApiError;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -8,24 +8,23 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DirectMessages {
-    /// Any user may message any other.
-    #[default]
+    /// Any user may message any other (blocks still apply).
     Anyone,
-    /// Only friends may message each other (friendships arrive with the social features).
+    /// Only friends may message each other.
+    #[default]
     Friends,
 }
 
-/// The built-in authorization step of the chat channel: the recipient must exist and the
-/// direct-message policy must allow the message.
+/// The built-in authorization step of every channel: the recipient must exist, nobody may
+/// be blocked, the direct-message policy must allow it, and group senders must be members.
 pub struct Authorize {
     users: Arc<UserManager>,
-    policy: DirectMessages,
 }
 
 impl Authorize {
-    /// The handler for `policy`, consulting `users`' in-memory directory (it must not block).
-    pub fn new(users: Arc<UserManager>, policy: DirectMessages) -> Self {
-        Self { users, policy }
+    /// The handler, consulting `users`' in-memory graph (it must not block).
+    pub fn new(users: Arc<UserManager>) -> Self {
+        Self { users }
     }
 }
 
@@ -35,26 +34,6 @@ impl Handler for Authorize {
     }
 
     fn handle(&self, msg: &mut Pending) -> Result<(), ApiError> {
-        match msg.to {
-            Target::User(to) => {
-                if !self.users.exists(to) {
-                    return Err(ApiError::new(
-                        ErrorCode::NoSuchUser,
-                        format!("no user {to}"),
-                    ));
-                }
-                if self.policy == DirectMessages::Friends && to != msg.from {
-                    return Err(ApiError::new(
-                        ErrorCode::NotFriends,
-                        "direct messages are allowed only between friends",
-                    ));
-                }
-                Ok(())
-            }
-            Target::Group(g) => Err(ApiError::new(
-                ErrorCode::NoSuchGroup,
-                format!("no group {g}: groups are not available on this server yet"),
-            )),
-        }
+        Ok(self.users.may_send(msg.from, msg.to)?)
     }
 }

@@ -46,7 +46,9 @@ pub struct FriendRequest {
 }
 
 /// A member's role in a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Created the group or inherited it; exactly one per group.
@@ -97,12 +99,18 @@ pub struct Group {
 impl Group {
     /// The owner.
     pub fn owner(&self) -> Option<UserId> {
-        self.members.iter().find(|(_, r)| *r == Role::Owner).map(|(u, _)| *u)
+        self.members
+            .iter()
+            .find(|(_, r)| *r == Role::Owner)
+            .map(|(u, _)| *u)
     }
 
     /// The role of `user`, if a member.
     pub fn role_of(&self, user: UserId) -> Option<Role> {
-        self.members.iter().find(|(u, _)| *u == user).map(|(_, r)| *r)
+        self.members
+            .iter()
+            .find(|(u, _)| *u == user)
+            .map(|(_, r)| *r)
     }
 
     /// Every member id.
@@ -115,7 +123,10 @@ impl Group {
 /// longest-standing member.
 pub fn successor(members: &[(UserId, Role)], leaving: UserId) -> Option<UserId> {
     let rest = || members.iter().filter(|(u, _)| *u != leaving);
-    rest().find(|(_, r)| *r == Role::Admin).or_else(|| rest().next()).map(|(u, _)| *u)
+    rest()
+        .find(|(_, r)| *r == Role::Admin)
+        .or_else(|| rest().next())
+        .map(|(u, _)| *u)
 }
 
 /// One durable change to the graph, applied by the store in a single transaction.
@@ -217,7 +228,9 @@ impl Social {
             social.link(a, b);
         }
         social.blocks.extend(s.blocks);
-        social.pending.extend(s.pending.into_iter().map(|r| (r.id, r)));
+        social
+            .pending
+            .extend(s.pending.into_iter().map(|r| (r.id, r)));
         for g in s.groups {
             for u in g.member_ids() {
                 social.user_groups.entry(u).or_default().insert(g.id);
@@ -248,7 +261,11 @@ impl Social {
     }
 
     pub(crate) fn friends_of(&self, a: UserId) -> Vec<UserId> {
-        let mut v: Vec<UserId> = self.friends.get(&a).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        let mut v: Vec<UserId> = self
+            .friends
+            .get(&a)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
         v.sort_unstable();
         v
     }
@@ -263,7 +280,12 @@ impl Social {
     }
 
     pub(crate) fn blocked_by(&self, blocker: UserId) -> Vec<UserId> {
-        let mut v: Vec<UserId> = self.blocks.iter().filter(|(a, _)| *a == blocker).map(|(_, b)| *b).collect();
+        let mut v: Vec<UserId> = self
+            .blocks
+            .iter()
+            .filter(|(a, _)| *a == blocker)
+            .map(|(_, b)| *b)
+            .collect();
         v.sort_unstable();
         v
     }
@@ -297,10 +319,17 @@ impl Social {
     pub(crate) fn apply(&mut self, w: &SocialWrite, new_id: u64) {
         match w {
             SocialWrite::Request { from, to } => {
-                let r = FriendRequest { id: new_id, from: *from, to: *to, state: RequestState::Pending };
+                let r = FriendRequest {
+                    id: new_id,
+                    from: *from,
+                    to: *to,
+                    state: RequestState::Pending,
+                };
                 self.pending.insert(new_id, r);
             }
-            SocialWrite::Answer { requests, friends, .. } => {
+            SocialWrite::Answer {
+                requests, friends, ..
+            } => {
                 for id in requests {
                     self.pending.remove(id);
                 }
@@ -309,7 +338,11 @@ impl Social {
                 }
             }
             SocialWrite::Unfriend(a, b) => self.unlink(*a, *b),
-            SocialWrite::Block { blocker, blocked, requests } => {
+            SocialWrite::Block {
+                blocker,
+                blocked,
+                requests,
+            } => {
                 self.unlink(*blocker, *blocked);
                 for id in requests {
                     self.pending.remove(id);
@@ -324,7 +357,14 @@ impl Social {
                 for (u, _) in members {
                     self.user_groups.entry(*u).or_default().insert(id);
                 }
-                self.groups.insert(id, Group { id, name: name.clone(), members: members.clone() });
+                self.groups.insert(
+                    id,
+                    Group {
+                        id,
+                        name: name.clone(),
+                        members: members.clone(),
+                    },
+                );
             }
             SocialWrite::SetMember { group, user, role } => {
                 if let Some(g) = self.groups.get_mut(group) {
@@ -337,7 +377,12 @@ impl Social {
                     }
                 }
             }
-            SocialWrite::RemoveMember { group, user, new_owner, delete_group } => {
+            SocialWrite::RemoveMember {
+                group,
+                user,
+                new_owner,
+                delete_group,
+            } => {
                 if let Some(set) = self.user_groups.get_mut(user) {
                     set.remove(group);
                     if set.is_empty() {
@@ -349,7 +394,10 @@ impl Social {
                 } else if let Some(g) = self.groups.get_mut(group) {
                     g.members.retain(|(u, _)| u != user);
                     if let Some(owner) = new_owner {
-                        g.members.iter_mut().filter(|(u, _)| u == owner).for_each(|m| m.1 = Role::Owner);
+                        g.members
+                            .iter_mut()
+                            .filter(|(u, _)| u == owner)
+                            .for_each(|m| m.1 = Role::Owner);
                     }
                 }
             }

@@ -1,3 +1,4 @@
+use crate::social::{FriendRequest, SocialSnapshot, SocialWrite};
 use crate::{Principal, User};
 use async_trait::async_trait;
 use im_protocol::UserId;
@@ -26,8 +27,15 @@ pub trait UserStore: Send + Sync + 'static {
     async fn login_record(&self, username: &str) -> Result<Option<(User, String)>, UserStoreError>;
     /// One account.
     async fn user(&self, id: UserId) -> Result<Option<User>, UserStoreError>;
-    /// Every account id, to warm the in-memory directory the channel handlers consult.
-    async fn user_ids(&self) -> Result<Vec<UserId>, UserStoreError>;
+    /// Every account, to warm the in-memory directory the channel handlers consult.
+    async fn all_users(&self) -> Result<Vec<User>, UserStoreError>;
+    /// The whole social graph, to warm its in-memory copy.
+    async fn load_social(&self) -> Result<SocialSnapshot, UserStoreError>;
+    /// Makes one graph change durable in a single transaction; returns the new row's id for
+    /// changes that create one (request, crossing request, group), else 0.
+    async fn apply_social(&self, change: &SocialWrite) -> Result<u64, UserStoreError>;
+    /// A friend request in any state.
+    async fn friend_request(&self, id: u64) -> Result<Option<FriendRequest>, UserStoreError>;
     /// Records a session by the SHA-256 of its token; returns the session id.
     async fn create_session(
         &self,
