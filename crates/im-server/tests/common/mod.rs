@@ -50,8 +50,18 @@ impl TestServer {
 
     /// Starts a server after `customize` added kinds, handlers or config.
     pub async fn start_with(customize: impl FnOnce(ImServerBuilder) -> ImServerBuilder) -> Self {
+        Self::start_config(|_| {}, customize).await
+    }
+
+    /// Starts a server with test config changed by `configure`.
+    pub async fn start_config(
+        configure: impl FnOnce(&mut Config),
+        customize: impl FnOnce(ImServerBuilder) -> ImServerBuilder,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let builder = ImServer::builder().config(test_config(dir.path()));
+        let mut config = test_config(dir.path());
+        configure(&mut config);
+        let builder = ImServer::builder().config(config);
         let server = customize(builder).bind().await.expect("server binds");
         let addr = server.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -95,7 +105,13 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts the binary on `data_dir` with a cheap argon2 cost and waits until it listens.
     pub fn start(data_dir: &Path) -> Self {
+        Self::start_env(data_dir, &[])
+    }
+
+    /// Like [`ServerProcess::start`], with extra `IM_*` variables.
+    pub fn start_env(data_dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_im-server"))
+            .envs(env.iter().copied())
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("IM_ARGON2__MEMORY_KIB", "64")
