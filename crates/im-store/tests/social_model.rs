@@ -203,15 +203,16 @@ impl Model {
     }
 }
 
-/// The manager's view of everything the model tracks.
-fn observe(
-    users: &UserManager,
-) -> (
+/// Friends, blocks, pending requests and groups' members, in a comparable form.
+type State = (
     BTreeSet<(u64, u64)>,
     BTreeSet<(u64, u64)>,
     Vec<(u64, u64)>,
     Vec<Vec<(u64, Role)>>,
-) {
+);
+
+/// The manager's view of everything the model tracks.
+fn observe(users: &UserManager) -> State {
     let mut friends = BTreeSet::new();
     let mut blocks = BTreeSet::new();
     let mut pending = BTreeMap::new();
@@ -239,14 +240,7 @@ fn observe(
     )
 }
 
-fn expected(
-    m: &Model,
-) -> (
-    BTreeSet<(u64, u64)>,
-    BTreeSet<(u64, u64)>,
-    Vec<(u64, u64)>,
-    Vec<Vec<(u64, Role)>>,
-) {
+fn expected(m: &Model) -> State {
     (
         m.friends.clone(),
         m.blocks.clone(),
