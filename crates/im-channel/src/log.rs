@@ -90,11 +90,12 @@ pub trait MessageHistory: Send + Sync + 'static {
     /// The user's conversations with messages, newest activity first.
     async fn conversations(&self, user: UserId) -> Result<Vec<ConversationSummary>, LogError>;
 
-    /// Moves the user's read position in a conversation forward (never back).
+    /// Moves the user's read position in a conversation forward (never back, never past its
+    /// newest message) and returns the position now stored.
     async fn mark_read(
         &self,
         user: UserId,
         conversation: &str,
         up_to: MessageId,
-    ) -> Result<(), LogError>;
+    ) -> Result<MessageId, LogError>;
 }

@@ -187,6 +187,33 @@ impl Client {
         self.login(username, password).await
     }
 
+    /// `POST /api/v1/files` as `multipart/form-data` with one `file` field.
+    pub async fn upload(
+        &self,
+        filename: &str,
+        content_type: &str,
+        data: &[u8],
+    ) -> Result<Response, ClientError> {
+        let boundary = "im-client-boundary-7d1f0c2a9b";
+        let mut body = Vec::with_capacity(data.len() + 256);
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: {content_type}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(data);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let ct = format!("multipart/form-data; boundary={boundary}");
+        self.raw(
+            Method::POST,
+            "/api/v1/files",
+            &[("content-type", &ct)],
+            body,
+        )
+        .await
+    }
+
     /// `POST /api/v1/friends/requests`: the request's JSON (201).
     pub async fn request_friend(&self, username: &str) -> Result<Value, ClientError> {
         let body = json!({ "username": username });

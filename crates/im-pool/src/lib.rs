@@ -121,34 +121,25 @@ impl ConsumerPool {
         self.recipients.recipients(msg, &mut users);
         users.sort_unstable();
         users.dedup();
-        self.fan_out(&Frame::message(msg), users, true);
-    }
-
-    /// Delivers an ephemeral event (presence, typing, read). These may be dropped when the
-    /// pool is saturated: they carry no id and nobody resumes them.
-    pub fn dispatch_ephemeral(&self, users: &[UserId], frame: Frame) {
-        self.fan_out(&frame, users.to_vec(), false);
-    }
-
-    fn fan_out(&self, frame: &Frame, users: Vec<UserId>, must_deliver: bool) {
+        let frame = Frame::message(msg);
         let n = self.workers.len();
         let mut per_worker: Vec<Vec<UserId>> = vec![Vec::new(); n];
         for u in users {
             per_worker[worker_of(u, n)].push(u);
         }
-        for (worker, users) in self.workers.iter().zip(per_worker) {
-            for chunk in users.chunks(self.chunk) {
-                let d = Delivery {
-                    frame: frame.clone(),
-                    users: chunk.to_vec(),
-                };
-                let sent = if must_deliver {
-                    worker.send(d).is_ok()
-                } else {
-                    worker.try_send(d).is_ok()
-                };
-                if !sent && must_deliver {
+        for (worker, mut users) in self.workers.iter().zip(per_worker) {
+            // Peel chunks off the end, so each recipient id is moved once.
+            while !users.is_empty() {
+                let chunk = users.split_off(users.len().saturating_sub(self.chunk));
+                if worker
+                    .send(Delivery {
+                        frame: frame.clone(),
+                        users: chunk,
+                    })
+                    .is_err()
+                {
                     tracing::warn!("consumer pool stopped; live delivery skipped");
+                    return;
                 }
             }
         }

@@ -19,6 +19,12 @@ pub enum ErrorCode {
     WeakPassword,
     /// 400: a query parameter is malformed.
     InvalidQuery,
+    /// 400: the message points at a file the sender did not upload.
+    UnknownFile,
+    /// 400: the message points at a file whose link has expired.
+    FileExpired,
+    /// 403: the upload would exceed the user's storage quota.
+    QuotaExceeded,
     /// 401: no valid session.
     Unauthorized,
     /// 401: wrong username or password.
@@ -77,6 +83,9 @@ impl ErrorCode {
             InvalidUsername => "invalid_username",
             WeakPassword => "weak_password",
             InvalidQuery => "invalid_query",
+            UnknownFile => "unknown_file",
+            FileExpired => "file_expired",
+            QuotaExceeded => "quota_exceeded",
             Unauthorized => "unauthorized",
             BadCredentials => "bad_credentials",
             ForeignOrigin => "foreign_origin",
@@ -107,9 +116,10 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             MalformedJson | InvalidRequest | UnknownKind | InvalidBody | InvalidUsername
-            | WeakPassword | InvalidQuery => 400,
+            | WeakPassword | InvalidQuery | UnknownFile | FileExpired => 400,
             Unauthorized | BadCredentials => 401,
-            ForeignOrigin | NotFriends | Blocked | NotMember | NotParticipant | Forbidden => 403,
+            ForeignOrigin | NotFriends | Blocked | NotMember | NotParticipant | Forbidden
+            | QuotaExceeded => 403,
             NotFound | NoSuchUser | NoSuchGroup | NoSuchRequest => 404,
             MethodNotAllowed => 405,
             UsernameTaken | AlreadyFriends | RequestAnswered => 409,

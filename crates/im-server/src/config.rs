@@ -68,6 +68,8 @@ pub struct Config {
     pub workers: WorkerConfig,
     /// Password hashing cost.
     pub argon2: Argon2Config,
+    /// The file proxy.
+    pub files: FilesSection,
     /// `IM_*` variables that name no setting; ignored, and logged at start-up so a typo is
     /// visible without unrelated variables stopping the server.
     #[serde(skip)]
@@ -130,7 +132,33 @@ impl Default for Config {
             sse: SseConfig::default(),
             workers: WorkerConfig::default(),
             argon2: Argon2Config::default(),
+            files: FilesSection::default(),
             ignored_env: Vec::new(),
+        }
+    }
+}
+
+/// `[files]`: the file proxy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesSection {
+    /// The most bytes one upload may have.
+    pub max_bytes: u64,
+    /// Seconds a file link lives.
+    pub ttl_secs: u64,
+    /// Seconds between sweeps of expired files.
+    pub sweep_secs: u64,
+    /// Bytes of live files one user may hold; 0 means no limit.
+    pub quota_bytes: u64,
+}
+
+impl Default for FilesSection {
+    fn default() -> Self {
+        Self {
+            max_bytes: 25 * 1024 * 1024,
+            ttl_secs: 24 * 3600,
+            sweep_secs: 60,
+            quota_bytes: 0,
         }
     }
 }
@@ -261,6 +289,7 @@ const KEYS: &[&str] = &[
     "sse",
     "workers",
     "argon2",
+    "files",
 ];
 
 /// Reads an environment value as TOML when it parses (numbers, booleans, arrays), else as a

@@ -5,13 +5,14 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
+use im_files::FileBody;
 use im_protocol::{ApiError, ErrorCode};
 use im_sse::SseStream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Every response body: a buffered one or an event stream.
-pub type Body = Either<Full<Bytes>, SseStream>;
+/// Every response body: a buffered one, an event stream or a file.
+pub type Body = Either<Full<Bytes>, Either<SseStream, FileBody>>;
 
 /// What a route handler returns.
 pub type Reply = Result<Response<Body>, ApiError>;
@@ -57,6 +58,10 @@ pub fn error_response(err: &ApiError) -> Response<Body> {
     if status == StatusCode::SERVICE_UNAVAILABLE {
         res.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        res.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

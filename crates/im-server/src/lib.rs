@@ -20,6 +20,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use im_channel::{ChannelGroup, ChannelGroupConfig};
 use im_classifier::{DEFAULT_GROUP, MessageClassifier};
+use im_files::{AttachFiles, DiskFileStore, FileProxy, FilesConfig};
 use im_pool::{ConsumerPool, PoolConfig};
 use im_protocol::Message;
 use im_sse::{BrokerConfig, SseBroker};
@@ -43,6 +44,9 @@ pub enum ServerError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The file proxy could not start.
+    #[error(transparent)]
+    Files(#[from] im_files::FileError),
     /// The user manager could not start.
     #[error(transparent)]
     Users(#[from] UserError),
@@ -142,7 +146,22 @@ impl ImServerBuilder {
             .map_err(io_err("starting the consumer pool"))?;
         store.set_commit_listener(Arc::new(move |m: &Message| pool.dispatch(m)));
 
+        let files = FileProxy::new(
+            Arc::new(DiskFileStore::open(&cfg.data_dir.join("files"))?),
+            Arc::new(store.clone()),
+            FilesConfig {
+                max_bytes: cfg.files.max_bytes,
+                ttl: Duration::from_secs(cfg.files.ttl_secs.max(1)),
+                sweep_every: Duration::from_secs(cfg.files.sweep_secs.max(1)),
+                quota: (cfg.files.quota_bytes > 0).then_some(cfg.files.quota_bytes),
+            },
+        )
+        .await?;
+        files.spawn_sweeper();
+
         let mut classifier = MessageClassifier::with_builtins();
+        classifier.register(im_files::image_kind())?;
+        classifier.register(im_files::file_kind())?;
         for kind in self.kinds {
             classifier.register(kind)?;
         }
@@ -160,7 +179,9 @@ impl ImServerBuilder {
         }
         let mut groups = HashMap::new();
         for name in names {
-            let mut channel = Channel::new().with(Authorize::new(users.clone()));
+            let mut channel = Channel::new()
+                .with(Authorize::new(users.clone()))
+                .with(AttachFiles(files.clone()));
             for (_, h) in self.handlers.iter().filter(|(g, _)| *g == name) {
                 channel = channel.with_arc(h.clone());
             }
@@ -182,6 +203,7 @@ impl ImServerBuilder {
             auth,
             broker,
             history: Arc::new(store),
+            files,
         };
         Ok(ImServer {
             app: Arc::new(app),

@@ -29,6 +29,9 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    for var in &config.ignored_env {
+        tracing::warn!(%var, "ignoring an IM_ variable that names no setting");
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

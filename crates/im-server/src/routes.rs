@@ -8,10 +8,11 @@ use crate::http::{
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Either;
+use http_body_util::{BodyDataStream, Either, Full};
 use hyper::body::Incoming;
 use im_channel::{ChannelGroup, MessageHistory, Outcome, Pending};
 use im_classifier::MessageClassifier;
+use im_files::{FileProxy, RangeReply};
 use im_protocol::{
     ApiError, Draft, ErrorCode, GroupId, MessageId, Target, UserId, conversation_of, now_millis,
 };
@@ -36,6 +37,7 @@ pub(crate) struct App {
     pub auth: Arc<dyn Authenticator>,
     pub broker: SseBroker,
     pub history: Arc<dyn MessageHistory>,
+    pub files: Arc<FileProxy>,
 }
 
 #[derive(Deserialize)]
@@ -107,6 +109,8 @@ enum Route {
     Group(GroupId),
     GroupMembers(GroupId),
     GroupMember(GroupId, UserId),
+    Upload,
+    Download(String, String),
 }
 
 const GET: &[Method] = &[Method::GET, Method::HEAD];
@@ -125,6 +129,10 @@ fn resolve(path: &str) -> Option<(Route, &'static [Method])> {
     Some(match segments.as_slice() {
         [""] => (Route::Index, GET),
         ["healthz"] => (Route::Health, GET),
+        ["files", token, name] => (
+            Route::Download((*token).to_owned(), (*name).to_owned()),
+            GET,
+        ),
         ["api", "v1", rest @ ..] => match rest {
             ["auth", "register"] => (Route::Register, POST),
             ["auth", "login"] => (Route::Login, POST),
@@ -138,6 +146,7 @@ fn resolve(path: &str) -> Option<(Route, &'static [Method])> {
             }
             ["conversations", c, "read"] if !c.is_empty() => (Route::Read((*c).to_owned()), POST),
             ["typing"] => (Route::Typing, POST),
+            ["files"] => (Route::Upload, POST),
             ["friends"] => (Route::Friends, GET),
             ["friends", "requests"] => (Route::FriendRequests, GET_POST),
             ["friends", "requests", id, "accept"] => (Route::AnswerRequest(num(id)?, true), POST),
@@ -264,6 +273,8 @@ impl App {
                 Ok(json(StatusCode::OK, &json!({ "user": user })))
             }
             Route::Events => self.events(req).await,
+            Route::Upload => self.upload(req).await,
+            Route::Download(token, name) => self.download(&token, &name, req).await,
             Route::Messages => self.post_message(req).await,
             Route::Conversations => {
                 let who = self.principal(&req).await?;
@@ -304,10 +315,11 @@ impl App {
             Route::Read(conversation) => {
                 users.check_party(who, &conversation)?;
                 let body: ReadBody = read_json(req, limit).await?;
-                self.history
+                let stored = self
+                    .history
                     .mark_read(who, &conversation, body.up_to)
                     .await?;
-                users.announce_read(who, &conversation, body.up_to);
+                users.announce_read(who, &conversation, stored);
                 Ok(empty(StatusCode::NO_CONTENT))
             }
             Route::Typing => {
@@ -427,9 +439,111 @@ impl App {
                 resume,
             )
             .await?;
-        let mut res = Response::new(Either::Right(stream));
+        let mut res = Response::new(Either::Right(Either::Left(stream)));
         for (k, v) in im_sse::SSE_HEADERS {
             res.headers_mut().insert(k, HeaderValue::from_static(v));
+        }
+        Ok(res)
+    }
+
+    async fn upload(&self, req: Request<Incoming>) -> Reply {
+        let who = self.principal(&req).await?;
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let max = self.files.config().max_bytes;
+        // Multipart framing adds a little; a declared length far over the cap is refused
+        // before a byte is stored.
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max.saturating_add(64 * 1024)) {
+            return Err(im_files::FileError::TooLarge(max).into());
+        }
+        let body = BodyDataStream::new(req.into_body());
+        let meta = self
+            .files
+            .upload_multipart(who.user, &content_type, body)
+            .await?;
+        Ok(json(
+            StatusCode::CREATED,
+            &json!({ "file": FileProxy::json(&meta) }),
+        ))
+    }
+
+    /// Serves a file link: raster images inline, everything else as an attachment, with
+    /// `Range` support. Unknown, expired and malformed links are all the same 404.
+    async fn download(&self, token: &str, name: &str, req: Request<Incoming>) -> Reply {
+        let meta = self.files.lookup(token, name).ok_or_else(|| {
+            ApiError::new(ErrorCode::NotFound, "no such file, or its link expired")
+        })?;
+        let range = req
+            .headers()
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok());
+        let (status, start, end) = match im_files::parse_range(range, meta.size) {
+            _ if meta.size == 0 => (StatusCode::OK, 0, 0),
+            RangeReply::Full => (StatusCode::OK, 0, meta.size - 1),
+            RangeReply::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
+            RangeReply::Unsatisfiable => {
+                let mut res = error_response(&ApiError::custom(
+                    416,
+                    "range_not_satisfiable",
+                    format!("the file has {} bytes", meta.size),
+                ));
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", meta.size)) {
+                    res.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                return Ok(res);
+            }
+        };
+        let length = if meta.size == 0 { 0 } else { end - start + 1 };
+        let inline = im_files::is_inline(&meta.content_type);
+        let body = if req.method() == Method::HEAD || length == 0 {
+            Either::Left(Full::new(Bytes::new()))
+        } else {
+            let stream = self.files.open(&meta, start, end).await?;
+            Either::Right(Either::Right(im_files::FileBody::new(stream)))
+        };
+        let mut res = Response::new(body);
+        *res.status_mut() = status;
+        let remaining = meta.expires_at.saturating_sub(now_millis()) / 1000;
+        let h = res.headers_mut();
+        let content_type = if inline {
+            meta.content_type.as_str()
+        } else {
+            "application/octet-stream"
+        };
+        let mut set = |name: header::HeaderName, value: String| {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(name, v);
+            }
+        };
+        set(header::CONTENT_TYPE, content_type.to_owned());
+        set(
+            header::CONTENT_DISPOSITION,
+            im_files::content_disposition(inline, &meta.name),
+        );
+        set(
+            header::CACHE_CONTROL,
+            format!("private, max-age={remaining}"),
+        );
+        set(header::CONTENT_LENGTH, length.to_string());
+        set(header::ACCEPT_RANGES, "bytes".to_owned());
+        set(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; sandbox".to_owned(),
+        );
+        if status == StatusCode::PARTIAL_CONTENT {
+            set(
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{end}/{}", meta.size),
+            );
         }
         Ok(res)
     }

@@ -126,6 +126,7 @@ async fn every_bad_request_gets_its_code() {
         .raw(Method::POST, "/api/v1/messages", &[JSON], body)
         .await
         .unwrap();
+    assert_eq!(res.headers["www-authenticate"], "Bearer");
     expect(res, StatusCode::UNAUTHORIZED, "unauthorized").await;
     let forged = Client::new(server.addr).with_token("f".repeat(64));
     let res = forged

@@ -523,6 +523,9 @@ async fn group_membership_roles_and_events() {
         .await
         .unwrap();
     assert_eq!(code(&res), err(403, "not_member"));
+    // Removing someone who has no account is a 404.
+    let res = call(&u[1], Method::DELETE, &format!("{members}/999"), None).await;
+    assert_eq!(code(&res), err(404, "no_such_user"));
     // Everyone leaves: the group is gone.
     call(&u[2], Method::DELETE, &format!("{members}/3"), None).await;
     call(&u[1], Method::DELETE, &format!("{members}/2"), None).await;
@@ -690,6 +693,35 @@ async fn typing_and_read_receipts() {
         ),
         err(400, "invalid_request")
     );
+    // A conversation with a user who does not exist is not one.
+    let res = call(
+        bob,
+        Method::POST,
+        "/conversations/d2-999/read",
+        Some(json!({"up_to": 1})),
+    )
+    .await;
+    assert_eq!(code(&res), err(404, "not_found"));
+    // A read position cannot run ahead of the conversation: later messages still count.
+    let res = call(
+        bob,
+        Method::POST,
+        "/conversations/d1-2/read",
+        Some(json!({"up_to": 1_000_000})),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::NO_CONTENT);
+    let read = next_of(&mut a, "read").await;
+    assert_eq!(
+        read["up_to"], m.id.0,
+        "the stored (clamped) position is announced"
+    );
+    alice
+        .send_text(Target::User(UserId(2)), "new", None)
+        .await
+        .unwrap();
+    let convs = call(bob, Method::GET, "/conversations", None).await.json();
+    assert_eq!(convs["conversations"][0]["unread"], 1);
     server.shutdown().await;
 }
 

@@ -11,6 +11,7 @@
 //! - Readers use their own connections on the blocking pool; WAL lets them run beside the
 //!   writer.
 
+mod files;
 mod messages;
 mod migrations;
 mod social;

@@ -191,16 +191,21 @@ impl MessageHistory for SqliteStore {
         user: UserId,
         conversation: &str,
         up_to: MessageId,
-    ) -> Result<(), LogError> {
+    ) -> Result<MessageId, LogError> {
         let conversation = conversation.to_owned();
         let up_to = up_to.0.min(i64::MAX as u64) as i64;
         self.write(move |conn| {
-            conn.prepare_cached(
-                "INSERT INTO read_positions (user_id, conversation, up_to) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (user_id, conversation) DO UPDATE SET up_to = MAX(up_to, excluded.up_to)",
-            )?
-            .execute(params![user.0 as i64, conversation, up_to])?;
-            Ok(())
+            let newest: i64 = conn
+                .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM messages WHERE conversation = ?1")?
+                .query_row(params![conversation], |r| r.get(0))?;
+            let stored: i64 = conn
+                .prepare_cached(
+                    "INSERT INTO read_positions (user_id, conversation, up_to) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (user_id, conversation) DO UPDATE SET up_to = MAX(up_to, excluded.up_to)
+                     RETURNING up_to",
+                )?
+                .query_row(params![user.0 as i64, conversation, up_to.min(newest)], |r| r.get(0))?;
+            Ok(MessageId(stored as u64))
         })
         .await
         .map_err(log_err)

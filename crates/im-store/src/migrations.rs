@@ -87,6 +87,19 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     INSERT INTO read_positions (user_id, conversation, up_to)
         SELECT user_id, conversation, read_up_to FROM conversation_members WHERE read_up_to > 0;",
+    // 3: uploaded files; `storage_key` is emptied once the bytes are swept.
+    "CREATE TABLE files (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        token TEXT NOT NULL UNIQUE,
+        owner INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        content_type TEXT NOT NULL,
+        storage_key TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX files_owner ON files(owner);",
 ];
 
 /// Brings the schema to the latest version in one transaction.

@@ -88,7 +88,7 @@ pub enum UserError {
     #[error("one of you has blocked the other")]
     Blocked,
     /// The policy needs friendship.
-    #[error("direct messages are allowed only between friends")]
+    #[error("you and that user are not friends")]
     NotFriends,
     /// Only the addressee answers a friend request.
     #[error("only the addressee may answer this request")]

@@ -295,6 +295,9 @@ impl UserManager {
     /// Whether `user` may read `conversation`'s history.
     pub fn check_party(&self, user: UserId, conversation: &str) -> Result<(), UserError> {
         if let Some((a, b)) = im_protocol::direct_parties(conversation) {
+            if !self.exists(a) || !self.exists(b) {
+                return Err(UserError::NoSuchConversation);
+            }
             return if user == a || user == b {
                 Ok(())
             } else {
@@ -333,8 +336,7 @@ impl UserManager {
         }
     }
 
-    /// Tells the other parties (and the sender's other tabs, which ignore it) that `from` is
-    /// typing.
+    /// Tells the other parties (not the typist's own sessions) that `from` is typing.
     pub fn typing(&self, from: UserId, to: Target) -> Result<(), UserError> {
         self.may_send(from, to)?;
         let conversation = conversation_of(from, to);
@@ -757,6 +759,7 @@ impl UserManager {
         id: GroupId,
         user: UserId,
     ) -> Result<(), UserError> {
+        self.user(user)?;
         let _serial = self.social_writes.lock().await;
         let (w, before) = {
             let social = self.social.read();

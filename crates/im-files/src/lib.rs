@@ -1,0 +1,476 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+//!
+//! Invariants:
+//! - An upload is streamed to the [`FileStore`] in chunks; the size cap is enforced while
+//!   streaming, and an upload over it leaves nothing behind.
+//! - The type comes from the first bytes, never from the client. Only raster images are
+//!   served inline; everything else, SVG and HTML included, is an attachment.
+//! - Links carry 256 random bits and die at `expires_at`; a sweeper deletes the bytes.
+
+mod detect;
+mod name;
+mod range;
+mod store;
+
+pub use detect::{INLINE_TYPES, is_inline, sniff};
+pub use name::{content_disposition, percent_decode, percent_encode, sanitize};
+pub use range::{RangeReply, parse as parse_range};
+pub use store::{ByteStream, DiskFileStore, FileBody, FileIndex, FileMeta, FileSink, FileStore};
+
+use bytes::Bytes;
+use futures_core::Stream;
+use im_channel::{Handler, Pending};
+use im_classifier::KindSpec;
+use im_protocol::{ApiError, ErrorCode, UserId, now_millis};
+use parking_lot::RwLock;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// File proxy failures.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The upload is over the size cap.
+    #[error("the file is over the {0}-byte limit")]
+    TooLarge(u64),
+    /// The upload would take the owner over their quota.
+    #[error("this upload would exceed your storage quota of {0} bytes")]
+    QuotaExceeded(u64),
+    /// The request is not `multipart/form-data`.
+    #[error("send the file as multipart/form-data")]
+    NotMultipart,
+    /// The multipart body is malformed or has no `file` field.
+    #[error("bad upload: {0}")]
+    BadUpload(String),
+    /// The file id is not one the sender uploaded.
+    #[error("no file {0} of yours")]
+    UnknownFile(u64),
+    /// The file's link has expired.
+    #[error("file {0} has expired")]
+    Expired(u64),
+    /// An `image` message points at a file that is not a raster image.
+    #[error("file {0} is not an image (png, jpeg, gif or webp)")]
+    NotAnImage(u64),
+    /// No such file (or link).
+    #[error("no such file")]
+    NotFound,
+    /// Disk or store failure.
+    #[error("file storage: {0}")]
+    Io(#[from] std::io::Error),
+    /// Metadata store failure.
+    #[error("file index: {0}")]
+    Index(String),
+}
+
+impl From<FileError> for ApiError {
+    fn from(e: FileError) -> Self {
+        let code = match &e {
+            FileError::TooLarge(_) => ErrorCode::PayloadTooLarge,
+            FileError::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
+            FileError::NotMultipart => ErrorCode::UnsupportedMediaType,
+            FileError::BadUpload(_) => ErrorCode::InvalidRequest,
+            FileError::UnknownFile(_) => ErrorCode::UnknownFile,
+            FileError::Expired(_) => ErrorCode::FileExpired,
+            FileError::NotAnImage(_) => ErrorCode::InvalidBody,
+            FileError::NotFound => ErrorCode::NotFound,
+            FileError::Io(_) | FileError::Index(_) => {
+                tracing::error!(error = %e, "file storage failure");
+                return ApiError::new(ErrorCode::Internal, "file storage failure");
+            }
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+/// File proxy settings.
+#[derive(Debug, Clone, Copy)]
+pub struct FilesConfig {
+    /// The most bytes one upload may have.
+    pub max_bytes: u64,
+    /// How long a link lives.
+    pub ttl: Duration,
+    /// How often expired files are swept.
+    pub sweep_every: Duration,
+    /// Bytes of live files one user may hold; `None` for no limit.
+    pub quota: Option<u64>,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 25 * 1024 * 1024,
+            ttl: Duration::from_secs(24 * 3600),
+            sweep_every: Duration::from_secs(60),
+            quota: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    meta: Arc<FileMeta>,
+    swept: bool,
+}
+
+/// The temporary file proxy: uploads, unguessable expiring links, and the `image` and
+/// `file` message kinds.
+pub struct FileProxy {
+    store: Arc<dyn FileStore>,
+    index: Arc<dyn FileIndex>,
+    config: FilesConfig,
+    files: RwLock<HashMap<u64, Entry>>,
+    by_token: RwLock<HashMap<String, u64>>,
+}
+
+impl std::fmt::Debug for FileProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileProxy")
+            .field("files", &self.files.read().len())
+            .finish()
+    }
+}
+
+fn random_hex(bytes: usize) -> Result<String, FileError> {
+    let mut raw = vec![0u8; bytes];
+    getrandom::fill(&mut raw).map_err(|e| FileError::Io(std::io::Error::other(e.to_string())))?;
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Whether a URL token has the shape we issue (64 hex chars), checked before any lookup.
+fn plausible_token(token: &str) -> bool {
+    token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl FileProxy {
+    /// Loads the index, then sweeps what expired while the server was down and deletes bytes
+    /// that never got metadata.
+    pub async fn new(
+        store: Arc<dyn FileStore>,
+        index: Arc<dyn FileIndex>,
+        config: FilesConfig,
+    ) -> Result<Arc<Self>, FileError> {
+        let all = index.all_files().await?;
+        let mut files = HashMap::new();
+        let mut by_token = HashMap::new();
+        let now = now_millis();
+        for meta in all {
+            let swept = meta.key.is_empty();
+            if !swept && meta.expires_at > now {
+                by_token.insert(meta.token.clone(), meta.id);
+            }
+            files.insert(
+                meta.id,
+                Entry {
+                    meta: Arc::new(meta),
+                    swept,
+                },
+            );
+        }
+        let proxy = Arc::new(Self {
+            store,
+            index,
+            config,
+            files: RwLock::new(files),
+            by_token: RwLock::new(by_token),
+        });
+        let known: std::collections::HashSet<String> = proxy
+            .files
+            .read()
+            .values()
+            .map(|e| e.meta.key.clone())
+            .collect();
+        for key in proxy.store.keys().await? {
+            if !known.contains(&key) {
+                tracing::info!(%key, "removing bytes without metadata");
+                proxy.store.remove(&key).await?;
+            }
+        }
+        proxy.sweep().await;
+        Ok(proxy)
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &FilesConfig {
+        &self.config
+    }
+
+    /// Streams one multipart upload (`content_type` is the request's header) into the
+    /// store. Only the `file` field is kept.
+    pub async fn upload_multipart<S, E>(
+        &self,
+        owner: UserId,
+        content_type: &str,
+        body: S,
+    ) -> Result<Arc<FileMeta>, FileError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        let mime = content_type.split(';').next().unwrap_or("").trim();
+        if !mime.eq_ignore_ascii_case("multipart/form-data") {
+            return Err(FileError::NotMultipart);
+        }
+        let boundary = multer::parse_boundary(content_type).map_err(|_| FileError::NotMultipart)?;
+        let mut multipart = multer::Multipart::new(body, boundary);
+        while let Some(mut field) = multipart.next_field().await.map_err(bad_upload)? {
+            if field.name() != Some("file") {
+                continue;
+            }
+            let name = sanitize(field.file_name().unwrap_or("file"));
+            return self.store_stream(owner, name, &mut field).await;
+        }
+        Err(FileError::BadUpload("no `file` field".into()))
+    }
+
+    async fn store_stream(
+        &self,
+        owner: UserId,
+        name: String,
+        field: &mut multer::Field<'static>,
+    ) -> Result<Arc<FileMeta>, FileError> {
+        let limit = match self.config.quota {
+            Some(quota) => {
+                let used = self.usage(owner);
+                if used >= quota {
+                    return Err(FileError::QuotaExceeded(quota));
+                }
+                self.config.max_bytes.min(quota - used)
+            }
+            None => self.config.max_bytes,
+        };
+        let key = random_hex(16)?;
+        let mut sink = self.store.create(&key).await?;
+        let mut head = Vec::with_capacity(detect::SNIFF_LEN);
+        let mut size = 0u64;
+        let result: Result<(), FileError> = async {
+            while let Some(chunk) = field.chunk().await.map_err(bad_upload)? {
+                size += chunk.len() as u64;
+                if size > limit {
+                    return Err(if limit < self.config.max_bytes {
+                        FileError::QuotaExceeded(self.config.quota.unwrap_or(limit))
+                    } else {
+                        FileError::TooLarge(limit)
+                    });
+                }
+                if head.len() < detect::SNIFF_LEN {
+                    let take = (detect::SNIFF_LEN - head.len()).min(chunk.len());
+                    head.extend_from_slice(&chunk[..take]);
+                }
+                sink.write(&chunk).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            sink.abort().await;
+            return Err(e);
+        }
+        sink.commit().await?;
+        let now = now_millis();
+        let mut meta = FileMeta {
+            id: 0,
+            token: random_hex(32)?,
+            owner,
+            name,
+            size,
+            content_type: sniff(&head).to_owned(),
+            key,
+            created_at: now,
+            expires_at: now + self.config.ttl.as_millis() as u64,
+        };
+        match self.index.insert_file(&meta).await {
+            Ok(id) => meta.id = id,
+            Err(e) => {
+                let _ = self.store.remove(&meta.key).await;
+                return Err(e);
+            }
+        }
+        let meta = Arc::new(meta);
+        self.by_token.write().insert(meta.token.clone(), meta.id);
+        self.files.write().insert(
+            meta.id,
+            Entry {
+                meta: meta.clone(),
+                swept: false,
+            },
+        );
+        Ok(meta)
+    }
+
+    fn usage(&self, owner: UserId) -> u64 {
+        let now = now_millis();
+        self.files
+            .read()
+            .values()
+            .filter(|e| !e.swept && e.meta.owner == owner && e.meta.expires_at > now)
+            .map(|e| e.meta.size)
+            .sum()
+    }
+
+    /// The URL path of a file: `/files/<token>/<name>`.
+    pub fn url(meta: &FileMeta) -> String {
+        format!("/files/{}/{}", meta.token, percent_encode(&meta.name))
+    }
+
+    /// The JSON the API answers with.
+    pub fn json(meta: &FileMeta) -> Value {
+        json!({
+            "id": meta.id, "name": meta.name, "size": meta.size,
+            "content_type": meta.content_type, "url": Self::url(meta), "expires_at": meta.expires_at,
+        })
+    }
+
+    /// The live file behind a link, if the token and name match and it has not expired.
+    pub fn lookup(&self, token: &str, encoded_name: &str) -> Option<Arc<FileMeta>> {
+        if !plausible_token(token) {
+            return None;
+        }
+        let id = *self.by_token.read().get(token)?;
+        let meta = self
+            .files
+            .read()
+            .get(&id)
+            .filter(|e| !e.swept)?
+            .meta
+            .clone();
+        let name = percent_decode(encoded_name)?;
+        (name == meta.name && meta.expires_at > now_millis()).then_some(meta)
+    }
+
+    /// Streams bytes `start..=end` of a file.
+    pub async fn open(
+        &self,
+        meta: &FileMeta,
+        start: u64,
+        end: u64,
+    ) -> Result<ByteStream, FileError> {
+        self.store.open(&meta.key, start, end).await
+    }
+
+    /// Deletes the bytes of every expired file; returns how many went.
+    pub async fn sweep(&self) -> usize {
+        let now = now_millis();
+        let due: Vec<Arc<FileMeta>> = self
+            .files
+            .read()
+            .values()
+            .filter(|e| !e.swept && e.meta.expires_at <= now)
+            .map(|e| e.meta.clone())
+            .collect();
+        let mut swept = 0;
+        for meta in due {
+            self.by_token.write().remove(&meta.token);
+            let done = async {
+                self.store.remove(&meta.key).await?;
+                self.index.mark_swept(meta.id).await
+            };
+            match done.await {
+                Ok(()) => {
+                    if let Some(e) = self.files.write().get_mut(&meta.id) {
+                        e.swept = true;
+                    }
+                    swept += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(id = meta.id, error = %e, "sweeping a file failed; will retry")
+                }
+            }
+        }
+        swept
+    }
+
+    /// Runs [`FileProxy::sweep`] every `sweep_every` on the current runtime.
+    pub fn spawn_sweeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = Arc::downgrade(self);
+        let every = self.config.sweep_every;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(proxy) = me.upgrade() else { break };
+                proxy.sweep().await;
+            }
+        })
+    }
+
+    /// The message body for file `id` sent by `owner`, filled from the metadata.
+    pub fn attachment(&self, owner: UserId, id: u64, image: bool) -> Result<Value, FileError> {
+        let files = self.files.read();
+        let entry = files
+            .get(&id)
+            .filter(|e| e.meta.owner == owner)
+            .ok_or(FileError::UnknownFile(id))?;
+        if entry.swept || entry.meta.expires_at <= now_millis() {
+            return Err(FileError::Expired(id));
+        }
+        if image && !is_inline(&entry.meta.content_type) {
+            return Err(FileError::NotAnImage(id));
+        }
+        let m = &entry.meta;
+        Ok(json!({
+            "file_id": m.id, "url": Self::url(m), "name": m.name,
+            "size": m.size, "content_type": m.content_type,
+        }))
+    }
+}
+
+fn bad_upload(e: multer::Error) -> FileError {
+    match e {
+        multer::Error::StreamReadFailed(inner) => {
+            FileError::BadUpload(format!("reading the body: {inner}"))
+        }
+        other => FileError::BadUpload(other.to_string()),
+    }
+}
+
+/// The fields a client may send in an `image` or `file` body; the server overwrites all but
+/// `file_id`.
+const ATTACHMENT_FIELDS: [&str; 5] = ["file_id", "url", "name", "size", "content_type"];
+
+fn attachment_kind(name: &str) -> KindSpec {
+    KindSpec::new(name).validator(|body| {
+        let obj = body.as_object().ok_or("body must be an object")?;
+        if let Some(k) = obj
+            .keys()
+            .find(|k| !ATTACHMENT_FIELDS.contains(&k.as_str()))
+        {
+            return Err(format!("unknown field `{k}`"));
+        }
+        obj.get("file_id")
+            .and_then(Value::as_u64)
+            .map(drop)
+            .ok_or_else(|| "`file_id` must be a file id".into())
+    })
+}
+
+/// The built-in `image` kind: `{"file_id"}`, filled in by [`AttachFiles`].
+pub fn image_kind() -> KindSpec {
+    attachment_kind("image")
+}
+
+/// The built-in `file` kind: `{"file_id"}`, filled in by [`AttachFiles`].
+pub fn file_kind() -> KindSpec {
+    attachment_kind("file")
+}
+
+/// The channel handler that turns `{"file_id"}` into the full attachment body, checking that
+/// the sender uploaded the file and that it has not expired.
+pub struct AttachFiles(pub Arc<FileProxy>);
+
+impl Handler for AttachFiles {
+    fn name(&self) -> &str {
+        "attach-files"
+    }
+
+    fn handle(&self, msg: &mut Pending) -> Result<(), ApiError> {
+        let image = match msg.kind.as_str() {
+            "image" => true,
+            "file" => false,
+            _ => return Ok(()),
+        };
+        let id = msg.body["file_id"].as_u64().unwrap_or(0);
+        msg.body = self.0.attachment(msg.from, id, image)?;
+        Ok(())
+    }
+}

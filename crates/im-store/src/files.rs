@@ -1,0 +1,71 @@
+//! File metadata for the file proxy.
+
+use crate::{SqliteStore, StoreError};
+use async_trait::async_trait;
+use im_files::{FileError, FileIndex, FileMeta};
+use im_protocol::UserId;
+use rusqlite::params;
+
+fn index_err(e: StoreError) -> FileError {
+    FileError::Index(e.to_string())
+}
+
+#[async_trait]
+impl FileIndex for SqliteStore {
+    async fn insert_file(&self, m: &FileMeta) -> Result<u64, FileError> {
+        let m = m.clone();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO files (token, owner, name, size, content_type, storage_key, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                m.token,
+                m.owner.0 as i64,
+                m.name,
+                m.size as i64,
+                m.content_type,
+                m.key,
+                m.created_at as i64,
+                m.expires_at as i64
+            ])?;
+            Ok(conn.last_insert_rowid() as u64)
+        })
+        .await
+        .map_err(index_err)
+    }
+
+    async fn all_files(&self) -> Result<Vec<FileMeta>, FileError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT id, token, owner, name, size, content_type, storage_key, created_at, expires_at FROM files",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(FileMeta {
+                    id: r.get::<_, i64>(0)? as u64,
+                    token: r.get(1)?,
+                    owner: UserId(r.get::<_, i64>(2)? as u64),
+                    name: r.get(3)?,
+                    size: r.get::<_, i64>(4)? as u64,
+                    content_type: r.get(5)?,
+                    key: r.get(6)?,
+                    created_at: r.get::<_, i64>(7)? as u64,
+                    expires_at: r.get::<_, i64>(8)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+        .map_err(index_err)
+    }
+
+    async fn mark_swept(&self, id: u64) -> Result<(), FileError> {
+        self.write(move |conn| {
+            conn.prepare_cached("UPDATE files SET storage_key = '' WHERE id = ?1")?
+                .execute(params![id as i64])?;
+            Ok(())
+        })
+        .await
+        .map_err(index_err)
+    }
+}
