@@ -7,9 +7,13 @@ pub const INLINE_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "im
 /// How many leading bytes [`sniff`] wants.
 pub const SNIFF_LEN: usize = 512;
 
-/// The content type of a file from its first bytes. Markup that browsers would run (SVG,
-/// HTML) is recognised first, whatever else it claims to be.
+/// The content type of a file from its first bytes: binary magic numbers first, then markup
+/// that browsers would run (SVG, HTML), then plain text.
 pub fn sniff(head: &[u8]) -> &'static str {
+    // Binary formats first: their magic bytes are unambiguous, whatever text follows.
+    if let Some(kind) = infer::get(head).filter(|k| !k.mime_type().starts_with("text/")) {
+        return kind.mime_type();
+    }
     let text = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
     let start = text
         .iter()
@@ -26,9 +30,6 @@ pub fn sniff(head: &[u8]) -> &'static str {
     }
     if lower.starts_with(b"<!doctype html") || lower.starts_with(b"<html") || has(b"<script") {
         return "text/html";
-    }
-    if let Some(kind) = infer::get(head) {
-        return kind.mime_type();
     }
     // A cut in the middle of a multi-byte char at the end is still text.
     let valid = match std::str::from_utf8(head) {
@@ -66,6 +67,11 @@ mod tests {
         assert_eq!(sniff(b"hello"), "text/plain");
         assert_eq!(sniff(b"\0\x01\x02\x03"), "application/octet-stream");
         assert_eq!(sniff(b"%PDF-1.7"), "application/pdf");
+        assert_eq!(
+            sniff(b"\x89PNG\r\n\x1a\n<script>"),
+            "image/png",
+            "magic bytes win"
+        );
         assert!(is_inline("image/png") && !is_inline("image/svg+xml") && !is_inline("text/html"));
     }
 }

@@ -122,6 +122,61 @@ pub struct FileProxy {
     config: FilesConfig,
     files: RwLock<HashMap<u64, Entry>>,
     by_token: RwLock<HashMap<String, u64>>,
+    usage: Usage,
+}
+
+/// Bytes per owner, live files and uploads in flight together, so parallel uploads cannot
+/// jointly pass the quota.
+#[derive(Debug, Default)]
+struct Usage(parking_lot::Mutex<HashMap<UserId, u64>>);
+
+impl Usage {
+    fn add(&self, owner: UserId, bytes: u64, quota: Option<u64>) -> Result<(), FileError> {
+        let mut map = self.0.lock();
+        let used = map.entry(owner).or_default();
+        if let Some(q) = quota {
+            if *used + bytes > q {
+                return Err(FileError::QuotaExceeded(q));
+            }
+        }
+        *used += bytes;
+        Ok(())
+    }
+
+    fn release(&self, owner: UserId, bytes: u64) {
+        let mut map = self.0.lock();
+        if let Some(used) = map.get_mut(&owner) {
+            *used = used.saturating_sub(bytes);
+            if *used == 0 {
+                map.remove(&owner);
+            }
+        }
+    }
+}
+
+/// Bytes an upload has claimed; given back unless the upload completes (also when the
+/// request is dropped mid-way).
+struct Reservation<'a> {
+    usage: &'a Usage,
+    owner: UserId,
+    bytes: u64,
+    keep: bool,
+}
+
+impl Reservation<'_> {
+    fn grow(&mut self, bytes: u64, quota: Option<u64>) -> Result<(), FileError> {
+        self.usage.add(self.owner, bytes, quota)?;
+        self.bytes += bytes;
+        Ok(())
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.usage.release(self.owner, self.bytes);
+        }
+    }
 }
 
 impl std::fmt::Debug for FileProxy {
@@ -155,8 +210,12 @@ impl FileProxy {
         let mut files = HashMap::new();
         let mut by_token = HashMap::new();
         let now = now_millis();
+        let usage = Usage::default();
         for meta in all {
             let swept = meta.key.is_empty();
+            if !swept {
+                let _ = usage.add(meta.owner, meta.size, None);
+            }
             if !swept && meta.expires_at > now {
                 by_token.insert(meta.token.clone(), meta.id);
             }
@@ -174,6 +233,7 @@ impl FileProxy {
             config,
             files: RwLock::new(files),
             by_token: RwLock::new(by_token),
+            usage,
         });
         let known: std::collections::HashSet<String> = proxy
             .files
@@ -230,15 +290,12 @@ impl FileProxy {
         name: String,
         field: &mut multer::Field<'static>,
     ) -> Result<Arc<FileMeta>, FileError> {
-        let limit = match self.config.quota {
-            Some(quota) => {
-                let used = self.usage(owner);
-                if used >= quota {
-                    return Err(FileError::QuotaExceeded(quota));
-                }
-                self.config.max_bytes.min(quota - used)
-            }
-            None => self.config.max_bytes,
+        let limit = self.config.max_bytes;
+        let mut reserved = Reservation {
+            usage: &self.usage,
+            owner,
+            bytes: 0,
+            keep: false,
         };
         let key = random_hex(16)?;
         let mut sink = self.store.create(&key).await?;
@@ -248,12 +305,9 @@ impl FileProxy {
             while let Some(chunk) = field.chunk().await.map_err(bad_upload)? {
                 size += chunk.len() as u64;
                 if size > limit {
-                    return Err(if limit < self.config.max_bytes {
-                        FileError::QuotaExceeded(self.config.quota.unwrap_or(limit))
-                    } else {
-                        FileError::TooLarge(limit)
-                    });
+                    return Err(FileError::TooLarge(limit));
                 }
+                reserved.grow(chunk.len() as u64, self.config.quota)?;
                 if head.len() < detect::SNIFF_LEN {
                     let take = (detect::SNIFF_LEN - head.len()).min(chunk.len());
                     head.extend_from_slice(&chunk[..take]);
@@ -288,6 +342,7 @@ impl FileProxy {
             }
         }
         let meta = Arc::new(meta);
+        reserved.keep = true;
         self.by_token.write().insert(meta.token.clone(), meta.id);
         self.files.write().insert(
             meta.id,
@@ -297,16 +352,6 @@ impl FileProxy {
             },
         );
         Ok(meta)
-    }
-
-    fn usage(&self, owner: UserId) -> u64 {
-        let now = now_millis();
-        self.files
-            .read()
-            .values()
-            .filter(|e| !e.swept && e.meta.owner == owner && e.meta.expires_at > now)
-            .map(|e| e.meta.size)
-            .sum()
     }
 
     /// The URL path of a file: `/files/<token>/<name>`.
@@ -371,6 +416,7 @@ impl FileProxy {
                     if let Some(e) = self.files.write().get_mut(&meta.id) {
                         e.swept = true;
                     }
+                    self.usage.release(meta.owner, meta.size);
                     swept += 1;
                 }
                 Err(e) => {

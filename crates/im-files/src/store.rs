@@ -103,28 +103,49 @@ impl DiskFileStore {
 }
 
 struct DiskSink {
-    file: tokio::fs::File,
+    file: Option<tokio::fs::File>,
     part: PathBuf,
     dest: PathBuf,
+    dir: PathBuf,
+    committed: bool,
+}
+
+impl Drop for DiskSink {
+    /// An upload abandoned mid-way (the client went away) leaves no `.part` file behind.
+    fn drop(&mut self) {
+        if !self.committed {
+            drop(self.file.take());
+            let _ = std::fs::remove_file(&self.part);
+        }
+    }
 }
 
 #[async_trait]
 impl FileSink for DiskSink {
     async fn write(&mut self, chunk: &[u8]) -> Result<(), FileError> {
-        self.file.write_all(chunk).await?;
-        Ok(())
+        match self.file.as_mut() {
+            Some(f) => Ok(f.write_all(chunk).await?),
+            None => Err(FileError::NotFound),
+        }
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), FileError> {
-        self.file.flush().await?;
-        self.file.sync_all().await?;
+        let mut file = self.file.take().ok_or(FileError::NotFound)?;
+        file.flush().await?;
+        file.sync_all().await?;
+        drop(file);
         tokio::fs::rename(&self.part, &self.dest).await?;
+        // The rename is durable only once the directory is synced.
+        tokio::fs::File::open(&self.dir).await?.sync_all().await?;
+        self.committed = true;
         Ok(())
     }
 
-    async fn abort(self: Box<Self>) {
-        drop(self.file);
-        let _ = tokio::fs::remove_file(&self.part).await;
+    async fn abort(mut self: Box<Self>) {
+        drop(self.file.take());
+        if tokio::fs::remove_file(&self.part).await.is_ok() {
+            self.committed = true; // nothing left for Drop to do
+        }
     }
 }
 
@@ -134,7 +155,13 @@ impl FileStore for DiskFileStore {
         let dest = self.path(key)?;
         let part = dest.with_extension("part");
         let file = tokio::fs::File::create(&part).await?;
-        Ok(Box::new(DiskSink { file, part, dest }))
+        Ok(Box::new(DiskSink {
+            file: Some(file),
+            part,
+            dest,
+            dir: self.dir.clone(),
+            committed: false,
+        }))
     }
 
     async fn open(&self, key: &str, start: u64, end: u64) -> Result<ByteStream, FileError> {
@@ -175,9 +202,15 @@ impl FileStore for DiskFileStore {
         let mut out = Vec::new();
         let mut dir = tokio::fs::read_dir(&self.dir).await?;
         while let Some(entry) = dir.next_entry().await? {
-            if let Some(name) = entry.file_name().to_str() {
-                if !name.ends_with(".part") {
-                    out.push(name.to_owned());
+            // Only files named like our keys are ours; anything else put there is left alone.
+            let ours = entry
+                .file_name()
+                .to_str()
+                .filter(|n| self.path(n).is_ok())
+                .map(str::to_owned);
+            if let Some(name) = ours {
+                if entry.file_type().await?.is_file() {
+                    out.push(name);
                 }
             }
         }
@@ -213,5 +246,52 @@ impl http_body::Body for FileBody {
             .as_mut()
             .poll_next(cx)
             .map(|item| item.map(|r| r.map(http_body::Frame::data)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    #[tokio::test]
+    async fn disk_store_roundtrip_and_foreign_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("README.txt"), "not ours").unwrap();
+        std::fs::create_dir(dir.path().join("abcdef")).unwrap();
+        std::fs::write(dir.path().join("0123.part"), "leftover").unwrap();
+        let store = DiskFileStore::open(dir.path()).unwrap();
+        assert!(
+            !dir.path().join("0123.part").exists(),
+            "leftover parts go at start"
+        );
+        assert!(
+            store.keys().await.unwrap().is_empty(),
+            "foreign files and directories are not keys"
+        );
+
+        let mut sink = store.create("00ff").await.unwrap();
+        sink.write(b"hello ").await.unwrap();
+        sink.write(b"world").await.unwrap();
+        sink.commit().await.unwrap();
+        assert_eq!(store.keys().await.unwrap(), vec!["00ff".to_owned()]);
+        let mut body = store.open("00ff", 6, 10).await.unwrap();
+        assert_eq!(&body.next().await.unwrap().unwrap()[..], b"world");
+
+        // Dropped mid-way (the client went away): no part file is left.
+        let mut sink = store.create("11ee").await.unwrap();
+        sink.write(b"partial").await.unwrap();
+        drop(sink);
+        assert!(!dir.path().join("11ee.part").exists());
+        assert!(matches!(
+            store.open("11ee", 0, 1).await,
+            Err(FileError::NotFound)
+        ));
+        assert!(matches!(
+            store.open("../x", 0, 1).await,
+            Err(FileError::NotFound)
+        ));
+        store.remove("00ff").await.unwrap();
+        store.remove("00ff").await.unwrap();
     }
 }

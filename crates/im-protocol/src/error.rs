@@ -61,6 +61,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// 415: wrong content type.
     UnsupportedMediaType,
+    /// 416: the `Range` lies outside the file.
+    RangeNotSatisfiable,
     /// 422: a handler rejected the message's content.
     Rejected,
     /// 501: the feature is not available yet.
@@ -104,6 +106,7 @@ impl ErrorCode {
             NoSuchRequest => "no_such_request",
             PayloadTooLarge => "payload_too_large",
             UnsupportedMediaType => "unsupported_media_type",
+            RangeNotSatisfiable => "range_not_satisfiable",
             Rejected => "rejected",
             NotImplemented => "not_implemented",
             Overloaded => "overloaded",
@@ -125,6 +128,7 @@ impl ErrorCode {
             UsernameTaken | AlreadyFriends | RequestAnswered => 409,
             PayloadTooLarge => 413,
             UnsupportedMediaType => 415,
+            RangeNotSatisfiable => 416,
             Rejected => 422,
             Internal => 500,
             NotImplemented => 501,
