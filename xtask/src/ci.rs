@@ -1,7 +1,7 @@
 //! `cargo xtask ci`: the gate every change passes, in the order that fails fastest.
 
 use crate::util::{Result, banner, cargo_succeeds, display_cargo, run_cargo, workspace_root};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// The cargo invocations of the gate, cheapest first; the first failure stops the run.
@@ -71,13 +71,73 @@ fn ensure_components(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The hook for the browser end-to-end tests; a no-op until they exist.
-///
-/// When they land, this is where they are set up and run, so a fresh machine needs nothing
-/// but `cargo xtask ci`: install Debian's `chromium` if missing, `npm ci` the test package
-/// (playwright-core only, which downloads no browser), start `im-server` on `127.0.0.1:0`
-/// with a temporary data dir, and run the suite against it with chromium's path.
-fn browser_tests(_root: &Path) -> Result<()> {
-    banner("browser tests: none yet, skipped");
-    Ok(())
+/// The browser end-to-end tests (`web/tests/e2e.mjs`): Debian's chromium driven by
+/// playwright-core from npm, against the debug `im-server`. Everything they need is installed
+/// here when missing, so a fresh machine needs nothing but `cargo xtask ci`.
+fn browser_tests(root: &Path) -> Result<()> {
+    banner("browser tests (headless chromium, playwright-core)");
+    let chromium = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    if !chromium.exists() {
+        apt_install(&["chromium"])?;
+    }
+    if !Command::new("npm")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        apt_install(&["nodejs", "npm"])?;
+    }
+    let tests = root.join("web/tests");
+    run_tool(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&tests),
+        "npm ci (playwright-core)",
+    )?;
+    run_cargo(root, &["build", "-p", "im-server"])?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    run_tool(
+        Command::new("node")
+            .arg("e2e.mjs")
+            .current_dir(&tests)
+            .env("E2E_SERVER_BIN", target.join("debug/im-server"))
+            .env("E2E_SCREENSHOTS", target.join("browser"))
+            .env("CHROMIUM", &chromium),
+        "node web/tests/e2e.mjs",
+    )
+}
+
+/// Installs Debian packages (CI runs as root with no stdin).
+fn apt_install(packages: &[&str]) -> Result<()> {
+    banner(&format!("apt-get install {}", packages.join(" ")));
+    run_tool(
+        Command::new("apt-get").arg("update").arg("-qq"),
+        "apt-get update",
+    )?;
+    run_tool(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get install",
+    )
+}
+
+/// Runs a command with no stdin; an error naming `what` if it cannot start or fails.
+fn run_tool(cmd: &mut Command, what: &str) -> Result<()> {
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    let status = cmd
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("could not start {what}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({status})"))
+    }
 }

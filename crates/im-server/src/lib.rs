@@ -4,6 +4,7 @@
 //! This crate composes the others and holds no domain logic: configuration, routing,
 //! authentication plumbing, the static web client and graceful shutdown.
 
+mod assets;
 pub mod config;
 mod http;
 mod routes;

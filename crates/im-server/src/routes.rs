@@ -1,5 +1,6 @@
 //! Routing: turns requests into calls on the composed parts and their answers into JSON.
 
+use crate::assets;
 use crate::config::Config;
 use crate::http::{
     Body, Reply, bytes_response, cookie, empty, error_response, json, query_param, query_u64,
@@ -25,8 +26,6 @@ use std::sync::Arc;
 
 /// The session cookie's name (api-v1.md).
 pub const SESSION_COOKIE: &str = "im_session";
-
-const INDEX_HTML: &str = include_str!("../web/index.html");
 
 /// The composed server: everything a request may need.
 pub(crate) struct App {
@@ -87,11 +86,12 @@ struct Login {
 
 /// Every route, resolved from the path alone so a wrong method can answer 405 with `Allow`.
 enum Route {
-    Index,
+    Asset(&'static assets::Asset),
     Health,
     Register,
     Login,
     Logout,
+    Session,
     Me,
     Events,
     Messages,
@@ -127,7 +127,7 @@ fn num(s: &str) -> Option<u64> {
 fn resolve(path: &str) -> Option<(Route, &'static [Method])> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     Some(match segments.as_slice() {
-        [""] => (Route::Index, GET),
+        _ if assets::find(path).is_some() => (Route::Asset(assets::find(path)?), GET),
         ["healthz"] => (Route::Health, GET),
         ["files", token, name] => (
             Route::Download((*token).to_owned(), (*name).to_owned()),
@@ -137,6 +137,7 @@ fn resolve(path: &str) -> Option<(Route, &'static [Method])> {
             ["auth", "register"] => (Route::Register, POST),
             ["auth", "login"] => (Route::Login, POST),
             ["auth", "logout"] => (Route::Logout, POST),
+            ["auth", "session"] => (Route::Session, GET),
             ["me"] => (Route::Me, GET),
             ["events"] => (Route::Events, GET),
             ["messages"] => (Route::Messages, POST),
@@ -206,19 +207,30 @@ impl App {
 
     async fn route(&self, route: Route, req: Request<Incoming>) -> Reply {
         match route {
-            Route::Index => {
-                let mut res = bytes_response(
-                    StatusCode::OK,
-                    "text/html; charset=utf-8",
-                    Bytes::from_static(INDEX_HTML.as_bytes()),
-                );
+            Route::Asset(asset) => {
+                let fresh = req
+                    .headers()
+                    .get(header::IF_NONE_MATCH)
+                    .is_some_and(|v| v.as_bytes() == asset.etag().as_bytes());
+                let mut res = if fresh {
+                    empty(StatusCode::NOT_MODIFIED)
+                } else {
+                    bytes_response(
+                        StatusCode::OK,
+                        asset.content_type,
+                        Bytes::from_static(asset.body),
+                    )
+                };
                 let h = res.headers_mut();
+                h.insert(header::ETAG, HeaderValue::from_static(asset.etag()));
                 h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
                 h.insert(
                     header::CONTENT_SECURITY_POLICY,
-                    HeaderValue::from_static(
-                        "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
-                    ),
+                    HeaderValue::from_static(assets::CSP),
+                );
+                h.insert(
+                    header::REFERRER_POLICY,
+                    HeaderValue::from_static("same-origin"),
                 );
                 Ok(res)
             }
@@ -266,6 +278,16 @@ impl App {
                     res.headers_mut().insert(header::SET_COOKIE, v);
                 }
                 Ok(res)
+            }
+            Route::Session => {
+                // Like /me, but "not logged in" is an answer rather than an error, so a page
+                // can ask without a failed request in its console.
+                let creds = self.credentials(&req);
+                let user = match self.auth.authenticate(creds).await? {
+                    Some(p) => self.users.user(p.user).ok(),
+                    None => None,
+                };
+                Ok(json(StatusCode::OK, &json!({ "user": user })))
             }
             Route::Me => {
                 let who = self.principal(&req).await?;
@@ -491,9 +513,8 @@ impl App {
             RangeReply::Full => (StatusCode::OK, 0, meta.size - 1),
             RangeReply::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
             RangeReply::Unsatisfiable => {
-                let mut res = error_response(&ApiError::custom(
-                    416,
-                    "range_not_satisfiable",
+                let mut res = error_response(&ApiError::new(
+                    ErrorCode::RangeNotSatisfiable,
                     format!("the file has {} bytes", meta.size),
                 ));
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", meta.size)) {
@@ -595,18 +616,24 @@ impl App {
         }
     }
 
-    /// Authenticates the caller and refuses cookie-authenticated writes from other origins.
-    async fn principal(&self, req: &Request<Incoming>) -> Result<Principal, ApiError> {
+    /// The bearer token and session cookie a request carries.
+    fn credentials<'r>(&self, req: &'r Request<Incoming>) -> Credentials<'r> {
         let bearer = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        let creds = Credentials {
+        Credentials {
             bearer,
             cookie: cookie(req, SESSION_COOKIE),
-        };
+        }
+    }
+
+    /// Authenticates the caller and refuses cookie-authenticated writes from other origins.
+    async fn principal(&self, req: &Request<Incoming>) -> Result<Principal, ApiError> {
+        let creds = self.credentials(req);
+        let bearer = creds.bearer;
         let who = self.auth.authenticate(creds).await?.ok_or_else(|| {
             ApiError::new(
                 ErrorCode::Unauthorized,

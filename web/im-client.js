@@ -1,0 +1,329 @@
+// im-client.js: a small client for the Web-IM HTTP API and its event stream.
+//
+// Plain ES module, no dependencies, no build step. It runs in any modern browser on a page
+// served by the same origin as the server (the session cookie does the authentication):
+//
+//   import { ImClient } from '/im-client.js';
+//   const im = new ImClient();
+//   await im.login('alice', 'correct horse');
+//   im.on('message', (m) => console.log(m.from, m.body));
+//   im.connect();
+//   await im.sendText({ user: 2 }, 'hi bob');
+//
+// Guarantees it adds on top of the server's:
+// - every durable event is delivered to `on('message')` once: duplicates are dropped by id;
+// - a dropped connection resumes from the last id (EventSource sends Last-Event-ID);
+// - `resync` (the server could not replay) is passed on so the app reloads history;
+// - every send carries a `client_id`, and a retried send never duplicates a message.
+
+/** An API error: `status`, `code` (snake_case, see docs/API.md) and a human `message`. */
+export class ImError extends Error {
+  constructor(status, code, message) {
+    super(message || code);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+const EPHEMERAL = ['presence', 'typing', 'read', 'friend_request', 'group'];
+
+/** A Web-IM client bound to one server origin. */
+export class ImClient {
+  /**
+   * @param {object} [options]
+   * @param {string} [options.base] URL prefix of the server ('' for the page's own origin).
+   * @param {number} [options.retries] How often a send is retried on network errors or 503.
+   */
+  constructor({ base = '', retries = 4 } = {}) {
+    this.base = base;
+    this.retries = retries;
+    this.user = null;
+    this.connected = false;
+    this._handlers = new Map();
+    this._seen = new Set();
+    this._seenOrder = [];
+    this._source = null;
+    this._reconnectTimer = null;
+    this._lastId = null;
+  }
+
+  // ----- events -----
+
+  /**
+   * Subscribes to an event: 'message', 'presence', 'typing', 'read', 'friend_request',
+   * 'group', 'resync', 'up' (stream open) and 'down' (stream lost, reconnecting).
+   * Returns a function that unsubscribes.
+   */
+  on(type, handler) {
+    if (!this._handlers.has(type)) this._handlers.set(type, new Set());
+    this._handlers.get(type).add(handler);
+    return () => this._handlers.get(type).delete(handler);
+  }
+
+  _emit(type, data) {
+    for (const h of this._handlers.get(type) || []) {
+      try {
+        h(data);
+      } catch (e) {
+        console.error(`im-client: a '${type}' handler failed`, e);
+      }
+    }
+  }
+
+  /** Remembers a message id; false if it was seen before (a duplicate). */
+  _firstSight(id) {
+    if (this._seen.has(id)) return false;
+    this._seen.add(id);
+    this._seenOrder.push(id);
+    if (this._seenOrder.length > 5000) this._seen.delete(this._seenOrder.shift());
+    return true;
+  }
+
+  /** Marks messages loaded by other means (history) as seen, so the stream skips them. */
+  markSeen(messages) {
+    for (const m of messages) this._firstSight(m.id);
+  }
+
+  // ----- the event stream -----
+
+  /** Opens the event stream. It reconnects by itself and resumes without gaps. */
+  connect() {
+    this.disconnect();
+    // The browser resumes by itself after a drop (Last-Event-ID); when we reconnect by hand,
+    // the position goes in the query instead.
+    const resume = this._lastId ? `?last_event_id=${encodeURIComponent(this._lastId)}` : '';
+    const source = new EventSource(`${this.base}/api/v1/events${resume}`);
+    this._source = source;
+    source.onopen = () => {
+      this.connected = true;
+      this._emit('up');
+    };
+    source.onerror = () => {
+      if (this.connected) this._emit('down');
+      this.connected = false;
+      // CLOSED means the browser gave up (e.g. the server answered 401 or 503): retry
+      // ourselves; the server replays from the store, so nothing is lost.
+      if (source.readyState === EventSource.CLOSED && this._source === source) {
+        this._emit('down');
+        clearTimeout(this._reconnectTimer);
+        this._reconnectTimer = setTimeout(() => this._source === source && this.connect(), 3000);
+      }
+    };
+    source.addEventListener('message', (e) => {
+      if (e.lastEventId) this._lastId = e.lastEventId;
+      let m;
+      try {
+        m = JSON.parse(e.data);
+      } catch {
+        return;
+      }
+      if (this._firstSight(m.id)) this._emit('message', m);
+    });
+    source.addEventListener('resync', (e) => {
+      if (e.lastEventId) this._lastId = e.lastEventId;
+      this._emit('resync', safeJson(e.data) || {});
+    });
+    for (const type of EPHEMERAL) {
+      source.addEventListener(type, (e) => this._emit(type, JSON.parse(e.data)));
+    }
+  }
+
+  /** Closes the event stream. */
+  disconnect() {
+    clearTimeout(this._reconnectTimer);
+    if (this._source) this._source.close();
+    this._source = null;
+    this.connected = false;
+  }
+
+  // ----- HTTP -----
+
+  /** Calls the API; resolves with the parsed JSON (or null), rejects with an ImError. */
+  async call(method, path, body) {
+    const init = { method, credentials: 'same-origin', headers: {} };
+    if (body !== undefined) {
+      init.headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(body);
+    }
+    let res;
+    try {
+      res = await fetch(`${this.base}/api/v1${path}`, init);
+    } catch (e) {
+      throw new ImError(0, 'network', 'the server cannot be reached');
+    }
+    const text = await res.text();
+    const data = text ? safeJson(text) : null;
+    if (!res.ok) {
+      const err = (data && data.error) || {};
+      throw new ImError(res.status, err.code || 'http_' + res.status, err.message || res.statusText);
+    }
+    return data;
+  }
+
+  // ----- accounts -----
+
+  /** Creates an account. */
+  async register(username, password) {
+    return (await this.call('POST', '/auth/register', { username, password })).user;
+  }
+
+  /** Logs in; the server sets the HttpOnly session cookie. */
+  async login(username, password) {
+    const data = await this.call('POST', '/auth/login', { username, password });
+    this.user = data.user;
+    return this.user;
+  }
+
+  /** Logs out and closes the stream. */
+  async logout() {
+    this.disconnect();
+    await this.call('POST', '/auth/logout').catch(() => {});
+    this.user = null;
+  }
+
+  /** The logged-in user, or null (no valid session cookie). */
+  async me() {
+    this.user = (await this.call('GET', '/auth/session')).user;
+    return this.user;
+  }
+
+  // ----- messages -----
+
+  /**
+   * Sends a message to `to` ({user: id} or {group: id}). Network failures and 503 are
+   * retried with the same client_id, so the message is stored at most once.
+   */
+  async send(to, kind, body, clientId = newClientId()) {
+    let delay = 500;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const data = await this.call('POST', '/messages', { to, kind, body, client_id: clientId });
+        this._firstSight(data.message.id);
+        return data.message;
+      } catch (e) {
+        const retriable = e.status === 0 || e.status === 503;
+        if (!retriable || attempt >= this.retries) throw e;
+        await new Promise((r) => setTimeout(r, delay));
+        delay *= 2;
+      }
+    }
+  }
+
+  /** Sends a text message. */
+  sendText(to, text) {
+    return this.send(to, 'text', { text });
+  }
+
+  /** The user's conversations, newest first, with unread counts. */
+  async conversations() {
+    return (await this.call('GET', '/conversations')).conversations;
+  }
+
+  /** Up to `limit` messages of a conversation before id `before`, oldest first. */
+  async history(conversation, { before, limit = 50 } = {}) {
+    const q = new URLSearchParams({ limit: String(limit) });
+    if (before) q.set('before', String(before));
+    const data = await this.call('GET', `/conversations/${encodeURIComponent(conversation)}/messages?${q}`);
+    this.markSeen(data.messages);
+    return data.messages;
+  }
+
+  /** Stores the read position and tells the other party. */
+  markRead(conversation, upTo) {
+    return this.call('POST', `/conversations/${encodeURIComponent(conversation)}/read`, { up_to: upTo });
+  }
+
+  /** Tells the other party (or group) that the user is typing. */
+  typing(to) {
+    return this.call('POST', '/typing', { to });
+  }
+
+  /**
+   * Uploads a File or Blob; `onProgress(fraction)` is called as bytes go out.
+   * Resolves with `{id, name, size, content_type, url, expires_at}`.
+   */
+  upload(file, { onProgress, name } = {}) {
+    return new Promise((resolve, reject) => {
+      const form = new FormData();
+      form.append('file', file, name || file.name || 'file');
+      const xhr = new XMLHttpRequest();
+      xhr.open('POST', `${this.base}/api/v1/files`);
+      xhr.withCredentials = true;
+      xhr.upload.onprogress = (e) => e.lengthComputable && onProgress && onProgress(e.loaded / e.total);
+      xhr.onerror = () => reject(new ImError(0, 'network', 'the upload failed'));
+      xhr.onload = () => {
+        const data = safeJson(xhr.responseText) || {};
+        if (xhr.status === 201) return resolve(data.file);
+        const err = data.error || {};
+        reject(new ImError(xhr.status, err.code || 'http_' + xhr.status, err.message));
+      };
+      xhr.send(form);
+    });
+  }
+
+  // ----- friends, blocks, groups -----
+
+  /** Friends with their online flag. */
+  async friends() {
+    return (await this.call('GET', '/friends')).friends;
+  }
+  /** Pending requests: {incoming, outgoing}. */
+  requests() {
+    return this.call('GET', '/friends/requests');
+  }
+  /** Asks `username` to be friends. */
+  async requestFriend(username) {
+    return (await this.call('POST', '/friends/requests', { username })).request;
+  }
+  /** Accepts (true) or declines (false) a request addressed to the user. */
+  async answerRequest(id, accept) {
+    return (await this.call('POST', `/friends/requests/${id}/${accept ? 'accept' : 'decline'}`)).request;
+  }
+  /** Ends a friendship. */
+  unfriend(userId) {
+    return this.call('DELETE', `/friends/${userId}`);
+  }
+  /** Blocks a user. */
+  block(userId) {
+    return this.call('POST', '/blocks', { user_id: userId });
+  }
+  /** Lifts a block. */
+  unblock(userId) {
+    return this.call('DELETE', `/blocks/${userId}`);
+  }
+  /** The user's groups. */
+  async groups() {
+    return (await this.call('GET', '/groups')).groups;
+  }
+  /** Creates a group with friends as members. */
+  async createGroup(name, members) {
+    return (await this.call('POST', '/groups', { name, members })).group;
+  }
+  /** Adds a friend to a group (owner or admin). */
+  async addMember(groupId, userId) {
+    return (await this.call('POST', `/groups/${groupId}/members`, { user_id: userId })).group;
+  }
+  /** Removes a member, or leaves when `userId` is the user. */
+  removeMember(groupId, userId) {
+    return this.call('DELETE', `/groups/${groupId}/members/${userId}`);
+  }
+}
+
+function safeJson(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+}
+
+/** A random idempotency key. */
+export function newClientId() {
+  if (globalThis.crypto && crypto.randomUUID) return crypto.randomUUID();
+  return Date.now().toString(36) + Math.random().toString(36).slice(2);
+}
+
+/** The conversation key of a direct chat between two user ids (as the server makes it). */
+export function directConversation(a, b) {
+  return a <= b ? `d${a}-${b}` : `d${b}-${a}`;
+}

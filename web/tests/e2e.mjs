@@ -1,0 +1,304 @@
+// End-to-end tests of the web client: two people in two browser contexts of headless Debian
+// chromium, against a real im-server with a fresh data dir. Run by `cargo xtask ci`:
+//   E2E_SERVER_BIN=target/debug/im-server node web/tests/e2e.mjs
+// Screenshots of both sides go to $E2E_SCREENSHOTS (default target/browser).
+
+import { chromium } from 'playwright-core';
+import { spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { deflateSync } from 'node:zlib';
+import { createInterface } from 'node:readline';
+
+const here = path.dirname(new URL(import.meta.url).pathname);
+const root = path.resolve(here, '../..');
+const bin = process.env.E2E_SERVER_BIN || path.join(root, 'target/debug/im-server');
+const shots = process.env.E2E_SCREENSHOTS || path.join(root, 'target/browser');
+const TIMEOUT = 30_000; // a bound so a broken test fails instead of hanging; not a speed claim
+
+// ----- a tiny runner -----
+
+const results = [];
+async function test(name, fn) {
+  const started = Date.now();
+  try {
+    await fn();
+    results.push({ name, ok: true });
+    console.log(`ok   ${name} (${Date.now() - started} ms)`);
+  } catch (e) {
+    results.push({ name, ok: false });
+    console.log(`FAIL ${name}\n     ${(e && e.stack) || e}`);
+  }
+}
+function assert(cond, msg) {
+  if (!cond) throw new Error(`assertion failed: ${msg}`);
+}
+function assertEq(a, b, msg) {
+  if (JSON.stringify(a) !== JSON.stringify(b)) throw new Error(`${msg}: expected ${JSON.stringify(b)}, got ${JSON.stringify(a)}`);
+}
+
+// ----- a PNG made here, so the test needs no fixture file -----
+
+function crc32(buf) {
+  let c = ~0;
+  for (const b of buf) {
+    c ^= b;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0xedb88320 : c >>> 1;
+  }
+  return ~c >>> 0;
+}
+function chunk(type, data) {
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(data.length);
+  const td = Buffer.concat([Buffer.from(type), data]);
+  const crc = Buffer.alloc(4);
+  crc.writeUInt32BE(crc32(td));
+  return Buffer.concat([len, td, crc]);
+}
+function gradientPng(w, h) {
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(w, 0);
+  ihdr.writeUInt32BE(h, 4);
+  ihdr[8] = 8; // bit depth
+  ihdr[9] = 2; // RGB
+  const rows = [];
+  for (let y = 0; y < h; y++) {
+    const row = Buffer.alloc(1 + w * 3);
+    for (let x = 0; x < w; x++) {
+      row[1 + x * 3] = Math.round((255 * x) / w);
+      row[2 + x * 3] = Math.round((255 * y) / h);
+      row[3 + x * 3] = 200;
+    }
+    rows.push(row);
+  }
+  const sig = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+  return Buffer.concat([sig, chunk('IHDR', ihdr), chunk('IDAT', deflateSync(Buffer.concat(rows))), chunk('IEND', Buffer.alloc(0))]);
+}
+
+// ----- the server -----
+
+async function startServer() {
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'web-im-e2e-'));
+  const child = spawn(bin, ['--listen', '127.0.0.1:0', '--data-dir', dataDir], {
+    env: { ...process.env, IM_ARGON2__MEMORY_KIB: '64', IM_ARGON2__ITERATIONS: '1', IM_LOG: 'warn', IM_PRESENCE_GRACE_MS: '1000' },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const lines = createInterface({ input: child.stdout });
+  const url = await new Promise((resolve, reject) => {
+    lines.once('line', (l) => resolve(l.replace('im-server listening on ', '').trim()));
+    child.once('exit', (code) => reject(new Error(`im-server exited with ${code}`)));
+  });
+  return { url, child, dataDir };
+}
+
+// An API client for a third user, straight over fetch with a bearer token.
+async function apiUser(base, username) {
+  const call = async (method, p, body, token) => {
+    const res = await fetch(`${base}/api/v1${p}`, {
+      method,
+      headers: { 'Content-Type': 'application/json', ...(token ? { Authorization: `Bearer ${token}` } : {}) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    if (!res.ok) throw new Error(`${method} ${p}: ${res.status} ${text}`);
+    return text ? JSON.parse(text) : null;
+  };
+  const password = `${username}-password`;
+  await call('POST', '/auth/register', { username, password });
+  const { token, user } = await call('POST', '/auth/login', { username, password });
+  return { user, call: (m, p, b) => call(m, p, b, token) };
+}
+
+// ----- page helpers -----
+
+async function register(page, base, username) {
+  await page.goto(base);
+  await page.getByLabel('Username').fill(username);
+  await page.getByLabel('Password').fill(`${username}-password`);
+  await page.getByRole('button', { name: 'Register' }).click();
+  await page.locator('#me-name', { hasText: username }).waitFor();
+}
+
+async function openChatWith(page, name) {
+  await page.locator('#conversations li', { hasText: name }).first().click();
+  await page.locator('#chat-title', { hasText: name }).waitFor();
+}
+
+async function sendText(page, text) {
+  await page.locator('#text').fill(text);
+  await page.locator('#text').press('Enter');
+}
+
+function messageText(page, text) {
+  return page.locator('#messages .msg .text').filter({ hasText: text });
+}
+
+async function countExact(page, text) {
+  return page.$$eval('#messages .msg .text', (nodes, t) => nodes.filter((n) => n.textContent === t).length, text);
+}
+
+// ----- the run -----
+
+const server = await startServer();
+console.log(`im-server at ${server.url}`);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run', '--disable-quic', '--disable-sync'],
+});
+const consoleErrors = [];
+async function newPage(label) {
+  const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(TIMEOUT);
+  page.on('console', (m) => m.type() === 'error' && consoleErrors.push(`${label}: ${m.text()}`));
+  page.on('pageerror', (e) => consoleErrors.push(`${label}: ${e.message}`));
+  return page;
+}
+const alice = await newPage('alice');
+const bob = await newPage('bob');
+mkdirSync(shots, { recursive: true });
+
+try {
+  await test('alice and bob register and become friends', async () => {
+    await register(alice, server.url, 'alice');
+    await register(bob, server.url, 'bob');
+    await alice.getByRole('tab', { name: /Friends/ }).click();
+    await alice.getByLabel('Add a friend').fill('bob');
+    await alice.getByRole('button', { name: 'Send request' }).click();
+    await alice.locator('#requests li', { hasText: 'Waiting for bob' }).waitFor();
+    await bob.getByRole('tab', { name: /Friends/ }).click();
+    const request = bob.locator('#requests li[data-request="alice"]');
+    await request.getByRole('button', { name: 'Accept' }).click();
+    await bob.locator('#friends li[data-friend="alice"]').waitFor();
+    await alice.locator('#friends li[data-friend="bob"]').waitFor();
+    // Both are online now: each sees the other's dot turn green.
+    await alice.locator('#friends li[data-friend="bob"] .dot.online').waitFor();
+  });
+
+  await test('text both ways, each message exactly once on both sides', async () => {
+    await alice.getByRole('button', { name: 'Chat with bob' }).click();
+    await sendText(alice, 'hello bob');
+    await bob.getByRole('tab', { name: 'Chats' }).click();
+    await openChatWith(bob, 'alice');
+    await messageText(bob, 'hello bob').waitFor();
+    await sendText(bob, 'hi alice');
+    await messageText(alice, 'hi alice').waitFor();
+    await sendText(alice, 'how are you?');
+    await messageText(bob, 'how are you?').waitFor();
+    for (const [page, who] of [[alice, 'alice'], [bob, 'bob']]) {
+      for (const t of ['hello bob', 'hi alice', 'how are you?']) assertEq(await countExact(page, t), 1, `${who} sees "${t}" once`);
+    }
+    // Bob has the chat open, so alice's message shows as seen.
+    await alice.locator('#messages .msg.mine .seen', { hasText: 'Seen' }).waitFor();
+  });
+
+  await test('a PNG sent by alice renders in bob\'s view', async () => {
+    await alice.locator('#file-input').setInputFiles({ name: 'gradient.png', mimeType: 'image/png', buffer: gradientPng(160, 100) });
+    const img = bob.locator('#messages img[alt="gradient.png"]');
+    await img.waitFor();
+    await bob.waitForFunction(() => {
+      const i = document.querySelector('#messages img[alt="gradient.png"]');
+      return i && i.complete && i.naturalWidth > 0;
+    });
+    assertEq(await img.evaluate((i) => i.naturalWidth), 160, 'natural width of the decoded image');
+    await alice.locator('#messages img[alt="gradient.png"]').waitFor();
+  });
+
+  await test('a message with <script> in it renders as text', async () => {
+    const evil = '<script>window.pwned = 1</script><b>bold?</b><img src=x onerror="window.pwned=2">';
+    await sendText(alice, evil);
+    await messageText(bob, 'bold?').waitFor();
+    assertEq(await countExact(bob, evil), 1, 'the text is shown verbatim');
+    assertEq(await bob.evaluate(() => window.pwned), undefined, 'no script ran');
+    assertEq(await bob.locator('#messages script, #messages b, #messages img[src="x"]').count(), 0, 'no markup was created');
+  });
+
+  await test('screenshots of both sides', async () => {
+    await alice.screenshot({ path: path.join(shots, 'alice.png') });
+    await bob.screenshot({ path: path.join(shots, 'bob.png') });
+  });
+
+  await test('bob reloads while alice sends 5 messages, then sees each once', async () => {
+    const reload = bob.reload();
+    for (let i = 1; i <= 5; i++) await sendText(alice, `during reload ${i}`);
+    await messageText(alice, 'during reload 5').waitFor();
+    await reload;
+    await bob.locator('#me-name', { hasText: 'bob' }).waitFor();
+    await openChatWith(bob, 'alice');
+    for (let i = 1; i <= 5; i++) await messageText(bob, `during reload ${i}`).waitFor();
+    // Live delivery continues after the reload.
+    await sendText(alice, 'after reload');
+    await messageText(bob, 'after reload').waitFor();
+    for (let i = 1; i <= 5; i++) assertEq(await countExact(bob, `during reload ${i}`), 1, `message ${i} once`);
+    assertEq(await countExact(bob, 'after reload'), 1, 'live message once');
+  });
+
+  await test('unread badges update, and clear when the chat is opened', async () => {
+    const carol = await apiUser(server.url, 'carol');
+    await carol.call('POST', '/friends/requests', { username: 'bob' });
+    await bob.getByRole('tab', { name: /Friends/ }).click();
+    await bob.locator('#requests li[data-request="carol"]').getByRole('button', { name: 'Accept' }).click();
+    await bob.locator('#friends li[data-friend="carol"]').waitFor();
+    await bob.getByRole('tab', { name: 'Chats' }).click();
+    // Bob has alice's chat open; carol's messages count as unread.
+    const bobId = (await carol.call('GET', '/friends')).friends[0].id;
+    await carol.call('POST', '/messages', { to: { user: bobId }, kind: 'text', body: { text: 'psst' } });
+    const badge = bob.locator('#conversations li', { hasText: 'carol' }).locator('.unread');
+    await badge.filter({ hasText: '1' }).waitFor();
+    await carol.call('POST', '/messages', { to: { user: bobId }, kind: 'text', body: { text: 'bob?' } });
+    await badge.filter({ hasText: '2' }).waitFor();
+    // Messages in the open chat do not raise a badge.
+    await sendText(alice, 'are you there?');
+    await messageText(bob, 'are you there?').waitFor();
+    assertEq(await bob.locator('#conversations li', { hasText: 'alice' }).locator('.unread').count(), 0, 'no badge for the open chat');
+    await openChatWith(bob, 'carol');
+    await messageText(bob, 'bob?').waitFor();
+    await bob.locator('#conversations li', { hasText: 'carol' }).locator('.unread').waitFor({ state: 'detached' });
+    // The read position is stored: after a reload the badge stays cleared.
+    await bob.reload();
+    await bob.locator('#conversations li', { hasText: 'carol' }).waitFor();
+    assertEq(await bob.locator('#conversations li', { hasText: 'carol' }).locator('.unread').count(), 0, 'still read after reload');
+  });
+
+  await test('groups: create, talk, leave', async () => {
+    await alice.getByRole('tab', { name: 'Groups' }).click();
+    await alice.getByLabel('New group').fill('weekend');
+    await alice.locator('#new-group-members label', { hasText: 'bob' }).locator('input').check();
+    await alice.getByRole('button', { name: 'Create group' }).click();
+    await alice.locator('#chat-title', { hasText: 'weekend' }).waitFor();
+    await sendText(alice, 'group hello');
+    await bob.getByRole('tab', { name: 'Chats' }).click();
+    await openChatWith(bob, 'weekend');
+    await messageText(bob, 'group hello').waitFor();
+    await bob.locator('#leave-group').click();
+    await bob.getByRole('tab', { name: 'Groups' }).click();
+    await bob.locator('#groups li', { hasText: 'No groups yet.' }).waitFor();
+  });
+
+  await test('a phone-width layout shows the list, then the chat', async () => {
+    await alice.setViewportSize({ width: 390, height: 760 });
+    assert(!(await alice.locator('.sidebar').isVisible()), 'the open chat fills a phone screen');
+    await alice.locator('#back').click();
+    await alice.getByRole('tab', { name: 'Chats' }).click();
+    await openChatWith(alice, 'bob');
+    assert(!(await alice.locator('.sidebar').isVisible()), 'the list gives way to the chat');
+    assert(await alice.locator('#back').isVisible(), 'a back button on phones');
+    await alice.screenshot({ path: path.join(shots, 'alice-phone.png') });
+    await alice.setViewportSize({ width: 1000, height: 700 });
+  });
+
+  await test('no console errors on either side', async () => {
+    assertEq(consoleErrors, [], 'console errors');
+  });
+} finally {
+  await browser.close();
+  server.child.kill('SIGTERM');
+  rmSync(server.dataDir, { recursive: true, force: true });
+}
+
+const passed = results.filter((r) => r.ok).length;
+const failed = results.length - passed;
+console.log(`\n${passed} passed, ${failed} failed`);
+process.exit(failed === 0 && results.length > 0 ? 0 : 1);
