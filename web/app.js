@@ -463,6 +463,10 @@ function onMessage(m) {
   if (fresh) c.last_message = m;
   if (isCurrent) {
     appendMessage(m);
+    if (m.from !== state.me.id) {
+      clearTimeout(state.typingTimer);
+      $('typing').textContent = '';
+    }
     if (m.from !== state.me.id) markCurrentRead();
   } else if (fresh && m.from !== state.me.id) {
     c.unread += 1;
@@ -504,6 +508,8 @@ function wireEvents() {
     loadGroups();
     if (change === 'deleted' || !group.members.some((m) => m.id === state.me.id)) {
       if (state.current && state.current.to.group === group.id) closeConversation();
+      state.conversations.delete(`g${group.id}`);
+      renderConversations();
     }
   });
   im.on('resync', async () => {
@@ -511,11 +517,18 @@ function wireEvents() {
     if (state.current) openConversation(state.current.to);
   });
   im.on('down', () => ($('banner').hidden = false));
-  im.on('up', () => {
-    const wasDown = !$('banner').hidden;
-    $('banner').hidden = true;
-    if (wasDown) loadConversations().catch(() => {});
+  im.on('up', () => ($('banner').hidden = true));
+  // Each (re)connection says where it caught up: everything after arrives live, so history
+  // loaded now closes any gap (a message committed while the page loaded or was offline).
+  im.on('ready', async () => {
+    await loadConversations().catch(() => {});
+    if (state.current) {
+      const cur = state.current;
+      const messages = await im.history(cur.conversation, { limit: 50 }).catch(() => []);
+      if (state.current === cur) for (const m of messages) appendMessage(m);
+    }
   });
+  im.on('logout', () => location.reload());
 }
 
 function wireStaticHandlers() {

@@ -51,7 +51,9 @@ export class ImClient {
 
   /**
    * Subscribes to an event: 'message', 'presence', 'typing', 'read', 'friend_request',
-   * 'group', 'resync', 'up' (stream open) and 'down' (stream lost, reconnecting).
+   * 'group', 'resync' (reload history), 'ready' (the stream is caught up; load or reload
+   * history now), 'up' (stream open), 'down' (stream lost, reconnecting) and 'logout' (the
+   * session ended elsewhere).
    * Returns a function that unsubscribes.
    */
   on(type, handler) {
@@ -101,12 +103,20 @@ export class ImClient {
     source.onerror = () => {
       if (this.connected) this._emit('down');
       this.connected = false;
-      // CLOSED means the browser gave up (e.g. the server answered 401 or 503): retry
-      // ourselves; the server replays from the store, so nothing is lost.
+      // CLOSED means the browser gave up (the server answered 401 or 503, or is gone):
+      // retry ourselves, unless the session ended (logout in another tab).
       if (source.readyState === EventSource.CLOSED && this._source === source) {
-        this._emit('down');
         clearTimeout(this._reconnectTimer);
-        this._reconnectTimer = setTimeout(() => this._source === source && this.connect(), 3000);
+        this._reconnectTimer = setTimeout(async () => {
+          if (this._source !== source) return;
+          const me = await this.me().catch(() => undefined);
+          if (me === null) {
+            this.disconnect();
+            this._emit('logout');
+          } else if (this._source === source) {
+            this.connect();
+          }
+        }, 3000);
       }
     };
     source.addEventListener('message', (e) => {
@@ -123,8 +133,16 @@ export class ImClient {
       if (e.lastEventId) this._lastId = e.lastEventId;
       this._emit('resync', safeJson(e.data) || {});
     });
+    // The stream is caught up to this position; history loaded from now on covers the rest.
+    source.addEventListener('ready', (e) => {
+      if (e.lastEventId) this._lastId = e.lastEventId;
+      this._emit('ready', safeJson(e.data) || {});
+    });
     for (const type of EPHEMERAL) {
-      source.addEventListener(type, (e) => this._emit(type, JSON.parse(e.data)));
+      source.addEventListener(type, (e) => {
+        const data = safeJson(e.data);
+        if (data) this._emit(type, data);
+      });
     }
   }
 
@@ -174,11 +192,14 @@ export class ImClient {
     return this.user;
   }
 
-  /** Logs out and closes the stream. */
+  /** Logs out, closes the stream and forgets the stream position. */
   async logout() {
     this.disconnect();
     await this.call('POST', '/auth/logout').catch(() => {});
     this.user = null;
+    this._lastId = null;
+    this._seen.clear();
+    this._seenOrder = [];
   }
 
   /** The logged-in user, or null (no valid session cookie). */

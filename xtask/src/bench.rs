@@ -36,8 +36,10 @@ numbers are only comparable between runs on the same machine.
 /// Options of `cargo xtask bench`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Options {
-    /// Criterion's quick mode: stop as soon as the estimate is significant.
+    /// Small sizes (CI smoke use): criterion's quick mode and small load scenarios.
     pub quick: bool,
+    /// What to run: `micro` and load scenarios; empty means everything.
+    pub scenarios: Vec<String>,
 }
 
 impl Options {
@@ -47,11 +49,75 @@ impl Options {
         for arg in args {
             match arg.as_str() {
                 "--quick" => options.quick = true,
-                other => return Err(format!("unknown option `{other}` for `bench`")),
+                s if s == "micro" || crate::loadbench::SCENARIOS.contains(&s) => {
+                    options.scenarios.push(s.to_owned())
+                }
+                other => return Err(format!("unknown scenario or option `{other}` for `bench`")),
             }
         }
         Ok(options)
     }
+
+    fn wants(&self, name: &str) -> bool {
+        self.scenarios.is_empty() || self.scenarios.iter().any(|s| s == name)
+    }
+}
+
+const LOAD_START: &str = "<!-- load:start -->";
+const LOAD_END: &str = "<!-- load:end -->";
+
+/// Runs what the options select: the micro-benchmarks and the load scenarios.
+pub fn run(options: &Options) -> Result<()> {
+    if options.wants("micro") {
+        run_micro(options)?;
+    }
+    let load: Vec<&str> = crate::loadbench::SCENARIOS
+        .iter()
+        .copied()
+        .filter(|s| options.wants(s))
+        .collect();
+    if load.is_empty() {
+        return Ok(());
+    }
+    let results = crate::loadbench::run(&load, options.quick)?;
+    let root = workspace_root();
+    let mut command = String::from("cargo xtask bench");
+    for s in &options.scenarios {
+        command.push(' ');
+        command.push_str(s);
+    }
+    if options.quick {
+        command.push_str(" --quick");
+    }
+    let header = format!(
+        "Last run {} on {}. Command: `{command}` (server and generator built in release mode; the \
+         generator, `xtask loadgen`, runs as separate processes on the same machine). Figures are \
+         medians over the runs.",
+        utc_now(),
+        machine()
+    );
+    let table = crate::loadbench::render(&results, &header);
+    print!("{table}");
+    if options.quick {
+        banner(
+            "quick run: every scenario delivered every message exactly once (docs/ left untouched)",
+        );
+        return Ok(());
+    }
+    let path = root.join(DOC);
+    let existing = std::fs::read_to_string(&path).ok();
+    let updated = splice_between(existing.as_deref(), LOAD_START, LOAD_END, &table)?;
+    write_atomically(&path, &updated)?;
+    let json_path = root.join("docs/BENCHMARKS.json");
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&results).unwrap_or_default(),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", json_path.display()))?;
+    banner(&format!(
+        "wrote the load results to {DOC} and docs/BENCHMARKS.json"
+    ));
+    Ok(())
 }
 
 /// One benchmark's result as criterion saved it.
@@ -78,8 +144,8 @@ enum Throughput {
     Bits(u64),
 }
 
-/// Runs the benches, collects what this run wrote and updates the document.
-pub fn run(options: &Options) -> Result<()> {
+/// Runs the criterion benches, collects what this run wrote and updates the document.
+fn run_micro(options: &Options) -> Result<()> {
     let root = workspace_root();
     // `--bench '*'` runs only `[[bench]]` targets: `--benches` would also run each library's
     // libtest harness, which rejects criterion's flags.
@@ -133,6 +199,11 @@ pub fn run(options: &Options) -> Result<()> {
         );
     }
     let section = render(&header, &estimates);
+    if options.quick {
+        // A smoke run (CI) checks that the benches work; its rough numbers are not recorded.
+        print!("{section}");
+        return Ok(());
+    }
     let path = root.join(DOC);
     let existing = match std::fs::read_to_string(&path) {
         Ok(text) => Some(text),
@@ -339,15 +410,25 @@ fn three_digits(v: f64) -> String {
 
 /// Puts `section` between the markers of `existing`, or builds a new document around it.
 fn splice(existing: Option<&str>, section: &str) -> Result<String> {
-    let block = format!("{START}\n{section}{END}");
+    splice_between(existing, START, END, section)
+}
+
+/// Replaces the text between two markers (or appends a marked block).
+fn splice_between(
+    existing: Option<&str>,
+    start_mark: &str,
+    end_mark: &str,
+    section: &str,
+) -> Result<String> {
+    let block = format!("{start_mark}\n{section}{end_mark}");
     let Some(text) = existing else {
         return Ok(format!("{NEW_DOC}{block}\n"));
     };
-    match (text.find(START), text.find(END)) {
+    match (text.find(start_mark), text.find(end_mark)) {
         (Some(start), Some(end)) if start < end => Ok(format!(
             "{}{block}{}",
             &text[..start],
-            &text[end + END.len()..]
+            &text[end + end_mark.len()..]
         )),
         (None, None) => {
             let sep = if text.ends_with("\n\n") || text.is_empty() {
@@ -360,7 +441,7 @@ fn splice(existing: Option<&str>, section: &str) -> Result<String> {
             Ok(format!("{text}{sep}{block}\n"))
         }
         _ => Err(format!(
-            "{DOC} has `{START}` and `{END}` out of order or one without the other; \
+            "{DOC} has `{start_mark}` and `{end_mark}` out of order or one without the other; \
              fix the markers by hand"
         )),
     }
@@ -465,12 +546,15 @@ mod tests {
 
     #[test]
     fn options() {
-        assert_eq!(Options::parse(&[]), Ok(Options { quick: false }));
-        assert_eq!(
-            Options::parse(&["--quick".into()]),
-            Ok(Options { quick: true })
-        );
+        let none = Options {
+            quick: false,
+            scenarios: vec![],
+        };
+        assert_eq!(Options::parse(&[]), Ok(none));
+        let quick = Options::parse(&["fanout".into(), "--quick".into()]).unwrap();
+        assert!(quick.quick && quick.wants("fanout") && !quick.wants("idle"));
         assert!(Options::parse(&["--slow".into()]).is_err());
+        assert!(Options::parse(&["nope".into()]).is_err());
     }
 
     #[test]

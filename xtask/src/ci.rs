@@ -33,6 +33,11 @@ pub fn run() -> Result<()> {
         run_cargo(&root, args).map_err(|e| format!("ci step {} failed: {e}", i + 1))?;
     }
     browser_tests(&root)?;
+    banner("benchmark smoke run: cargo xtask bench --quick");
+    crate::bench::run(&crate::bench::Options {
+        quick: true,
+        scenarios: Vec::new(),
+    })?;
     banner("ci: every step passed");
     Ok(())
 }
@@ -113,7 +118,7 @@ fn browser_tests(root: &Path) -> Result<()> {
 }
 
 /// Installs Debian packages (CI runs as root with no stdin).
-fn apt_install(packages: &[&str]) -> Result<()> {
+pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
     banner(&format!("apt-get install {}", packages.join(" ")));
     run_tool(
         Command::new("apt-get").arg("update").arg("-qq"),
@@ -129,7 +134,7 @@ fn apt_install(packages: &[&str]) -> Result<()> {
 }
 
 /// Runs a command with no stdin; an error naming `what` if it cannot start or fails.
-fn run_tool(cmd: &mut Command, what: &str) -> Result<()> {
+pub(crate) fn run_tool(cmd: &mut Command, what: &str) -> Result<()> {
     let _ = std::io::Write::flush(&mut std::io::stdout());
     let status = cmd
         .stdin(Stdio::null())

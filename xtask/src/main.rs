@@ -2,13 +2,15 @@
 //!
 //! - `cargo xtask ci` is the gate every change passes: formatting, clippy with warnings as
 //!   errors, every test target, then the doc tests. `.ci/run` and the GitHub workflow call it.
-//! - `cargo xtask bench [--quick]` runs the criterion micro-benchmarks and writes their
-//!   medians into `docs/BENCHMARKS.md`.
+//! - `cargo xtask bench [SCENARIO...] [--quick]` runs the criterion micro-benchmarks and the
+//!   load scenarios (against Web-IM and nchan) and writes the figures into `docs/BENCHMARKS.md`.
 //!
-//! Nothing here is needed at runtime, and it depends on no crate of the workspace.
+//! Nothing here is needed at runtime.
 
 mod bench;
 mod ci;
+mod load;
+mod loadbench;
 mod util;
 
 use std::process::ExitCode;
@@ -19,8 +21,12 @@ usage: cargo xtask <command>
 
 commands:
   ci                 cargo fmt --check, clippy -D warnings, all tests, doc tests (fails fast)
-  bench [--quick]    run the criterion micro-benchmarks and update docs/BENCHMARKS.md
-                     (--quick: criterion's quick mode, rougher numbers in far less time)
+  bench [SCENARIO...] [--quick]
+                     run benchmarks and update docs/BENCHMARKS.md; SCENARIO is micro (criterion),
+                     idle, fanout, direct or resume (load, side by side with nchan); default: all.
+                     --quick: small sizes, our server only, docs/ untouched (CI smoke run)
+  loadgen SCENARIO --addr A [...]
+                     the load generator itself (started by `bench`)
   help               show this text
 ";
 
@@ -42,6 +48,7 @@ fn main() -> ExitCode {
             Ok(options) => bench::run(&options),
             Err(e) => return usage_error(&e),
         },
+        "loadgen" => load::main(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -104,6 +104,15 @@ async fn stream_frames_and_headers_match_the_contract() {
         .unwrap()
         .unwrap();
     assert!(matches!(first, Item::Retry(ms) if ms > 0));
+    // Then the position the stream is caught up to (no message yet: 0).
+    let ready = patient("ready", stream.next_event())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (ready.event.as_str(), ready.id.as_deref()),
+        ("ready", Some("0"))
+    );
     let m = alice
         .send_text(Target::User(UserId(2)), "hello", None)
         .await

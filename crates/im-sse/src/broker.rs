@@ -48,6 +48,15 @@ pub trait ReplaySource: Send + Sync + 'static {
     async fn latest_id(&self) -> Result<MessageId, ReplayError>;
 }
 
+/// Appends `event: ready` carrying `id: <position>`: the stream is caught up to `position`, and
+/// a browser that reconnects resumes from there even if no message came yet.
+fn ready(head: &mut BytesMut, position: u64) {
+    let mut frame = Vec::new();
+    let data = format!("{{\"position\":{position}}}");
+    sse::write_event(&mut frame, Some(position), Some("ready"), &data);
+    head.extend_from_slice(&frame);
+}
+
 /// Hears every stream open and close, e.g. to track presence. Calls come from any thread and
 /// must not block; opens and closes of one user may arrive in any order relative to each
 /// other, so keep counts rather than flags.
@@ -190,7 +199,13 @@ impl SseBroker {
         let mut head = BytesMut::new();
         head.extend_from_slice(&sse::retry_frame(cfg.retry_ms));
         let after = match resume {
-            Resume::Live => 0,
+            Resume::Live => {
+                // Read after registering: everything up to here is history, everything after
+                // arrives live. Telling the client lets its next reconnect resume from here.
+                let latest = self.inner.replay.latest_id().await?.0;
+                ready(&mut head, latest);
+                0
+            }
             Resume::Unservable => self.resync(&mut head).await?,
             Resume::After(pos) => {
                 let latest = self.inner.replay.latest_id().await?;
@@ -207,7 +222,9 @@ impl SseBroker {
                     } else {
                         msgs.iter()
                             .for_each(|m| head.extend_from_slice(&sse::message_frame(m)));
-                        msgs.last().map_or(pos.0, |m| m.id.0)
+                        let reached = msgs.last().map_or(pos.0, |m| m.id.0);
+                        ready(&mut head, reached);
+                        reached
                     }
                 }
             }

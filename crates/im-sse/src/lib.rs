@@ -75,6 +75,7 @@ mod tests {
                 if let Item::Event(e) = item {
                     match e.id {
                         Some(_) if e.event == "resync" => names.push(e.event),
+                        Some(_) if e.event == "ready" => {}
                         Some(id) => ids.push(id.parse().unwrap()),
                         None => names.push(e.event),
                     }
@@ -156,6 +157,29 @@ mod tests {
         drop((slow, other));
         assert_eq!(broker.sessions_of(UserId(2)), 0);
         assert_eq!(broker.streams(), 0);
+    }
+
+    #[tokio::test]
+    async fn streams_announce_their_position() {
+        let broker = SseBroker::new(BrokerConfig::default(), Arc::new(Log(10)));
+        for (resume, position) in [
+            (Resume::Live, "10"),
+            (Resume::After(MessageId(4)), "10"),
+            (Resume::After(MessageId(10)), "10"),
+        ] {
+            let mut body = broker.open(who(), resume).await.unwrap();
+            let head = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            let ready: Vec<_> = Parser::new()
+                .feed(&head)
+                .into_iter()
+                .filter_map(|i| match i {
+                    Item::Event(e) if e.event == "ready" => Some(e),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(ready.len(), 1, "{resume:?}");
+            assert_eq!(ready[0].id.as_deref(), Some(position));
+        }
     }
 
     #[test]
