@@ -246,6 +246,11 @@ impl ImServer {
         http.http2()
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)));
+        // The protocol is chosen by peeking (h2c starts with the HTTP/2 preface), so hyper reads
+        // an HTTP/1 request from the socket in one go: after the auto builder's own detection
+        // it needed a second read that doubled every connection's 8 KiB read buffer.
+        let h1 = Arc::new(http.clone().http1_only());
+        let h2 = Arc::new(http.http2_only());
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
@@ -268,12 +273,18 @@ impl ImServer {
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(app.handle(req).await) }
             });
-            let conn = http
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
+            let (h1, h2, watcher) = (h1.clone(), h2.clone(), graceful.watcher());
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
+                let Ok(h2c) =
+                    tokio::time::timeout(Duration::from_secs(30), starts_h2(&stream)).await
+                else {
+                    return; // nothing sent for 30 s
+                };
+                let builder = if h2c { &h2 } else { &h1 };
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
+                if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
             });
@@ -287,6 +298,22 @@ impl ImServer {
             _ = tokio::time::sleep(grace) => tracing::warn!("connections still open after the grace period; closing"),
         }
         Ok(())
+    }
+}
+
+/// Whether a connection opens with the HTTP/2 preface (h2c with prior knowledge), without
+/// consuming any bytes.
+async fn starts_h2(stream: &tokio::net::TcpStream) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; PREFACE.len()];
+    loop {
+        match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) if buf[..n] != PREFACE[..n] => return false,
+            Ok(n) if n == PREFACE.len() => return true,
+            // A prefix of the preface so far: wait for the rest.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
     }
 }
 

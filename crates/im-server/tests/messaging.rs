@@ -304,3 +304,30 @@ async fn cookie_sessions_origin_check_and_logout() {
     assert_eq!(res.status, StatusCode::OK);
     server.shutdown().await;
 }
+
+/// The same port speaks HTTP/2 with prior knowledge (h2c), chosen without consuming bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_with_prior_knowledge() {
+    use http_body_util::{BodyExt, Empty};
+    let server = TestServer::start().await;
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for path in ["/healthz", "/api/v1/auth/session"] {
+        let req = http::Request::get(format!("http://{}{path}", server.addr))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let res = send.send_request(req).await.unwrap();
+        assert_eq!(
+            (res.status(), res.version()),
+            (StatusCode::OK, http::Version::HTTP_2)
+        );
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert!(!body.is_empty());
+    }
+    server.shutdown().await;
+}
