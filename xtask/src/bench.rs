@@ -79,7 +79,7 @@ pub fn run(options: &Options) -> Result<()> {
     if load.is_empty() {
         return Ok(());
     }
-    let results = crate::loadbench::run(&load, options.quick)?;
+    let mut results = crate::loadbench::run(&load, options.quick)?;
     let root = workspace_root();
     let mut command = String::from("cargo xtask bench");
     for s in &options.scenarios {
@@ -89,29 +89,55 @@ pub fn run(options: &Options) -> Result<()> {
     if options.quick {
         command.push_str(" --quick");
     }
-    let header = format!(
-        "Last run {} on {}. Command: `{command}` (server and generator built in release mode; the \
-         generator, `xtask loadgen`, runs as separate processes on the same machine). Figures are \
-         medians over the runs.",
-        utc_now(),
-        machine()
-    );
-    let table = crate::loadbench::render(&results, &header);
-    print!("{table}");
+    let when = utc_now();
+    if let Some(map) = results.as_object_mut() {
+        for entry in map.values_mut() {
+            entry["when"] = serde_json::json!(when);
+            entry["command"] = serde_json::json!(command);
+        }
+    }
     if options.quick {
+        let header = format!("Quick run {when} on {}. Command: `{command}`.", machine());
+        print!("{}", crate::loadbench::render(&results, &header));
         banner(
             "quick run: every scenario delivered every message exactly once (docs/ left untouched)",
         );
         return Ok(());
     }
+    // Scenarios not run this time keep their last recorded results.
+    let json_path = root.join("docs/BENCHMARKS.json");
+    let mut all = std::fs::read_to_string(&json_path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .filter(Value::is_object)
+        .unwrap_or_else(|| serde_json::json!({}));
+    if let (Some(all), Some(new)) = (all.as_object_mut(), results.as_object()) {
+        for (k, v) in new {
+            all.insert(k.clone(), v.clone());
+        }
+    }
+    let mut header = format!(
+        "Machine: {}. Server and generator are built in release mode; the generator, `xtask \
+         loadgen`, runs as separate processes on the same machine. Figures are medians over the \
+         runs. Each scenario's latest run:\n",
+        machine()
+    );
+    if let Some(map) = all.as_object() {
+        for (name, entry) in map {
+            let when = entry["when"].as_str().unwrap_or("unknown date");
+            let cmd = entry["command"].as_str().unwrap_or("cargo xtask bench");
+            header.push_str(&format!("\n- {name}: {when}, `{cmd}`"));
+        }
+    }
+    let table = crate::loadbench::render(&all, &header);
+    print!("{table}");
     let path = root.join(DOC);
     let existing = std::fs::read_to_string(&path).ok();
     let updated = splice_between(existing.as_deref(), LOAD_START, LOAD_END, &table)?;
     write_atomically(&path, &updated)?;
-    let json_path = root.join("docs/BENCHMARKS.json");
     std::fs::write(
         &json_path,
-        serde_json::to_string_pretty(&results).unwrap_or_default(),
+        serde_json::to_string_pretty(&all).unwrap_or_default(),
     )
     .map_err(|e| format!("cannot write {}: {e}", json_path.display()))?;
     banner(&format!(

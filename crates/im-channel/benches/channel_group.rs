@@ -2,44 +2,23 @@
 //! chains get through, from `submit` to the sender holding its outcome.
 //!
 //! Setup as in a server, minus the disk: 2 shards, a 2-handler chain (a validator and a
-//! rewriting filter), and a [`MessageLog`] that assigns ids from an atomic counter and
+//! rewriting filter), and `im_channel::MemoryLog`, which assigns ids from an atomic counter and
 //! answers `Outcome::Stored` at once, so the number is the channel layer's own cost
 //! (queueing, hashing to a shard, the chain, the reply) and not SQLite's. One iteration
 //! submits 1,000 messages spread over 100 conversations and waits for all 1,000 receipts;
 //! building the messages is excluded from the time.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use im_channel::{Channel, ChannelGroup, ChannelGroupConfig, MessageLog, Outcome, Pending, Reply};
-use im_protocol::{ApiError, ErrorCode, Message, MessageId, Target, UserId, conversation_of};
+use im_channel::{Channel, ChannelGroup, ChannelGroupConfig, MemoryLog, Outcome, Pending};
+use im_protocol::{ApiError, ErrorCode, Target, UserId, conversation_of};
 use std::hint::black_box;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Messages per iteration.
 const BATCH: u64 = 1_000;
 
 /// Conversations the batch is spread over.
 const CONVERSATIONS: u64 = 100;
-
-/// An in-memory log: ids from a counter, every message stored at once.
-#[derive(Default)]
-struct CountingLog(AtomicU64);
-
-impl MessageLog for CountingLog {
-    fn append(&self, p: Pending, reply: Reply) {
-        let id = self.0.fetch_add(1, Ordering::Relaxed) + 1;
-        reply.send(Outcome::Stored(Message {
-            id: MessageId(id),
-            conversation: p.conversation,
-            from: p.from,
-            to: p.to,
-            kind: p.kind,
-            body: p.body,
-            client_id: p.client_id,
-            sent_at: p.sent_at,
-        }));
-    }
-}
 
 /// A built-in-style check: the text must be a non-empty string.
 fn validate(m: &mut Pending) -> Result<(), ApiError> {
@@ -89,11 +68,11 @@ fn channel_group(c: &mut Criterion) {
         shards: 2,
         queue: BATCH as usize,
     };
-    let group =
-        match ChannelGroup::start("bench", channel, config, Arc::new(CountingLog::default())) {
-            Ok(group) => group,
-            Err(e) => panic!("cannot start the channel group: {e}"),
-        };
+    let group = match ChannelGroup::start("bench", channel, config, Arc::new(MemoryLog::default()))
+    {
+        Ok(group) => group,
+        Err(e) => panic!("cannot start the channel group: {e}"),
+    };
     let template = batch();
 
     let mut bench = c.benchmark_group("channel_group");

@@ -125,28 +125,7 @@ fn run_job(channel: &Channel, log: &dyn MessageLog, job: Job) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use im_protocol::{Message, MessageId, Target, UserId};
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    /// Appends in memory, assigning ids in call order.
-    #[derive(Default)]
-    struct MemLog(AtomicU64);
-
-    impl MessageLog for MemLog {
-        fn append(&self, p: Pending, reply: Reply) {
-            let id = self.0.fetch_add(1, Ordering::SeqCst) + 1;
-            reply.send(Outcome::Stored(Message {
-                id: MessageId(id),
-                conversation: p.conversation,
-                from: p.from,
-                to: p.to,
-                kind: p.kind,
-                body: p.body,
-                client_id: p.client_id,
-                sent_at: p.sent_at,
-            }));
-        }
-    }
+    use im_protocol::{Target, UserId};
 
     fn pending(text: &str, conv: &str) -> Pending {
         Pending {
@@ -175,7 +154,8 @@ mod tests {
             shards: 2,
             queue: 16,
         };
-        let group = ChannelGroup::start("t", channel, cfg, Arc::new(MemLog::default())).unwrap();
+        let group =
+            ChannelGroup::start("t", channel, cfg, Arc::new(crate::MemoryLog::default())).unwrap();
         let Outcome::Stored(m) = group.submit(pending("hi", "a")).unwrap().await.unwrap() else {
             panic!("not stored")
         };
@@ -195,8 +175,13 @@ mod tests {
             shards: 4,
             queue: 1024,
         };
-        let group =
-            ChannelGroup::start("t", Channel::new(), cfg, Arc::new(MemLog::default())).unwrap();
+        let group = ChannelGroup::start(
+            "t",
+            Channel::new(),
+            cfg,
+            Arc::new(crate::MemoryLog::default()),
+        )
+        .unwrap();
         let mut receipts = Vec::new();
         for i in 0..200 {
             receipts.push(group.submit(pending(&i.to_string(), "same")).unwrap());

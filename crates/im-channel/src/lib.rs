@@ -13,7 +13,7 @@ mod log;
 pub use group::{ChannelGroup, ChannelGroupConfig, Submitted};
 pub use log::{ConversationSummary, LogError, MessageHistory, MessageLog, Reply};
 
-use im_protocol::{ApiError, Message, Target, UserId};
+use im_protocol::{ApiError, Message, MessageId, Target, UserId};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -34,6 +34,34 @@ pub struct Pending {
     pub conversation: String,
     /// Unix milliseconds when the server accepted the message.
     pub sent_at: u64,
+}
+
+impl Pending {
+    /// The stored message this becomes once the log assigns `id`.
+    pub fn into_message(self, id: MessageId) -> Message {
+        Message {
+            id,
+            conversation: self.conversation,
+            from: self.from,
+            to: self.to,
+            kind: self.kind,
+            body: self.body,
+            client_id: self.client_id,
+            sent_at: self.sent_at,
+        }
+    }
+}
+
+/// A [`MessageLog`] that keeps nothing: ids from a counter, every message "stored" at once.
+/// For tests, benchmarks and demos of handler chains without a store.
+#[derive(Debug, Default)]
+pub struct MemoryLog(std::sync::atomic::AtomicU64);
+
+impl MessageLog for MemoryLog {
+    fn append(&self, msg: Pending, reply: Reply) {
+        let id = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        reply.send(Outcome::Stored(msg.into_message(MessageId(id))));
+    }
 }
 
 /// The single outcome of every submitted message.

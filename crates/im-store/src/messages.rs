@@ -36,16 +36,7 @@ pub(crate) fn insert(
             return Ok((decode(bytes)?, false));
         }
     }
-    let msg = Message {
-        id: MessageId(id),
-        conversation: p.conversation,
-        from: p.from,
-        to: p.to,
-        kind: p.kind,
-        body: p.body,
-        client_id: p.client_id,
-        sent_at: p.sent_at,
-    };
+    let msg = p.into_message(MessageId(id));
     let (recipient, group) = match msg.to {
         Target::User(u) => (Some(u.0 as i64), None),
         Target::Group(g) => (None, Some(g.0 as i64)),
