@@ -40,6 +40,8 @@ pub struct Options {
     pub quick: bool,
     /// What to run: `micro` and load scenarios; empty means everything.
     pub scenarios: Vec<String>,
+    /// Only rewrite the load table from `docs/BENCHMARKS.json`, running nothing.
+    pub render: bool,
 }
 
 impl Options {
@@ -49,6 +51,7 @@ impl Options {
         for arg in args {
             match arg.as_str() {
                 "--quick" => options.quick = true,
+                "--render" => options.render = true,
                 s if s == "micro" || crate::loadbench::SCENARIOS.contains(&s) => {
                     options.scenarios.push(s.to_owned())
                 }
@@ -68,6 +71,10 @@ const LOAD_END: &str = "<!-- load:end -->";
 
 /// Runs what the options select: the micro-benchmarks and the load scenarios.
 pub fn run(options: &Options) -> Result<()> {
+    if options.render {
+        let root = workspace_root();
+        return write_load_docs(&root, &read_load_json(&root));
+    }
     if options.wants("micro") {
         run_micro(options)?;
     }
@@ -105,17 +112,26 @@ pub fn run(options: &Options) -> Result<()> {
         return Ok(());
     }
     // Scenarios not run this time keep their last recorded results.
-    let json_path = root.join("docs/BENCHMARKS.json");
-    let mut all = std::fs::read_to_string(&json_path)
-        .ok()
-        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        .filter(Value::is_object)
-        .unwrap_or_else(|| serde_json::json!({}));
+    let mut all = read_load_json(&root);
     if let (Some(all), Some(new)) = (all.as_object_mut(), results.as_object()) {
         for (k, v) in new {
             all.insert(k.clone(), v.clone());
         }
     }
+    write_load_docs(&root, &all)
+}
+
+/// The recorded load results (`docs/BENCHMARKS.json`), or an empty object.
+fn read_load_json(root: &Path) -> Value {
+    std::fs::read_to_string(root.join("docs/BENCHMARKS.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .filter(Value::is_object)
+        .unwrap_or_else(|| serde_json::json!({}))
+}
+
+/// Writes the load table into `docs/BENCHMARKS.md` and the results into `docs/BENCHMARKS.json`.
+fn write_load_docs(root: &Path, all: &Value) -> Result<()> {
     let mut header = format!(
         "Machine: {}. Server and generator are built in release mode; the generator, `xtask \
          loadgen`, runs as separate processes on the same machine. Figures are medians over the \
@@ -129,15 +145,16 @@ pub fn run(options: &Options) -> Result<()> {
             header.push_str(&format!("\n- {name}: {when}, `{cmd}`"));
         }
     }
-    let table = crate::loadbench::render(&all, &header);
+    let table = crate::loadbench::render(all, &header);
     print!("{table}");
     let path = root.join(DOC);
     let existing = std::fs::read_to_string(&path).ok();
     let updated = splice_between(existing.as_deref(), LOAD_START, LOAD_END, &table)?;
     write_atomically(&path, &updated)?;
+    let json_path = root.join("docs/BENCHMARKS.json");
     std::fs::write(
         &json_path,
-        serde_json::to_string_pretty(&all).unwrap_or_default(),
+        serde_json::to_string_pretty(all).unwrap_or_default(),
     )
     .map_err(|e| format!("cannot write {}: {e}", json_path.display()))?;
     banner(&format!(
@@ -575,6 +592,7 @@ mod tests {
         let none = Options {
             quick: false,
             scenarios: vec![],
+            render: false,
         };
         assert_eq!(Options::parse(&[]), Ok(none));
         let quick = Options::parse(&["fanout".into(), "--quick".into()]).unwrap();

@@ -37,6 +37,7 @@ pub fn run() -> Result<()> {
     crate::bench::run(&crate::bench::Options {
         quick: true,
         scenarios: Vec::new(),
+        render: false,
     })?;
     banner("ci: every step passed");
     Ok(())

@@ -326,6 +326,14 @@ fn row(
     ));
 }
 
+/// A scenario's row label with the date of the run its figures come from.
+fn dated(results: &Value, scenario: &str, label: String) -> String {
+    match results[scenario]["when"].as_str() {
+        Some(when) => format!("{label}; run {when}"),
+        None => label,
+    }
+}
+
 /// The Markdown table of a full run, with the machine, the command and the date.
 pub fn render(results: &Value, header: &str) -> String {
     let m = |s: &str, who: &str, k: &str| num(&results[s][who]["median"][k]);
@@ -335,6 +343,7 @@ pub fn render(results: &Value, header: &str) -> String {
     );
     if results.get("idle").is_some() {
         let sc = format!("idle, N = {}", size("idle", "n"));
+        let sc = dated(results, "idle", sc);
         let rss = m("idle", "ours", "rss_per_connection_kib");
         row(
             &mut out,
@@ -362,6 +371,7 @@ pub fn render(results: &Value, header: &str) -> String {
             size("fanout", "m"),
             size("fanout", "rate")
         );
+        let sc = dated(results, "fanout", sc);
         let (ours, theirs) = (
             m("fanout", "ours_max", "deliveries_per_sec"),
             m("fanout", "nchan_max", "deliveries_per_sec"),
@@ -371,6 +381,7 @@ pub fn render(results: &Value, header: &str) -> String {
             size("fanout", "k"),
             size("fanout", "m")
         );
+        let cap = dated(results, "fanout", cap);
         let met = match (ours, theirs) {
             (Some(a), Some(b)) => Some(a >= b),
             _ => None,
@@ -437,6 +448,7 @@ pub fn render(results: &Value, header: &str) -> String {
             size("direct", "pairs"),
             size("direct", "secs")
         );
+        let sc = dated(results, "direct", sc);
         let open = m("direct", "ours", "open_msgs_per_sec");
         row(
             &mut out,
@@ -509,6 +521,7 @@ pub fn render(results: &Value, header: &str) -> String {
             size("resume", "r"),
             size("resume", "owed")
         );
+        let sc = dated(results, "resume", sc);
         let t = m("resume", "ours", "all_caught_up_secs");
         row(
             &mut out,

@@ -25,6 +25,7 @@ commands:
                      run benchmarks and update docs/BENCHMARKS.md; SCENARIO is micro (criterion),
                      idle, fanout, direct or resume (load, side by side with nchan); default: all.
                      --quick: small sizes, our server only, docs/ untouched (CI smoke run)
+                     --render: rewrite the load table from docs/BENCHMARKS.json, run nothing
   loadgen SCENARIO --addr A [...]
                      the load generator itself (started by `bench`)
   help               show this text
