@@ -90,6 +90,14 @@ pub trait MessageHistory: Send + Sync + 'static {
     /// The user's conversations with messages, newest activity first.
     async fn conversations(&self, user: UserId) -> Result<Vec<ConversationSummary>, LogError>;
 
+    /// The message `from` already sent with `client_id`, if any: a retry is answered with it
+    /// before any handler runs, so a retry stays a 200 even if the handlers would now refuse.
+    async fn by_client_id(
+        &self,
+        from: UserId,
+        client_id: &str,
+    ) -> Result<Option<Message>, LogError>;
+
     /// Moves the user's read position in a conversation forward (never back, never past its
     /// newest message) and returns the position now stored.
     async fn mark_read(

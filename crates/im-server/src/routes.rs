@@ -582,6 +582,14 @@ impl App {
                 "`client_id` must be 1–128 bytes",
             ));
         }
+        // A retry of a stored message gets the first answer, whatever the handlers would say now
+        // (a file that expired, a friendship that ended). The writer checks again, for retries
+        // that race each other.
+        if let Some(cid) = &draft.client_id {
+            if let Some(first) = self.history.by_client_id(who.user, cid).await? {
+                return Ok(json(StatusCode::OK, &json!({ "message": first })));
+            }
+        }
         let route = self.classifier.classify(&draft.kind, &draft.body)?;
         let group = self.groups.get(route.group).ok_or_else(|| {
             ApiError::new(

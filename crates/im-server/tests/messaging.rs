@@ -186,6 +186,24 @@ async fn client_id_makes_posts_idempotent() {
         .await
         .unwrap();
     assert_eq!(res.status, StatusCode::CREATED);
+    // A retry stays a 200 even when the message would now be refused: the first send was
+    // stored, whatever changed since (here the friendship ended).
+    let res = alice
+        .call(Method::DELETE, "/api/v1/friends/2", None)
+        .await
+        .unwrap();
+    assert_eq!(res.status, StatusCode::NO_CONTENT);
+    let retry = alice
+        .post_text(Target::User(UserId(2)), "once", Some("k-1"))
+        .await
+        .unwrap();
+    assert_eq!(retry.status, StatusCode::OK);
+    assert_eq!(retry.json()["message"], first.json()["message"]);
+    let fresh = alice
+        .post_text(Target::User(UserId(2)), "new", Some("k-2"))
+        .await
+        .unwrap();
+    assert_eq!(fresh.error_code().as_deref(), Some("not_friends"));
     server.shutdown().await;
 }
 

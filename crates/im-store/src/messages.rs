@@ -177,6 +177,23 @@ impl MessageHistory for SqliteStore {
         .map_err(log_err)
     }
 
+    async fn by_client_id(
+        &self,
+        from: UserId,
+        client_id: &str,
+    ) -> Result<Option<Message>, LogError> {
+        let cid = client_id.to_owned();
+        self.read(move |conn| {
+            let bytes: Option<Vec<u8>> = conn
+                .prepare_cached("SELECT record FROM messages WHERE sender = ?1 AND client_id = ?2")?
+                .query_row(params![from.0 as i64, cid], |r| r.get(0))
+                .optional()?;
+            bytes.map(decode).transpose()
+        })
+        .await
+        .map_err(log_err)
+    }
+
     async fn mark_read(
         &self,
         user: UserId,
