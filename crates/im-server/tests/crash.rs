@@ -19,9 +19,7 @@ async fn acknowledged_messages_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path());
     let anon = server.client();
-    let alice = anon.signup("alice", "alice-password").await.unwrap();
-    let bob = anon.signup("bob", "bob-password").await.unwrap();
-    alice.befriend(&bob, "bob").await.unwrap();
+    let (alice, _bob) = common::alice_and_bob(&anon).await;
 
     let acked: Arc<Mutex<BTreeMap<String, Message>>> = Arc::default();
     let unanswered: Arc<Mutex<Vec<String>>> = Arc::default();

@@ -11,9 +11,7 @@ async fn sigterm_ends_streams_and_exits() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::start(dir.path());
     let anon = server.client();
-    let alice = anon.signup("alice", "alice-password").await.unwrap();
-    let bob = anon.signup("bob", "bob-password").await.unwrap();
-    alice.befriend(&bob, "bob").await.unwrap();
+    let (alice, bob) = common::alice_and_bob(&anon).await;
     let mut streams = vec![
         bob.events(None).await.unwrap(),
         alice.events(None).await.unwrap(),

@@ -23,6 +23,11 @@ async fn users(server: &TestServer, names: &[&str]) -> Vec<Client> {
     out
 }
 
+/// `POST /friends/requests` with `body`.
+async fn ask_friend(c: &Client, body: Value) -> im_client::Response {
+    call(c, Method::POST, "/friends/requests", Some(body)).await
+}
+
 async fn call(c: &Client, method: Method, path: &str, body: Option<Value>) -> im_client::Response {
     c.call(method, &format!("/api/v1{path}"), body.as_ref())
         .await
@@ -69,13 +74,7 @@ async fn friend_requests_and_blocks() {
     assert_eq!(code(&res), err(403, "not_friends"));
 
     // Request: the addressee gets an event; asking again returns the same pending request.
-    let res = call(
-        alice,
-        Method::POST,
-        "/friends/requests",
-        Some(json!({"username": "bob"})),
-    )
-    .await;
+    let res = ask_friend(alice, json!({"username": "bob"})).await;
     assert_eq!(res.status, StatusCode::CREATED);
     let request = res.json()["request"].clone();
     assert_eq!(
@@ -89,13 +88,7 @@ async fn friend_requests_and_blocks() {
     let event = next_of(&mut bob_events, "friend_request").await;
     assert_eq!(event["request"]["id"], request["id"]);
     assert_eq!(event["request"]["from_username"], "alice");
-    let again = call(
-        alice,
-        Method::POST,
-        "/friends/requests",
-        Some(json!({"username": "bob"})),
-    )
-    .await;
+    let again = ask_friend(alice, json!({"username": "bob"})).await;
     assert_eq!(again.json()["request"]["id"], request["id"]);
 
     let lists = call(bob, Method::GET, "/friends/requests", None)
@@ -133,15 +126,7 @@ async fn friend_requests_and_blocks() {
         err(409, "request_answered")
     );
     assert_eq!(
-        code(
-            &call(
-                alice,
-                Method::POST,
-                "/friends/requests",
-                Some(json!({"username": "bob"}))
-            )
-            .await
-        ),
+        code(&ask_friend(alice, json!({"username": "bob"})).await),
         err(409, "already_friends")
     );
 
@@ -160,70 +145,27 @@ async fn friend_requests_and_blocks() {
 
     // Bad requests.
     assert_eq!(
-        code(
-            &call(
-                alice,
-                Method::POST,
-                "/friends/requests",
-                Some(json!({"username": "nobody"}))
-            )
-            .await
-        ),
+        code(&ask_friend(alice, json!({"username": "nobody"})).await),
         err(404, "no_such_user")
     );
     assert_eq!(
-        code(
-            &call(
-                alice,
-                Method::POST,
-                "/friends/requests",
-                Some(json!({"username": "alice"}))
-            )
-            .await
-        ),
+        code(&ask_friend(alice, json!({"username": "alice"})).await),
         err(400, "invalid_request")
     );
     assert_eq!(
-        code(
-            &call(
-                alice,
-                Method::POST,
-                "/friends/requests",
-                Some(json!({"user": "bob"}))
-            )
-            .await
-        ),
+        code(&ask_friend(alice, json!({"user": "bob"})).await),
         err(400, "invalid_request")
     );
 
     // Decline.
-    let r = call(
-        carol,
-        Method::POST,
-        "/friends/requests",
-        Some(json!({"username": "alice"})),
-    )
-    .await
-    .json();
+    let r = ask_friend(carol, json!({"username": "alice"})).await.json();
     let decline = format!("/friends/requests/{}/decline", r["request"]["id"]);
     let res = call(alice, Method::POST, &decline, None).await;
     assert_eq!(res.json()["request"]["state"], "declined");
 
     // A crossing request is accepted at once.
-    call(
-        carol,
-        Method::POST,
-        "/friends/requests",
-        Some(json!({"username": "bob"})),
-    )
-    .await;
-    let res = call(
-        bob,
-        Method::POST,
-        "/friends/requests",
-        Some(json!({"username": "carol"})),
-    )
-    .await;
+    ask_friend(carol, json!({"username": "bob"})).await;
+    let res = ask_friend(bob, json!({"username": "carol"})).await;
     assert_eq!(
         (res.status, res.json()["request"]["state"].clone()),
         (StatusCode::CREATED, json!("accepted"))
@@ -270,15 +212,7 @@ async fn friend_requests_and_blocks() {
         .unwrap();
     assert_eq!(code(&res), err(403, "blocked"));
     assert_eq!(
-        code(
-            &call(
-                alice,
-                Method::POST,
-                "/friends/requests",
-                Some(json!({"username": "bob"}))
-            )
-            .await
-        ),
+        code(&ask_friend(alice, json!({"username": "bob"})).await),
         err(403, "blocked")
     );
     assert!(
@@ -733,9 +667,7 @@ async fn unread_counts_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path());
     let anon = server.client();
-    let alice = anon.signup("alice", "alice-password").await.unwrap();
-    let bob = anon.signup("bob", "bob-password").await.unwrap();
-    alice.befriend(&bob, "bob").await.unwrap();
+    let (alice, bob) = common::alice_and_bob(&anon).await;
     let mut sent = Vec::new();
     for i in 0..5 {
         sent.push(

@@ -35,6 +35,14 @@ pub fn test_config(dir: &Path) -> Config {
     c
 }
 
+/// Alice (user 1) and Bob (user 2), registered, logged in and friends.
+pub async fn alice_and_bob(anon: &Client) -> (Client, Client) {
+    let alice = anon.signup("alice", "alice-password").await.unwrap();
+    let bob = anon.signup("bob", "bob-password").await.unwrap();
+    alice.befriend(&bob, "bob").await.unwrap();
+    (alice, bob)
+}
+
 /// An in-process server; dropping it shuts it down.
 pub struct TestServer {
     pub addr: SocketAddr,
