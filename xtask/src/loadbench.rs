@@ -334,213 +334,262 @@ fn dated(results: &Value, scenario: &str, label: String) -> String {
     }
 }
 
-/// The Markdown table of a full run, with the machine, the command and the date.
+/// How a figure is judged against its target.
+#[derive(Clone, Copy)]
+enum Goal {
+    /// No target.
+    None,
+    /// At most this much.
+    AtMost(f64),
+    /// Less than this.
+    Below(f64),
+    /// At least this much.
+    AtLeast(f64),
+    /// At least nchan's figure.
+    AtLeastNchan,
+    /// The scenario's exactly-once check passed.
+    AllArrived,
+}
+
+/// One row: a figure of one scenario; `ours` and `nchan` name the result entries to read.
+struct Row {
+    scenario: &'static str,
+    label: fn(&dyn Fn(&str, &str) -> String) -> String,
+    figure: &'static str,
+    ours: &'static str,
+    nchan: Option<&'static str>,
+    key: &'static str,
+    target: &'static str,
+    goal: Goal,
+}
+
+const ROWS: &[Row] = &[
+    Row {
+        scenario: "idle",
+        label: |s| format!("idle, N = {}", s("idle", "n")),
+        figure: "server RSS per idle connection (KiB)",
+        ours: "ours",
+        nchan: Some("nchan"),
+        key: "rss_per_connection_kib",
+        target: "≤ 8 KiB",
+        goal: Goal::AtMost(8.0),
+    },
+    Row {
+        scenario: "idle",
+        label: |s| format!("idle, N = {}", s("idle", "n")),
+        figure: "time to connect all (s)",
+        ours: "ours",
+        nchan: Some("nchan"),
+        key: "connect_all_secs",
+        target: "",
+        goal: Goal::None,
+    },
+    Row {
+        scenario: "fanout",
+        label: fanout_max,
+        figure: "deliveries per second",
+        ours: "ours_max",
+        nchan: Some("nchan_max"),
+        key: "deliveries_per_sec",
+        target: "≥ nchan",
+        goal: Goal::AtLeastNchan,
+    },
+    Row {
+        scenario: "fanout",
+        label: fanout_max,
+        figure: "latency p99 (ms)",
+        ours: "ours_max",
+        nchan: Some("nchan_max"),
+        key: "latency_p99_ms",
+        target: "",
+        goal: Goal::None,
+    },
+    Row {
+        scenario: "fanout",
+        label: fanout,
+        figure: "deliveries per second",
+        ours: "ours",
+        nchan: Some("nchan"),
+        key: "deliveries_per_sec",
+        target: "",
+        goal: Goal::None,
+    },
+    Row {
+        scenario: "fanout",
+        label: fanout,
+        figure: "latency p50 (ms)",
+        ours: "ours",
+        nchan: Some("nchan"),
+        key: "latency_p50_ms",
+        target: "",
+        goal: Goal::None,
+    },
+    Row {
+        scenario: "fanout",
+        label: fanout,
+        figure: "latency p99 (ms)",
+        ours: "ours",
+        nchan: Some("nchan"),
+        key: "latency_p99_ms",
+        target: "< 250 ms",
+        goal: Goal::Below(250.0),
+    },
+    Row {
+        scenario: "fanout",
+        label: fanout,
+        figure: "latency max (ms)",
+        ours: "ours",
+        nchan: Some("nchan"),
+        key: "latency_max_ms",
+        target: "",
+        goal: Goal::None,
+    },
+    Row {
+        scenario: "direct",
+        label: direct,
+        figure: "durable messages/s, open rate",
+        ours: "ours",
+        nchan: None,
+        key: "open_msgs_per_sec",
+        target: "≥ 20,000",
+        goal: Goal::AtLeast(20_000.0),
+    },
+    Row {
+        scenario: "direct",
+        label: direct,
+        figure: "latency p50 at open rate (ms)",
+        ours: "ours",
+        nchan: None,
+        key: "open_p50_ms",
+        target: "",
+        goal: Goal::None,
+    },
+    Row {
+        scenario: "direct",
+        label: direct,
+        figure: "latency p99 at open rate (ms)",
+        ours: "ours",
+        nchan: None,
+        key: "open_p99_ms",
+        target: "",
+        goal: Goal::None,
+    },
+    Row {
+        scenario: "direct",
+        label: direct,
+        figure: "fixed rate (half the open rate), messages/s",
+        ours: "ours",
+        nchan: None,
+        key: "fixed_msgs_per_sec",
+        target: "",
+        goal: Goal::None,
+    },
+    Row {
+        scenario: "direct",
+        label: direct,
+        figure: "latency p50 at fixed rate (ms)",
+        ours: "ours",
+        nchan: None,
+        key: "fixed_p50_ms",
+        target: "",
+        goal: Goal::None,
+    },
+    Row {
+        scenario: "direct",
+        label: direct,
+        figure: "latency p99 at fixed rate (ms)",
+        ours: "ours",
+        nchan: None,
+        key: "fixed_p99_ms",
+        target: "< 50 ms",
+        goal: Goal::Below(50.0),
+    },
+    Row {
+        scenario: "direct",
+        label: direct,
+        figure: "server CPU seconds per 1,000 messages",
+        ours: "ours",
+        nchan: None,
+        key: "cpu_secs_per_1000",
+        target: "",
+        goal: Goal::None,
+    },
+    Row {
+        scenario: "resume",
+        label: resume,
+        figure: "time until all caught up (s)",
+        ours: "ours",
+        nchan: None,
+        key: "all_caught_up_secs",
+        target: "< 5 s",
+        goal: Goal::Below(5.0),
+    },
+    Row {
+        scenario: "resume",
+        label: resume,
+        figure: "messages replayed, each exactly once",
+        ours: "ours",
+        nchan: None,
+        key: "messages_replayed",
+        target: "all",
+        goal: Goal::AllArrived,
+    },
+];
+
+fn fanout_max(s: &dyn Fn(&str, &str) -> String) -> String {
+    format!(
+        "fanout, K = {}, M = {} at {SATURATING_RATE}/s (saturating)",
+        s("fanout", "k"),
+        s("fanout", "m")
+    )
+}
+
+fn fanout(s: &dyn Fn(&str, &str) -> String) -> String {
+    format!(
+        "fanout, K = {}, M = {} at {}/s",
+        s("fanout", "k"),
+        s("fanout", "m"),
+        s("fanout", "rate")
+    )
+}
+
+fn direct(s: &dyn Fn(&str, &str) -> String) -> String {
+    format!(
+        "direct, P = {} pairs, {} s",
+        s("direct", "pairs"),
+        s("direct", "secs")
+    )
+}
+
+fn resume(s: &dyn Fn(&str, &str) -> String) -> String {
+    format!(
+        "resume, R = {} clients × {} owed",
+        s("resume", "r"),
+        s("resume", "owed")
+    )
+}
+
+/// The Markdown table of the recorded results, each row dated with its scenario's run.
 pub fn render(results: &Value, header: &str) -> String {
-    let m = |s: &str, who: &str, k: &str| num(&results[s][who]["median"][k]);
     let size = |s: &str, k: &str| results[s]["sizes"][k].as_str().unwrap_or("?").to_owned();
     let mut out = format!(
         "{header}\n\n| scenario | figure | Web-IM | nchan | Web-IM ÷ nchan | target | target met? |\n|---|---|---:|---:|---:|---|---|\n"
     );
-    if results.get("idle").is_some() {
-        let sc = format!("idle, N = {}", size("idle", "n"));
-        let sc = dated(results, "idle", sc);
-        let rss = m("idle", "ours", "rss_per_connection_kib");
-        row(
-            &mut out,
-            &sc,
-            "server RSS per idle connection (KiB)",
-            rss,
-            m("idle", "nchan", "rss_per_connection_kib"),
-            "≤ 8 KiB",
-            rss.map(|v| v <= 8.0),
-        );
-        row(
-            &mut out,
-            &sc,
-            "time to connect all (s)",
-            m("idle", "ours", "connect_all_secs"),
-            m("idle", "nchan", "connect_all_secs"),
-            "",
-            None,
-        );
-    }
-    if results.get("fanout").is_some() {
-        let sc = format!(
-            "fanout, K = {}, M = {} at {}/s",
-            size("fanout", "k"),
-            size("fanout", "m"),
-            size("fanout", "rate")
-        );
-        let sc = dated(results, "fanout", sc);
-        let (ours, theirs) = (
-            m("fanout", "ours_max", "deliveries_per_sec"),
-            m("fanout", "nchan_max", "deliveries_per_sec"),
-        );
-        let cap = format!(
-            "fanout, K = {}, M = {} at {SATURATING_RATE}/s (saturating)",
-            size("fanout", "k"),
-            size("fanout", "m")
-        );
-        let cap = dated(results, "fanout", cap);
-        let met = match (ours, theirs) {
-            (Some(a), Some(b)) => Some(a >= b),
-            _ => None,
+    for r in ROWS.iter().filter(|r| results.get(r.scenario).is_some()) {
+        let ours = num(&results[r.scenario][r.ours]["median"][r.key]);
+        let nchan = r
+            .nchan
+            .and_then(|n| num(&results[r.scenario][n]["median"][r.key]));
+        let met = match (r.goal, ours) {
+            (Goal::None, _) | (_, None) => None,
+            (Goal::AtMost(t), Some(v)) => Some(v <= t),
+            (Goal::Below(t), Some(v)) => Some(v < t),
+            (Goal::AtLeast(t), Some(v)) => Some(v >= t),
+            (Goal::AtLeastNchan, Some(v)) => nchan.map(|n| v >= n),
+            (Goal::AllArrived, Some(_)) => Some(results[r.scenario][r.ours]["ok"] == json!(true)),
         };
-        row(
-            &mut out,
-            &cap,
-            "deliveries per second",
-            ours,
-            theirs,
-            "≥ nchan",
-            met,
-        );
-        row(
-            &mut out,
-            &cap,
-            "latency p99 (ms)",
-            m("fanout", "ours_max", "latency_p99_ms"),
-            m("fanout", "nchan_max", "latency_p99_ms"),
-            "",
-            None,
-        );
-        row(
-            &mut out,
-            &sc,
-            "deliveries per second",
-            m("fanout", "ours", "deliveries_per_sec"),
-            m("fanout", "nchan", "deliveries_per_sec"),
-            "",
-            None,
-        );
-        row(
-            &mut out,
-            &sc,
-            "latency p50 (ms)",
-            m("fanout", "ours", "latency_p50_ms"),
-            m("fanout", "nchan", "latency_p50_ms"),
-            "",
-            None,
-        );
-        let p99 = m("fanout", "ours", "latency_p99_ms");
-        row(
-            &mut out,
-            &sc,
-            "latency p99 (ms)",
-            p99,
-            m("fanout", "nchan", "latency_p99_ms"),
-            "< 250 ms",
-            p99.map(|v| v < 250.0),
-        );
-        row(
-            &mut out,
-            &sc,
-            "latency max (ms)",
-            m("fanout", "ours", "latency_max_ms"),
-            m("fanout", "nchan", "latency_max_ms"),
-            "",
-            None,
-        );
-    }
-    if results.get("direct").is_some() {
-        let sc = format!(
-            "direct, P = {} pairs, {} s",
-            size("direct", "pairs"),
-            size("direct", "secs")
-        );
-        let sc = dated(results, "direct", sc);
-        let open = m("direct", "ours", "open_msgs_per_sec");
-        row(
-            &mut out,
-            &sc,
-            "durable messages/s, open rate",
-            open,
-            None,
-            "≥ 20,000",
-            open.map(|v| v >= 20_000.0),
-        );
-        row(
-            &mut out,
-            &sc,
-            "latency p50 at open rate (ms)",
-            m("direct", "ours", "open_p50_ms"),
-            None,
-            "",
-            None,
-        );
-        row(
-            &mut out,
-            &sc,
-            "latency p99 at open rate (ms)",
-            m("direct", "ours", "open_p99_ms"),
-            None,
-            "",
-            None,
-        );
-        row(
-            &mut out,
-            &sc,
-            "fixed rate (half the open rate), messages/s",
-            m("direct", "ours", "fixed_msgs_per_sec"),
-            None,
-            "",
-            None,
-        );
-        row(
-            &mut out,
-            &sc,
-            "latency p50 at fixed rate (ms)",
-            m("direct", "ours", "fixed_p50_ms"),
-            None,
-            "",
-            None,
-        );
-        let p99 = m("direct", "ours", "fixed_p99_ms");
-        row(
-            &mut out,
-            &sc,
-            "latency p99 at fixed rate (ms)",
-            p99,
-            None,
-            "< 50 ms",
-            p99.map(|v| v < 50.0),
-        );
-        row(
-            &mut out,
-            &sc,
-            "server CPU seconds per 1,000 messages",
-            m("direct", "ours", "cpu_secs_per_1000"),
-            None,
-            "",
-            None,
-        );
-    }
-    if results.get("resume").is_some() {
-        let sc = format!(
-            "resume, R = {} clients × {} owed",
-            size("resume", "r"),
-            size("resume", "owed")
-        );
-        let sc = dated(results, "resume", sc);
-        let t = m("resume", "ours", "all_caught_up_secs");
-        row(
-            &mut out,
-            &sc,
-            "time until all caught up (s)",
-            t,
-            None,
-            "< 5 s",
-            t.map(|v| v < 5.0),
-        );
-        row(
-            &mut out,
-            &sc,
-            "messages replayed, each exactly once",
-            m("resume", "ours", "messages_replayed"),
-            None,
-            "all",
-            Some(results["resume"]["ours"]["ok"] == json!(true)),
-        );
+        let label = dated(results, r.scenario, (r.label)(&size));
+        row(&mut out, &label, r.figure, ours, nchan, r.target, met);
     }
     out.push_str("\nnchan runs only where the scenario has an nchan equivalent (idle, fanout). Every run also checked that each message arrived exactly once; a run that lost or doubled one fails instead of reporting a figure.\n");
     out
