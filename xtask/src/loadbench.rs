@@ -334,6 +334,9 @@ fn dated(results: &Value, scenario: &str, label: String) -> String {
     }
 }
 
+/// Looks up a scenario's size parameter, e.g. `("fanout", "k")`.
+type Sizes = dyn Fn(&str, &str) -> String;
+
 /// How a figure is judged against its target.
 #[derive(Clone, Copy)]
 enum Goal {
@@ -354,7 +357,7 @@ enum Goal {
 /// One row: a figure of one scenario; `ours` and `nchan` name the result entries to read.
 struct Row {
     scenario: &'static str,
-    label: fn(&dyn Fn(&str, &str) -> String) -> String,
+    label: fn(&Sizes) -> String,
     figure: &'static str,
     ours: &'static str,
     nchan: Option<&'static str>,
@@ -536,7 +539,7 @@ const ROWS: &[Row] = &[
     },
 ];
 
-fn fanout_max(s: &dyn Fn(&str, &str) -> String) -> String {
+fn fanout_max(s: &Sizes) -> String {
     format!(
         "fanout, K = {}, M = {} at {SATURATING_RATE}/s (saturating)",
         s("fanout", "k"),
@@ -544,7 +547,7 @@ fn fanout_max(s: &dyn Fn(&str, &str) -> String) -> String {
     )
 }
 
-fn fanout(s: &dyn Fn(&str, &str) -> String) -> String {
+fn fanout(s: &Sizes) -> String {
     format!(
         "fanout, K = {}, M = {} at {}/s",
         s("fanout", "k"),
@@ -553,7 +556,7 @@ fn fanout(s: &dyn Fn(&str, &str) -> String) -> String {
     )
 }
 
-fn direct(s: &dyn Fn(&str, &str) -> String) -> String {
+fn direct(s: &Sizes) -> String {
     format!(
         "direct, P = {} pairs, {} s",
         s("direct", "pairs"),
@@ -561,7 +564,7 @@ fn direct(s: &dyn Fn(&str, &str) -> String) -> String {
     )
 }
 
-fn resume(s: &dyn Fn(&str, &str) -> String) -> String {
+fn resume(s: &Sizes) -> String {
     format!(
         "resume, R = {} clients × {} owed",
         s("resume", "r"),
