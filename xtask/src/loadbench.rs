@@ -335,7 +335,7 @@ fn dated(results: &Value, scenario: &str, label: String) -> String {
 }
 
 /// Looks up a scenario's size parameter, e.g. `("fanout", "k")`.
-type Sizes = dyn Fn(&str, &str) -> String;
+type Sizes<'a> = dyn Fn(&str, &str) -> String + 'a;
 
 /// How a figure is judged against its target.
 #[derive(Clone, Copy)]
@@ -357,7 +357,7 @@ enum Goal {
 /// One row: a figure of one scenario; `ours` and `nchan` name the result entries to read.
 struct Row {
     scenario: &'static str,
-    label: fn(&Sizes) -> String,
+    label: fn(&Sizes<'_>) -> String,
     figure: &'static str,
     ours: &'static str,
     nchan: Option<&'static str>,
@@ -539,7 +539,7 @@ const ROWS: &[Row] = &[
     },
 ];
 
-fn fanout_max(s: &Sizes) -> String {
+fn fanout_max(s: &Sizes<'_>) -> String {
     format!(
         "fanout, K = {}, M = {} at {SATURATING_RATE}/s (saturating)",
         s("fanout", "k"),
@@ -547,7 +547,7 @@ fn fanout_max(s: &Sizes) -> String {
     )
 }
 
-fn fanout(s: &Sizes) -> String {
+fn fanout(s: &Sizes<'_>) -> String {
     format!(
         "fanout, K = {}, M = {} at {}/s",
         s("fanout", "k"),
@@ -556,7 +556,7 @@ fn fanout(s: &Sizes) -> String {
     )
 }
 
-fn direct(s: &Sizes) -> String {
+fn direct(s: &Sizes<'_>) -> String {
     format!(
         "direct, P = {} pairs, {} s",
         s("direct", "pairs"),
@@ -564,7 +564,7 @@ fn direct(s: &Sizes) -> String {
     )
 }
 
-fn resume(s: &Sizes) -> String {
+fn resume(s: &Sizes<'_>) -> String {
     format!(
         "resume, R = {} clients × {} owed",
         s("resume", "r"),
