@@ -65,8 +65,6 @@ pub enum ErrorCode {
     RangeNotSatisfiable,
     /// 422: a handler rejected the message's content.
     Rejected,
-    /// 501: the feature is not available yet.
-    NotImplemented,
     /// 503: queues are full; retry after the `Retry-After` header.
     Overloaded,
     /// 500: a bug or an I/O failure; details are in the server log.
@@ -108,7 +106,6 @@ impl ErrorCode {
             UnsupportedMediaType => "unsupported_media_type",
             RangeNotSatisfiable => "range_not_satisfiable",
             Rejected => "rejected",
-            NotImplemented => "not_implemented",
             Overloaded => "overloaded",
             Internal => "internal",
         }
@@ -131,7 +128,6 @@ impl ErrorCode {
             RangeNotSatisfiable => 416,
             Rejected => 422,
             Internal => 500,
-            NotImplemented => 501,
             Overloaded => 503,
         }
     }

@@ -14,6 +14,4 @@ pub mod sse;
 
 pub use error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
 pub use ids::{GroupId, MessageId, UserId};
-pub use message::{
-    Draft, Message, Target, TargetKind, conversation_of, direct_parties, group_of, now_millis,
-};
+pub use message::{Draft, Message, Target, conversation_of, direct_parties, group_of, now_millis};

@@ -12,25 +12,6 @@ pub enum Target {
     Group(GroupId),
 }
 
-/// The target's kind without its id, for matching in policies and error messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TargetKind {
-    /// See [`Target::User`].
-    User,
-    /// See [`Target::Group`].
-    Group,
-}
-
-impl Target {
-    /// The kind of this target.
-    pub fn kind(&self) -> TargetKind {
-        match self {
-            Target::User(_) => TargetKind::User,
-            Target::Group(_) => TargetKind::Group,
-        }
-    }
-}
-
 /// What a client posts: the message before any handler or the store has seen it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

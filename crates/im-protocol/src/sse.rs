@@ -48,17 +48,8 @@ pub fn ephemeral_frame(event: &str, data: &str) -> Bytes {
     Bytes::from(out)
 }
 
-/// A comment line, used as keep-alive; clients ignore it.
-pub fn comment_frame(text: &str) -> Bytes {
-    let mut out = Vec::with_capacity(text.len() + 4);
-    for line in split_lines(text) {
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(line.as_bytes());
-        out.push(b'\n');
-    }
-    out.push(b'\n');
-    Bytes::from(out)
-}
+/// The keep-alive comment idle streams get; clients ignore it, proxies see traffic.
+pub const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 
 /// The `retry:` hint sent when a stream opens: how long the browser waits before reconnecting.
 pub fn retry_frame(millis: u64) -> Bytes {

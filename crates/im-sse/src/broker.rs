@@ -278,11 +278,6 @@ impl SseBroker {
     pub fn streams(&self) -> usize {
         self.inner.streams.load(Ordering::Relaxed)
     }
-
-    /// Queues an ephemeral frame directly (used for events produced outside the pool).
-    pub fn send_to(&self, user: UserId, frame: &Frame) {
-        im_pool::Mailboxes::deliver(self, user, frame)
-    }
 }
 
 impl im_pool::Mailboxes for SseBroker {

@@ -104,7 +104,7 @@ impl Body for SseStream {
             let next = Instant::now() + this.inner.config.keepalive;
             this.keepalive.as_mut().reset(next);
             return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
-                b": keep-alive\n\n",
+                im_protocol::sse::KEEPALIVE,
             )))));
         }
         Poll::Pending
