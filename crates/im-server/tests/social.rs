@@ -34,6 +34,16 @@ async fn call(c: &Client, method: Method, path: &str, body: Option<Value>) -> im
         .unwrap()
 }
 
+/// Status and error code of a call.
+async fn outcome(
+    c: &Client,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Option<String>) {
+    code(&call(c, method, path, body).await)
+}
+
 fn code(res: &im_client::Response) -> (StatusCode, Option<String>) {
     (res.status, res.error_code())
 }
@@ -105,15 +115,15 @@ async fn friend_requests_and_blocks() {
     let id = request["id"].as_u64().unwrap();
     let accept = format!("/friends/requests/{id}/accept");
     assert_eq!(
-        code(&call(alice, Method::POST, &accept, None).await),
+        outcome(alice, Method::POST, &accept, None).await,
         err(403, "forbidden")
     );
     assert_eq!(
-        code(&call(carol, Method::POST, &accept, None).await),
+        outcome(carol, Method::POST, &accept, None).await,
         err(404, "no_such_request")
     );
     assert_eq!(
-        code(&call(bob, Method::POST, "/friends/requests/999/accept", None).await),
+        outcome(bob, Method::POST, "/friends/requests/999/accept", None).await,
         err(404, "no_such_request")
     );
     let res = call(bob, Method::POST, &accept, None).await;
@@ -122,7 +132,7 @@ async fn friend_requests_and_blocks() {
         (StatusCode::OK, json!("accepted"))
     );
     assert_eq!(
-        code(&call(bob, Method::POST, &accept, None).await),
+        outcome(bob, Method::POST, &accept, None).await,
         err(409, "request_answered")
     );
     assert_eq!(
@@ -194,7 +204,7 @@ async fn friend_requests_and_blocks() {
         1
     );
     assert_eq!(
-        code(&call(carol, Method::DELETE, "/friends/99", None).await),
+        outcome(carol, Method::DELETE, "/friends/99", None).await,
         err(404, "no_such_user")
     );
 
@@ -226,11 +236,11 @@ async fn friend_requests_and_blocks() {
         json!([{"id": 1, "username": "alice"}])
     );
     assert_eq!(
-        code(&call(bob, Method::POST, "/blocks", Some(json!({"user_id": 2}))).await),
+        outcome(bob, Method::POST, "/blocks", Some(json!({"user_id": 2}))).await,
         err(400, "invalid_request")
     );
     assert_eq!(
-        code(&call(bob, Method::POST, "/blocks", Some(json!({"user_id": 77}))).await),
+        outcome(bob, Method::POST, "/blocks", Some(json!({"user_id": 77}))).await,
         err(404, "no_such_user")
     );
     assert_eq!(
@@ -312,7 +322,7 @@ async fn group_message_reaches_every_member_session_once() {
     assert_eq!(history, vec![m.clone(), last.clone()]);
     let path = format!("/conversations/{}/messages", m.conversation);
     assert_eq!(
-        code(&call(&u[4], Method::GET, &path, None).await),
+        outcome(&u[4], Method::GET, &path, None).await,
         err(403, "not_member")
     );
     let convs = call(&u[3], Method::GET, "/conversations", None)
@@ -364,11 +374,11 @@ async fn group_membership_roles_and_events() {
     let members = format!("{base}/members");
 
     assert_eq!(
-        code(&call(&u[4], Method::GET, &base, None).await),
+        outcome(&u[4], Method::GET, &base, None).await,
         err(403, "not_member")
     );
     assert_eq!(
-        code(&call(&u[0], Method::GET, "/groups/999", None).await),
+        outcome(&u[0], Method::GET, "/groups/999", None).await,
         err(404, "no_such_group")
     );
     assert_eq!(
@@ -383,7 +393,7 @@ async fn group_membership_roles_and_events() {
     // Roles: only the owner promotes; a plain member cannot add.
     let mut member_events = u[2].events(None).await.unwrap();
     assert_eq!(
-        code(&call(&u[2], Method::POST, &members, Some(json!({"user_id": 4}))).await),
+        outcome(&u[2], Method::POST, &members, Some(json!({"user_id": 4}))).await,
         err(403, "forbidden")
     );
     let res = call(
@@ -400,15 +410,13 @@ async fn group_membership_roles_and_events() {
         (json!("role_changed"), json!(2))
     );
     assert_eq!(
-        code(
-            &call(
-                &u[1],
-                Method::PUT,
-                &format!("{members}/3"),
-                Some(json!({"role": "admin"}))
-            )
-            .await
-        ),
+        outcome(
+            &u[1],
+            Method::PUT,
+            &format!("{members}/3"),
+            Some(json!({"role": "admin"}))
+        )
+        .await,
         err(403, "forbidden")
     );
 
@@ -422,11 +430,11 @@ async fn group_membership_roles_and_events() {
     );
     // An admin cannot remove the owner; a member cannot remove anyone but themselves.
     assert_eq!(
-        code(&call(&u[1], Method::DELETE, &format!("{members}/1"), None).await),
+        outcome(&u[1], Method::DELETE, &format!("{members}/1"), None).await,
         err(403, "forbidden")
     );
     assert_eq!(
-        code(&call(&u[2], Method::DELETE, &format!("{members}/4"), None).await),
+        outcome(&u[2], Method::DELETE, &format!("{members}/4"), None).await,
         err(403, "forbidden")
     );
     // The admin removes a member.
@@ -464,7 +472,7 @@ async fn group_membership_roles_and_events() {
     call(&u[2], Method::DELETE, &format!("{members}/3"), None).await;
     call(&u[1], Method::DELETE, &format!("{members}/2"), None).await;
     assert_eq!(
-        code(&call(&u[1], Method::GET, &base, None).await),
+        outcome(&u[1], Method::GET, &base, None).await,
         err(404, "no_such_group")
     );
     assert!(
@@ -565,27 +573,23 @@ async fn typing_and_read_receipts() {
         (json!(1), json!("d1-2"))
     );
     assert_eq!(
-        code(
-            &call(
-                carol,
-                Method::POST,
-                "/typing",
-                Some(json!({"to": {"user": 2}}))
-            )
-            .await
-        ),
+        outcome(
+            carol,
+            Method::POST,
+            "/typing",
+            Some(json!({"to": {"user": 2}}))
+        )
+        .await,
         err(403, "not_friends")
     );
     assert_eq!(
-        code(
-            &call(
-                carol,
-                Method::POST,
-                "/typing",
-                Some(json!({"to": {"group": 9}}))
-            )
-            .await
-        ),
+        outcome(
+            carol,
+            Method::POST,
+            "/typing",
+            Some(json!({"to": {"group": 9}}))
+        )
+        .await,
         err(404, "no_such_group")
     );
 
@@ -607,27 +611,23 @@ async fn typing_and_read_receipts() {
         json!({"user": 2, "conversation": "d1-2", "up_to": m.id.0})
     );
     assert_eq!(
-        code(
-            &call(
-                carol,
-                Method::POST,
-                "/conversations/d1-2/read",
-                Some(json!({"up_to": 1}))
-            )
-            .await
-        ),
+        outcome(
+            carol,
+            Method::POST,
+            "/conversations/d1-2/read",
+            Some(json!({"up_to": 1}))
+        )
+        .await,
         err(403, "not_participant")
     );
     assert_eq!(
-        code(
-            &call(
-                bob,
-                Method::POST,
-                "/conversations/d1-2/read",
-                Some(json!({"up_to": "x"}))
-            )
-            .await
-        ),
+        outcome(
+            bob,
+            Method::POST,
+            "/conversations/d1-2/read",
+            Some(json!({"up_to": "x"}))
+        )
+        .await,
         err(400, "invalid_request")
     );
     // A conversation with a user who does not exist is not one.

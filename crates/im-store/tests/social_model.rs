@@ -72,6 +72,11 @@ struct Model {
     groups: Vec<(GroupId, Vec<(u64, Role)>)>,
 }
 
+/// A member's role in a model group.
+fn role_in(members: &[(u64, Role)], user: u64) -> Option<Role> {
+    members.iter().find(|m| m.0 == user).map(|m| m.1)
+}
+
 fn pair(a: u64, b: u64) -> (u64, u64) {
     (a.min(b), a.max(b))
 }
@@ -135,11 +140,7 @@ impl Model {
     fn add_member(&mut self, g: usize, actor: u64, user: u64) -> Result<(), UserError> {
         let (blocked, friends) = (self.blocked(actor, user), self.are_friends(actor, user));
         let members = &mut self.groups[g].1;
-        let role = members
-            .iter()
-            .find(|m| m.0 == actor)
-            .ok_or(UserError::NotMember)?
-            .1;
+        let role = role_in(members, actor).ok_or(UserError::NotMember)?;
         if role == Role::Member {
             return Err(UserError::NotAdmin);
         }
@@ -158,11 +159,7 @@ impl Model {
 
     fn set_role(&mut self, g: usize, actor: u64, user: u64, role: Role) -> Result<(), UserError> {
         let members = &mut self.groups[g].1;
-        let actor_role = members
-            .iter()
-            .find(|m| m.0 == actor)
-            .ok_or(UserError::NotMember)?
-            .1;
+        let actor_role = role_in(members, actor).ok_or(UserError::NotMember)?;
         if actor_role != Role::Owner {
             return Err(UserError::NotAdmin);
         }
@@ -178,12 +175,8 @@ impl Model {
 
     fn remove(&mut self, g: usize, actor: u64, user: u64) -> Result<(), UserError> {
         let members = &mut self.groups[g].1;
-        let actor_role = members
-            .iter()
-            .find(|m| m.0 == actor)
-            .ok_or(UserError::NotMember)?
-            .1;
-        let Some(target_role) = members.iter().find(|m| m.0 == user).map(|m| m.1) else {
+        let actor_role = role_in(members, actor).ok_or(UserError::NotMember)?;
+        let Some(target_role) = role_in(members, user) else {
             return Ok(());
         };
         let allowed = actor == user
