@@ -1,6 +1,8 @@
 //! `cargo xtask ci`: the gate every change passes, in the order that fails fastest.
 
-use crate::util::{Result, banner, cargo_succeeds, display_cargo, run_cargo, workspace_root};
+use crate::util::{
+    Result, banner, cargo, cargo_succeeds, display_cargo, run_cargo, workspace_root,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -19,10 +21,29 @@ const STEPS: [&[&str]; 4] = [
     &["test", "--workspace", "--doc"],
 ];
 
+/// The in-process end-to-end tests that run a second time with every server on a PostgreSQL
+/// database of its own (`IM_TEST_STORE=postgres`), so both adapters serve the same contract.
+const PG_AGAIN: [&str; 13] = [
+    "test",
+    "-p",
+    "im-server",
+    "--test",
+    "messaging",
+    "--test",
+    "social",
+    "--test",
+    "files",
+    "--test",
+    "bad_input",
+    "--test",
+    "examples",
+];
+
 /// Runs the whole gate from the workspace root.
 pub fn run() -> Result<()> {
     let root = workspace_root();
     ensure_components(&root)?;
+    crate::services::ensure_postgres()?;
     for (i, args) in STEPS.iter().enumerate() {
         banner(&format!(
             "[{}/{}] {}",
@@ -32,6 +53,14 @@ pub fn run() -> Result<()> {
         ));
         run_cargo(&root, args).map_err(|e| format!("ci step {} failed: {e}", i + 1))?;
     }
+    banner(&format!(
+        "the server's end-to-end tests again, on PostgreSQL: IM_TEST_STORE=postgres {}",
+        display_cargo(&PG_AGAIN)
+    ));
+    run_tool(
+        cargo(&root, &PG_AGAIN).env("IM_TEST_STORE", "postgres"),
+        "the end-to-end tests on PostgreSQL",
+    )?;
     browser_tests(&root)?;
     banner("benchmark smoke run: cargo xtask bench --quick");
     crate::bench::run(&crate::bench::Options {

@@ -11,6 +11,7 @@ mod bench;
 mod ci;
 mod load;
 mod loadbench;
+mod services;
 mod util;
 
 use std::process::ExitCode;

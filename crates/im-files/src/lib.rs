@@ -8,11 +8,13 @@
 //!   served inline; everything else, SVG and HTML included, is an attachment.
 //! - Links carry 256 random bits and die at `expires_at`; a sweeper deletes the bytes.
 
+mod change;
 mod detect;
 mod name;
 mod range;
 mod store;
 
+pub use change::FileChange;
 pub use detect::{INLINE_TYPES, is_inline, sniff};
 pub use name::{content_disposition, percent_decode, percent_encode, sanitize};
 pub use range::{RangeReply, parse as parse_range};

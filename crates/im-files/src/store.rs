@@ -38,7 +38,7 @@ pub trait FileStore: Send + Sync + 'static {
 }
 
 /// One uploaded file's metadata.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileMeta {
     /// The id messages refer to.
     pub id: u64,

@@ -85,6 +85,62 @@ impl MessageRecord {
     }
 }
 
+/// Layout 1 of a versioned record, borrowed for encoding.
+#[derive(Serialize)]
+enum V1Ref<'a, T> {
+    V1(&'a T),
+}
+
+/// Layout 1 of a versioned record.
+#[derive(Deserialize)]
+enum V1<T> {
+    V1(T),
+}
+
+/// Encodes `value` as layout 1 of a versioned record (the variant index comes first). A crate
+/// whose record gains a second layout declares its own enum whose first variant is this one,
+/// so bytes written today keep decoding.
+pub fn encode_v1<T: Serialize>(value: &T) -> Result<Vec<u8>, RecordError> {
+    Ok(postcard::to_allocvec(&V1Ref::V1(value))?)
+}
+
+/// Decodes bytes written by [`encode_v1`].
+pub fn decode_v1<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, RecordError> {
+    match postcard::from_bytes::<V1<T>>(bytes)? {
+        V1::V1(v) => Ok(v),
+    }
+}
+
+/// The domain a change record in the ordered log belongs to. Messages have a table of their
+/// own; every other shared change (accounts, sessions, the social graph, files) is a record
+/// under one of these topics, encoded by the crate that owns the domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// `im_users::UserChange`: accounts, session revocations, social graph changes.
+    Users,
+    /// `im_files::FileChange`: uploads and sweeps.
+    Files,
+}
+
+impl Topic {
+    /// The stored code; never reuse a retired one.
+    pub fn code(self) -> i16 {
+        match self {
+            Topic::Users => 1,
+            Topic::Files => 2,
+        }
+    }
+
+    /// The topic of a stored code, if this build knows it.
+    pub fn from_code(code: i16) -> Option<Topic> {
+        match code {
+            1 => Some(Topic::Users),
+            2 => Some(Topic::Files),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,8 +44,13 @@ Environment variables IM_<KEY> (and IM_<TABLE>__<KEY>) override the file; flags 
 pub struct Config {
     /// Listen address.
     pub listen: SocketAddr,
-    /// Data directory of the embedded store.
+    /// Data directory of the embedded store (and of uploaded files by default).
     pub data_dir: PathBuf,
+    /// Where the truth lives: `sqlite` (embedded, one node) or `postgres` (any number of
+    /// nodes on one database).
+    pub store: StoreKind,
+    /// `[postgres]`: the database of a cluster.
+    pub postgres: PostgresSection,
     /// Who may message whom directly.
     pub direct_messages: DirectMessages,
     /// Log filter in `tracing` syntax; `RUST_LOG` wins when set.
@@ -74,6 +79,27 @@ pub struct Config {
     /// visible without unrelated variables stopping the server.
     #[serde(skip)]
     pub ignored_env: Vec<String>,
+}
+
+/// Which store adapter holds the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// SQLite under `data_dir`: one process, no service needed.
+    #[default]
+    Sqlite,
+    /// PostgreSQL at `postgres.url`: every node of a deployment shares it.
+    Postgres,
+}
+
+/// `[postgres]`: the database of a cluster.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresSection {
+    /// `postgres://user@host:port/database`; required with `store = "postgres"`.
+    pub url: String,
+    /// Pooled connections for reads; 0 means the default (16).
+    pub pool_size: usize,
 }
 
 /// `[sse]`: event stream tuning.
@@ -121,6 +147,8 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./im-data"),
+            store: StoreKind::Sqlite,
+            postgres: PostgresSection::default(),
             direct_messages: DirectMessages::Friends,
             log: "info".into(),
             max_message_bytes: 64 * 1024,
@@ -246,8 +274,13 @@ impl Config {
                     path: path.clone(),
                     source,
                 })?;
-                text.parse::<Table>()
-                    .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?
+                text.parse::<Table>().map_err(|e| {
+                    ConfigError::Invalid(format!(
+                        "{}: {}",
+                        path.display(),
+                        one_line(&e.to_string())
+                    ))
+                })?
             }
             None => Table::new(),
         };
@@ -268,16 +301,38 @@ impl Config {
         }
         let mut config: Config = Value::Table(table)
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(one_line(&e.to_string())))?;
         config.ignored_env = ignored_env;
+        config.check()?;
         Ok((Command::Run, config))
     }
+
+    /// Refuses combinations that would start a half-working server.
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.store == StoreKind::Postgres && self.postgres.url.trim().is_empty() {
+            return Err(ConfigError::Invalid(
+                "store = \"postgres\" needs postgres.url (IM_POSTGRES__URL)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A multi-line parser message on one line, so start-up failures are one line in the log.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Top-level settings an `IM_*` variable may name.
 const KEYS: &[&str] = &[
     "listen",
     "data_dir",
+    "store",
+    "postgres",
     "direct_messages",
     "log",
     "max_message_bytes",
@@ -391,5 +446,29 @@ mod tests {
             Config::load(s(&["--help"]), vec![]).unwrap().0,
             Command::Help
         );
+        let vars = vec![("IM_STORE".to_owned(), "postgres".to_owned())];
+        assert!(matches!(
+            Config::load(vec![], vars),
+            Err(ConfigError::Invalid(e)) if e.contains("postgres.url")
+        ));
+        let vars = vec![("IM_STORE".to_owned(), "oracle".to_owned())];
+        assert!(matches!(
+            Config::load(vec![], vars),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn postgres_from_the_environment() {
+        let vars = vec![
+            ("IM_STORE".to_owned(), "postgres".to_owned()),
+            (
+                "IM_POSTGRES__URL".to_owned(),
+                "postgres://im@127.0.0.1:5432/im".to_owned(),
+            ),
+        ];
+        let (_, c) = Config::load(vec![], vars).unwrap();
+        assert_eq!(c.store, StoreKind::Postgres);
+        assert_eq!(c.postgres.url, "postgres://im@127.0.0.1:5432/im");
     }
 }

@@ -9,7 +9,7 @@ pub mod config;
 mod http;
 mod routes;
 
-pub use config::{Command, Config, ConfigError};
+pub use config::{Command, Config, ConfigError, StoreKind};
 pub use im_channel::{Channel, Handler, Pending};
 pub use im_classifier::KindSpec;
 pub use im_protocol::{ApiError, ErrorCode};
@@ -20,13 +20,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use im_channel::{ChannelGroup, ChannelGroupConfig};
+use im_channel::{MessageHistory, MessageLog};
 use im_classifier::{DEFAULT_GROUP, MessageClassifier};
+use im_files::FileIndex;
 use im_files::{AttachFiles, DiskFileStore, FileProxy, FilesConfig};
 use im_pool::{ConsumerPool, PoolConfig};
 use im_protocol::Message;
+use im_sse::ReplaySource;
 use im_sse::{BrokerConfig, SseBroker};
-use im_store::{SqliteStore, StoreConfig, StoreError};
-use im_users::{Authorize, HashParams, UserError, UserManager, UsersConfig};
+use im_store::{CommitListener, SqliteStore, StoreConfig, StoreError};
+use im_users::{Authorize, HashParams, UserError, UserManager, UserStore, UsersConfig};
 use routes::App;
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -54,6 +57,9 @@ pub enum ServerError {
     /// An application kind collides with another.
     #[error(transparent)]
     Kind(#[from] im_classifier::ClassifyError),
+    /// The configuration names something this build leaves out.
+    #[error("{0}")]
+    Unsupported(String),
     /// Binding or a thread failed.
     #[error("{context}: {source}")]
     Io {
@@ -113,7 +119,7 @@ impl ImServerBuilder {
     /// Opens the store, starts the workers and binds the listener.
     pub async fn bind(self) -> Result<ImServer, ServerError> {
         let cfg = &self.config;
-        let store = SqliteStore::open(&cfg.data_dir, StoreConfig::default())?;
+        let store = Stores::open(cfg).await?;
         let users_cfg = UsersConfig {
             hash: HashParams {
                 memory_kib: cfg.argon2.memory_kib,
@@ -123,7 +129,7 @@ impl ImServerBuilder {
             direct_messages: cfg.direct_messages,
             presence_grace: Duration::from_millis(cfg.presence_grace_ms),
         };
-        let users = UserManager::new(Arc::new(store.clone()), users_cfg).await?;
+        let users = UserManager::new(store.users.clone(), users_cfg).await?;
         let broker = SseBroker::new(
             BrokerConfig {
                 mailbox: cfg.sse.mailbox,
@@ -132,7 +138,7 @@ impl ImServerBuilder {
                 resume_limit: cfg.sse.resume_limit,
                 ..BrokerConfig::default()
             },
-            Arc::new(store.clone()),
+            store.replay.clone(),
         );
         let mut pool_cfg = PoolConfig {
             queue: cfg.workers.pool_queue,
@@ -145,11 +151,11 @@ impl ImServerBuilder {
         users.attach_mailboxes(Arc::new(broker.clone()));
         let pool = ConsumerPool::start(pool_cfg, Arc::new(broker.clone()), users.clone())
             .map_err(io_err("starting the consumer pool"))?;
-        store.set_commit_listener(Arc::new(move |m: &Message| pool.dispatch(m)));
+        (store.listen)(Arc::new(move |m: &Message| pool.dispatch(m)));
 
         let files = FileProxy::new(
             Arc::new(DiskFileStore::open(&cfg.data_dir.join("files"))?),
-            Arc::new(store.clone()),
+            store.files.clone(),
             FilesConfig {
                 max_bytes: cfg.files.max_bytes,
                 ttl: Duration::from_secs(cfg.files.ttl_secs.max(1)),
@@ -186,9 +192,8 @@ impl ImServerBuilder {
             for (_, h) in self.handlers.iter().filter(|(g, _)| *g == name) {
                 channel = channel.with_arc(h.clone());
             }
-            let group =
-                ChannelGroup::start(name.clone(), channel, group_cfg, Arc::new(store.clone()))
-                    .map_err(io_err(format!("starting channel group {name}")))?;
+            let group = ChannelGroup::start(name.clone(), channel, group_cfg, store.log.clone())
+                .map_err(io_err(format!("starting channel group {name}")))?;
             groups.insert(name, group);
         }
 
@@ -203,13 +208,64 @@ impl ImServerBuilder {
             users,
             auth,
             broker,
-            history: Arc::new(store),
+            history: store.history,
             files,
         };
         Ok(ImServer {
             app: Arc::new(app),
             listener,
         })
+    }
+}
+
+/// The store adapter the configuration chose, seen as the ports the other crates use.
+struct Stores {
+    log: Arc<dyn MessageLog>,
+    history: Arc<dyn MessageHistory>,
+    replay: Arc<dyn ReplaySource>,
+    users: Arc<dyn UserStore>,
+    files: Arc<dyn FileIndex>,
+    /// Connects committed messages to delivery (set once, before the first append).
+    listen: Box<dyn FnOnce(Arc<dyn CommitListener>) + Send>,
+}
+
+impl Stores {
+    async fn open(cfg: &Config) -> Result<Self, ServerError> {
+        match cfg.store {
+            StoreKind::Sqlite => {
+                let s = SqliteStore::open(&cfg.data_dir, StoreConfig::default())?;
+                let listen = s.clone();
+                Ok(Self::of(s, move |l| listen.set_commit_listener(l)))
+            }
+            #[cfg(feature = "postgres")]
+            StoreKind::Postgres => {
+                let mut pg = im_store::PgConfig::new(cfg.postgres.url.clone());
+                if cfg.postgres.pool_size > 0 {
+                    pg.pool_size = cfg.postgres.pool_size;
+                }
+                let s = im_store::PgStore::open(pg).await?;
+                let listen = s.clone();
+                Ok(Self::of(s, move |l| listen.set_commit_listener(l)))
+            }
+            #[cfg(not(feature = "postgres"))]
+            StoreKind::Postgres => Err(ServerError::Unsupported(
+                "store = \"postgres\" needs im-server built with the `postgres` feature".into(),
+            )),
+        }
+    }
+
+    fn of<S>(s: S, listen: impl FnOnce(Arc<dyn CommitListener>) + Send + 'static) -> Self
+    where
+        S: MessageLog + MessageHistory + ReplaySource + UserStore + FileIndex + Clone,
+    {
+        Self {
+            log: Arc::new(s.clone()),
+            history: Arc::new(s.clone()),
+            replay: Arc::new(s.clone()),
+            users: Arc::new(s.clone()),
+            files: Arc::new(s),
+            listen: Box::new(listen),
+        }
     }
 }
 

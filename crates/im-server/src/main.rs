@@ -44,23 +44,32 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let server = ImServer::builder().config(config).bind().await?;
-        let addr = server
-            .local_addr()
-            .map_err(|source| im_server::ServerError::Io {
+        let server = match ImServer::builder().config(config).bind().await {
+            Ok(server) => server,
+            // Anything that stops start-up is a configuration or environment problem: say it
+            // on one line and exit 2, never start half-working.
+            Err(e) => return Err((e, ExitCode::from(2))),
+        };
+        let addr = server.local_addr().map_err(|source| {
+            let e = im_server::ServerError::Io {
                 context: "reading the bound address".into(),
                 source,
-            })?;
+            };
+            (e, ExitCode::FAILURE)
+        })?;
         // Tests and scripts read this line to find the port when listening on :0.
         println!("im-server listening on http://{addr}");
         tracing::info!(%addr, "listening");
-        server.run_until_signal().await
+        server
+            .run_until_signal()
+            .await
+            .map_err(|e| (e, ExitCode::FAILURE))
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err((e, code)) => {
             eprintln!("im-server: {e}");
-            ExitCode::FAILURE
+            code
         }
     }
 }

@@ -14,10 +14,14 @@
 mod files;
 mod messages;
 mod migrations;
+#[cfg(feature = "postgres")]
+mod pg;
 mod social;
 mod users;
 mod writer;
 
+#[cfg(feature = "postgres")]
+pub use pg::{PgConfig, PgStore};
 pub use writer::{CommitListener, StoreConfig};
 
 use im_protocol::record::RecordError;
@@ -58,6 +62,17 @@ pub enum StoreError {
     /// A batch failed to commit; nothing in it was acknowledged.
     #[error("commit failed: {0}")]
     Commit(String),
+    /// A setting is unusable (for example a malformed database URL).
+    #[error("{0}")]
+    Config(String),
+    /// PostgreSQL reported an error.
+    #[cfg(feature = "postgres")]
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No PostgreSQL connection could be had.
+    #[cfg(feature = "postgres")]
+    #[error("postgres connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
 }
 
 /// The embedded SQLite store: implements the message, replay and user ports.
@@ -174,6 +189,3 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
     Ok(conn)
 }
-
-#[cfg(test)]
-mod tests;

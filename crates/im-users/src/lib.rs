@@ -5,12 +5,14 @@
 //! tokens are 256 random bits; only their SHA-256 is stored, so a leaked database holds no
 //! usable token.
 
+mod change;
 mod manager;
 mod policy;
 mod presence;
 pub mod social;
 mod store;
 
+pub use change::UserChange;
 pub use manager::{HashParams, LoginOutcome, UserManager, UsersConfig};
 pub use policy::{Authorize, DirectMessages};
 pub use social::{FriendRequest, Group, RequestState, Role, SocialSnapshot, SocialWrite};
@@ -21,7 +23,7 @@ use im_protocol::{ApiError, ErrorCode, UserId};
 use serde::Serialize;
 
 /// A user as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct User {
     /// The account id.
     pub id: UserId,

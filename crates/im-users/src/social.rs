@@ -6,11 +6,11 @@
 
 use crate::UserError;
 use im_protocol::{GroupId, UserId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// State of a friend request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RequestState {
     /// Waiting for the addressee.
@@ -46,9 +46,7 @@ pub struct FriendRequest {
 }
 
 /// A member's role in a group.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Created the group or inherited it; exactly one per group.
@@ -130,7 +128,7 @@ pub fn successor(members: &[(UserId, Role)], leaving: UserId) -> Option<UserId> 
 }
 
 /// One durable change to the graph, applied by the store in a single transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SocialWrite {
     /// A new pending request; the store returns its id.
     Request {

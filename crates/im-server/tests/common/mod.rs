@@ -47,6 +47,8 @@ pub async fn alice_and_bob(anon: &Client) -> (Client, Client) {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
+    /// The server's own PostgreSQL database when `IM_TEST_STORE=postgres`.
+    pub db: Option<im_testkit::TempDatabase>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
 }
@@ -68,6 +70,17 @@ impl TestServer {
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path());
+        // `IM_TEST_STORE=postgres` runs the same tests on PostgreSQL, each server on a
+        // database of its own.
+        let db = match std::env::var("IM_TEST_STORE").as_deref() {
+            Ok("postgres") => {
+                let db = im_testkit::TempDatabase::create().await;
+                config.store = im_server::StoreKind::Postgres;
+                config.postgres.url = db.url().to_owned();
+                Some(db)
+            }
+            _ => None,
+        };
         configure(&mut config);
         let builder = ImServer::builder().config(config);
         let server = customize(builder).bind().await.expect("server binds");
@@ -84,6 +97,7 @@ impl TestServer {
         Self {
             addr,
             dir,
+            db,
             stop: Some(stop),
             done: Some(done),
         }

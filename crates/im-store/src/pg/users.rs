@@ -1,0 +1,279 @@
+//! Accounts, sessions, the social graph and file metadata on PostgreSQL.
+
+use super::writer::Write;
+use super::{PgStore, is_unique_violation};
+use crate::StoreError;
+use async_trait::async_trait;
+use im_files::{FileError, FileIndex, FileMeta};
+use im_protocol::{GroupId, UserId};
+use im_users::social::{FriendRequest, Group, RequestState, Role, SocialSnapshot, SocialWrite};
+use im_users::{Principal, User, UserStore, UserStoreError};
+use std::collections::BTreeMap;
+
+fn other(e: StoreError) -> UserStoreError {
+    UserStoreError::Other(e.to_string())
+}
+
+fn uid(v: i64) -> UserId {
+    UserId(v as u64)
+}
+
+fn state_of(s: &str) -> RequestState {
+    match s {
+        "accepted" => RequestState::Accepted,
+        "declined" => RequestState::Declined,
+        _ => RequestState::Pending,
+    }
+}
+
+impl PgStore {
+    async fn load_social_graph(&self) -> Result<SocialSnapshot, StoreError> {
+        let c = self.client().await?;
+        let mut snap = SocialSnapshot::default();
+        for r in c
+            .query(
+                "SELECT user_id, friend_id FROM friendships WHERE user_id < friend_id",
+                &[],
+            )
+            .await?
+        {
+            snap.friendships.push((uid(r.get(0)), uid(r.get(1))));
+        }
+        for r in c.query("SELECT blocker, blocked FROM blocks", &[]).await? {
+            snap.blocks.push((uid(r.get(0)), uid(r.get(1))));
+        }
+        for r in c
+            .query(
+                "SELECT id, from_user, to_user FROM friend_requests WHERE state = 'pending'
+                 ORDER BY id",
+                &[],
+            )
+            .await?
+        {
+            snap.pending.push(FriendRequest {
+                id: r.get::<_, i64>(0) as u64,
+                from: uid(r.get(1)),
+                to: uid(r.get(2)),
+                state: RequestState::Pending,
+            });
+        }
+        let mut groups: BTreeMap<i64, Group> = BTreeMap::new();
+        for r in c.query("SELECT id, name FROM groups", &[]).await? {
+            let id: i64 = r.get(0);
+            groups.insert(
+                id,
+                Group {
+                    id: GroupId(id as u64),
+                    name: r.get(1),
+                    members: Vec::new(),
+                },
+            );
+        }
+        for r in c
+            .query(
+                "SELECT group_id, user_id, role FROM group_members ORDER BY group_id, seq",
+                &[],
+            )
+            .await?
+        {
+            let g: i64 = r.get(0);
+            if let (Some(group), Some(role)) = (groups.get_mut(&g), Role::parse(r.get(2))) {
+                group.members.push((uid(r.get(1)), role));
+            }
+        }
+        snap.groups = groups.into_values().collect();
+        Ok(snap)
+    }
+}
+
+#[async_trait]
+impl UserStore for PgStore {
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+    ) -> Result<User, UserStoreError> {
+        let id = self
+            .write(Write::CreateUser {
+                username: username.to_owned(),
+                hash: password_hash.to_owned(),
+            })
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    UserStoreError::UsernameTaken
+                } else {
+                    other(e)
+                }
+            })?;
+        Ok(User {
+            id: UserId(id),
+            username: username.to_owned(),
+        })
+    }
+
+    async fn login_record(&self, username: &str) -> Result<Option<(User, String)>, UserStoreError> {
+        async {
+            let c = self.client().await?;
+            let stmt = c
+                .prepare_cached("SELECT id, password_hash FROM users WHERE username = $1")
+                .await?;
+            Ok(c.query_opt(&stmt, &[&username]).await?.map(|r| {
+                (
+                    User {
+                        id: uid(r.get(0)),
+                        username: username.to_owned(),
+                    },
+                    r.get(1),
+                )
+            }))
+        }
+        .await
+        .map_err(other)
+    }
+
+    async fn user(&self, id: UserId) -> Result<Option<User>, UserStoreError> {
+        async {
+            let c = self.client().await?;
+            let stmt = c
+                .prepare_cached("SELECT username FROM users WHERE id = $1")
+                .await?;
+            Ok(c.query_opt(&stmt, &[&(id.0 as i64)]).await?.map(|r| User {
+                id,
+                username: r.get(0),
+            }))
+        }
+        .await
+        .map_err(other)
+    }
+
+    async fn all_users(&self) -> Result<Vec<User>, UserStoreError> {
+        async {
+            let c = self.client().await?;
+            let rows = c.query("SELECT id, username FROM users", &[]).await?;
+            Ok(rows
+                .iter()
+                .map(|r| User {
+                    id: uid(r.get(0)),
+                    username: r.get(1),
+                })
+                .collect())
+        }
+        .await
+        .map_err(other)
+    }
+
+    async fn load_social(&self) -> Result<SocialSnapshot, UserStoreError> {
+        self.load_social_graph().await.map_err(other)
+    }
+
+    async fn apply_social(&self, change: &SocialWrite) -> Result<u64, UserStoreError> {
+        self.write(Write::Social(change.clone()))
+            .await
+            .map_err(other)
+    }
+
+    async fn friend_request(&self, id: u64) -> Result<Option<FriendRequest>, UserStoreError> {
+        async {
+            let c = self.client().await?;
+            let stmt = c
+                .prepare_cached(
+                    "SELECT from_user, to_user, state FROM friend_requests WHERE id = $1",
+                )
+                .await?;
+            Ok(c.query_opt(&stmt, &[&(id as i64)])
+                .await?
+                .map(|r| FriendRequest {
+                    id,
+                    from: uid(r.get(0)),
+                    to: uid(r.get(1)),
+                    state: state_of(r.get(2)),
+                }))
+        }
+        .await
+        .map_err(other)
+    }
+
+    async fn create_session(
+        &self,
+        user: UserId,
+        token_hash: [u8; 32],
+    ) -> Result<u64, UserStoreError> {
+        self.write(Write::CreateSession { user, token_hash })
+            .await
+            .map_err(other)
+    }
+
+    async fn session(&self, token_hash: [u8; 32]) -> Result<Option<Principal>, UserStoreError> {
+        async {
+            let c = self.client().await?;
+            let stmt = c
+                .prepare_cached("SELECT id, user_id FROM sessions WHERE token_hash = $1")
+                .await?;
+            Ok(c.query_opt(&stmt, &[&&token_hash[..]])
+                .await?
+                .map(|r| Principal {
+                    session: r.get::<_, i64>(0) as u64,
+                    user: uid(r.get(1)),
+                }))
+        }
+        .await
+        .map_err(other)
+    }
+
+    async fn delete_session(&self, session: u64) -> Result<(), UserStoreError> {
+        self.write(Write::DeleteSession(session))
+            .await
+            .map(|_| ())
+            .map_err(other)
+    }
+}
+
+fn index_err(e: StoreError) -> FileError {
+    FileError::Index(e.to_string())
+}
+
+#[async_trait]
+impl FileIndex for PgStore {
+    async fn insert_file(&self, meta: &FileMeta) -> Result<u64, FileError> {
+        self.write(Write::InsertFile(meta.clone()))
+            .await
+            .map_err(index_err)
+    }
+
+    async fn all_files(&self) -> Result<Vec<FileMeta>, FileError> {
+        async {
+            let c = self.client().await?;
+            let rows = c
+                .query(
+                    "SELECT id, token, owner, name, size, content_type, storage_key, created_at,
+                            expires_at FROM files",
+                    &[],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| FileMeta {
+                    id: r.get::<_, i64>(0) as u64,
+                    token: r.get(1),
+                    owner: uid(r.get(2)),
+                    name: r.get(3),
+                    size: r.get::<_, i64>(4) as u64,
+                    content_type: r.get(5),
+                    key: r.get(6),
+                    created_at: r.get::<_, i64>(7) as u64,
+                    expires_at: r.get::<_, i64>(8) as u64,
+                })
+                .collect())
+        }
+        .await
+        .map_err(index_err)
+    }
+
+    async fn mark_swept(&self, id: u64) -> Result<(), FileError> {
+        self.write(Write::MarkSwept(id))
+            .await
+            .map(|_| ())
+            .map_err(index_err)
+    }
+}

@@ -1,0 +1,350 @@
+//! The store suite: one set of tests, run against both adapters (SQLite in a temp dir, and
+//! PostgreSQL in a database made for the test and dropped after it).
+
+use im_channel::{MessageHistory, MessageLog, Outcome, Pending, Reply};
+use im_files::{FileIndex, FileMeta};
+use im_protocol::{Message, MessageId, Target, UserId, conversation_of};
+use im_sse::ReplaySource;
+use im_store::{CommitListener, PgConfig, PgStore, SqliteStore, StoreConfig};
+use im_testkit::TempDatabase;
+use im_users::{Role, SocialWrite, UserStore, UserStoreError};
+use std::sync::Arc;
+
+/// What the suite needs of an adapter.
+trait Store: MessageLog + MessageHistory + ReplaySource + UserStore + FileIndex + Clone {
+    fn listen(&self, l: Arc<dyn CommitListener>);
+}
+
+impl Store for SqliteStore {
+    fn listen(&self, l: Arc<dyn CommitListener>) {
+        self.set_commit_listener(l);
+    }
+}
+
+impl Store for PgStore {
+    fn listen(&self, l: Arc<dyn CommitListener>) {
+        self.set_commit_listener(l);
+    }
+}
+
+/// Where an adapter keeps its data; `open` may be called again to reopen the same data.
+trait Place {
+    type S: Store;
+    async fn make() -> Self;
+    async fn open(&self) -> Self::S;
+}
+
+struct Sqlite(tempfile::TempDir);
+
+impl Place for Sqlite {
+    type S = SqliteStore;
+    async fn make() -> Self {
+        Sqlite(tempfile::tempdir().unwrap())
+    }
+    async fn open(&self) -> SqliteStore {
+        SqliteStore::open(self.0.path(), StoreConfig::default()).unwrap()
+    }
+}
+
+struct Postgres(TempDatabase);
+
+impl Place for Postgres {
+    type S = PgStore;
+    async fn make() -> Self {
+        Postgres(TempDatabase::create().await)
+    }
+    async fn open(&self) -> PgStore {
+        PgStore::open(PgConfig::new(self.0.url())).await.unwrap()
+    }
+}
+
+/// Instantiates each listed test once per adapter.
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            use super::Place;
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Sqlite::make().await).await;
+            })*
+        }
+        mod postgres {
+            use super::Place;
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Postgres::make().await).await;
+            })*
+        }
+    };
+}
+
+suite!(
+    append_history_replay_and_reopen,
+    users_and_sessions,
+    social_graph_roundtrip,
+    read_positions_only_move_forward,
+    file_metadata,
+);
+
+fn pending(from: u64, to: u64, text: &str, cid: Option<&str>) -> Pending {
+    let to = Target::User(UserId(to));
+    Pending {
+        from: UserId(from),
+        to,
+        kind: "text".into(),
+        body: serde_json::json!({"text": text}),
+        client_id: cid.map(str::to_owned),
+        conversation: conversation_of(UserId(from), to),
+        sent_at: 1,
+    }
+}
+
+async fn append(store: &impl MessageLog, p: Pending) -> Outcome {
+    let (reply, rx) = Reply::channel();
+    store.append(p, reply);
+    rx.await.unwrap()
+}
+
+fn stored(o: Outcome) -> Message {
+    match o {
+        Outcome::Stored(m) => m,
+        other => panic!("not stored: {other:?}"),
+    }
+}
+
+struct Recorder(parking_lot::Mutex<Vec<u64>>);
+impl CommitListener for Recorder {
+    fn committed(&self, msg: &Message) {
+        self.0.lock().push(msg.id.0);
+    }
+}
+
+async fn append_history_replay_and_reopen(place: impl Place) {
+    let store = place.open().await;
+    let rec = Arc::new(Recorder(parking_lot::Mutex::new(Vec::new())));
+    store.listen(rec.clone());
+
+    // Concurrent appends are batched; ids still come out increasing in append order.
+    let mut receipts = Vec::new();
+    for i in 0..50 {
+        let (reply, rx) = Reply::channel();
+        store.append(pending(1, 2, &i.to_string(), None), reply);
+        receipts.push(rx);
+    }
+    let mut ids = Vec::new();
+    for r in receipts {
+        ids.push(stored(r.await.unwrap()).id.0);
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(
+        *rec.0.lock(),
+        ids,
+        "listener hears every commit in id order"
+    );
+
+    let first = stored(append(&store, pending(1, 2, "once", Some("c1"))).await);
+    let again = append(&store, pending(1, 2, "twice", Some("c1"))).await;
+    assert_eq!(again, Outcome::Duplicate(first.clone()));
+    assert_eq!(
+        store.by_client_id(UserId(1), "c1").await.unwrap(),
+        Some(first.clone())
+    );
+    // Another sender may use the same client_id.
+    stored(append(&store, pending(2, 1, "x", Some("c1"))).await);
+    // Two appends with one client_id in one batch store one message.
+    let (r1, rx1) = Reply::channel();
+    let (r2, rx2) = Reply::channel();
+    store.append(pending(1, 2, "a", Some("c2")), r1);
+    store.append(pending(1, 2, "b", Some("c2")), r2);
+    let (o1, o2) = (rx1.await.unwrap(), rx2.await.unwrap());
+    let kept = stored(o1);
+    assert_eq!(o2, Outcome::Duplicate(kept));
+
+    let conv = conversation_of(UserId(1), Target::User(UserId(2)));
+    let page = store.history(&conv, Some(first.id), 10).await.unwrap();
+    assert_eq!(page.len(), 10);
+    assert_eq!(page.last().unwrap().id.0, ids[49]);
+    assert!(page.windows(2).all(|w| w[0].id < w[1].id));
+
+    let convs = store.conversations(UserId(2)).await.unwrap();
+    assert_eq!(convs.len(), 1);
+    assert_eq!(convs[0].with, Target::User(UserId(1)));
+    assert_eq!(convs[0].unread, 52);
+    assert_eq!(convs[0].last_message.body["text"], "a");
+
+    let since = store
+        .since(UserId(2), MessageId(ids[9]), 1000)
+        .await
+        .unwrap();
+    assert_eq!(since.len(), 40 + 3);
+    assert!(since.windows(2).all(|w| w[0].id < w[1].id));
+    assert!(
+        store
+            .since(UserId(3), MessageId(0), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let latest = store.latest_id().await.unwrap();
+    assert!(latest.0 >= since.last().unwrap().id.0);
+    drop(store);
+
+    let store = place.open().await;
+    assert_eq!(store.latest_id().await.unwrap(), latest);
+    let next = stored(append(&store, pending(1, 2, "after reopen", None)).await);
+    assert!(next.id > latest);
+}
+
+async fn users_and_sessions(place: impl Place) {
+    let store = place.open().await;
+    let alice = store.create_user("alice", "h").await.unwrap();
+    assert_eq!(
+        store.create_user("alice", "h2").await,
+        Err(UserStoreError::UsernameTaken)
+    );
+    // The refused insert left nothing behind and the next account still works.
+    let bob = store.create_user("bob", "hb").await.unwrap();
+    let (u, hash) = store.login_record("alice").await.unwrap().unwrap();
+    assert_eq!((u.id, hash.as_str()), (alice.id, "h"));
+    assert!(store.login_record("carol").await.unwrap().is_none());
+    assert_eq!(store.user(bob.id).await.unwrap(), Some(bob.clone()));
+    let sid = store.create_session(alice.id, [7; 32]).await.unwrap();
+    assert_eq!(store.session([7; 32]).await.unwrap().unwrap().session, sid);
+    store.delete_session(sid).await.unwrap();
+    assert!(store.session([7; 32]).await.unwrap().is_none());
+    // Revoking twice is harmless.
+    store.delete_session(sid).await.unwrap();
+    let mut all = store.all_users().await.unwrap();
+    all.sort_by_key(|u| u.id);
+    assert_eq!(all, vec![alice, bob]);
+}
+
+async fn social_graph_roundtrip(place: impl Place) {
+    let store = place.open().await;
+    let a = store.create_user("ann", "h").await.unwrap().id;
+    let b = store.create_user("ben", "h").await.unwrap().id;
+    let c = store.create_user("cat", "h").await.unwrap().id;
+    let req = store
+        .apply_social(&SocialWrite::Request { from: a, to: b })
+        .await
+        .unwrap();
+    assert!(req > 0);
+    let snap = store.load_social().await.unwrap();
+    assert_eq!(snap.pending.len(), 1);
+    store
+        .apply_social(&SocialWrite::Answer {
+            requests: vec![req],
+            state: im_users::RequestState::Accepted,
+            friends: Some((a, b)),
+            new_request: None,
+        })
+        .await
+        .unwrap();
+    let r = store.friend_request(req).await.unwrap().unwrap();
+    assert_eq!(r.state, im_users::RequestState::Accepted);
+    let g = store
+        .apply_social(&SocialWrite::CreateGroup {
+            name: "g".into(),
+            members: vec![(a, Role::Owner), (b, Role::Member)],
+        })
+        .await
+        .unwrap();
+    let gid = im_protocol::GroupId(g);
+    store
+        .apply_social(&SocialWrite::SetMember {
+            group: gid,
+            user: c,
+            role: Role::Admin,
+        })
+        .await
+        .unwrap();
+    store
+        .apply_social(&SocialWrite::RemoveMember {
+            group: gid,
+            user: a,
+            new_owner: Some(c),
+            delete_group: false,
+        })
+        .await
+        .unwrap();
+    store
+        .apply_social(&SocialWrite::Block {
+            blocker: c,
+            blocked: a,
+            requests: vec![],
+        })
+        .await
+        .unwrap();
+    let snap = store.load_social().await.unwrap();
+    assert_eq!(snap.friendships, vec![(a, b)]);
+    assert_eq!(snap.blocks, vec![(c, a)]);
+    assert!(snap.pending.is_empty());
+    assert_eq!(snap.groups.len(), 1);
+    assert_eq!(
+        snap.groups[0].members,
+        vec![(b, Role::Member), (c, Role::Owner)]
+    );
+    // The last one out deletes the group and its members.
+    for (user, last) in [(b, false), (c, true)] {
+        store
+            .apply_social(&SocialWrite::RemoveMember {
+                group: gid,
+                user,
+                new_owner: None,
+                delete_group: last,
+            })
+            .await
+            .unwrap();
+    }
+    assert!(store.load_social().await.unwrap().groups.is_empty());
+}
+
+async fn read_positions_only_move_forward(place: impl Place) {
+    let store = place.open().await;
+    let conv = conversation_of(UserId(1), Target::User(UserId(2)));
+    let m1 = stored(append(&store, pending(1, 2, "one", None)).await);
+    let m2 = stored(append(&store, pending(2, 1, "two", None)).await);
+    // Never past the newest message of the conversation.
+    let at = store
+        .mark_read(UserId(1), &conv, MessageId(u64::MAX))
+        .await
+        .unwrap();
+    assert_eq!(at, m2.id);
+    // Never back.
+    let at = store.mark_read(UserId(1), &conv, m1.id).await.unwrap();
+    assert_eq!(at, m2.id);
+    let convs = store.conversations(UserId(1)).await.unwrap();
+    assert_eq!(convs[0].unread, 0);
+    let convs = store.conversations(UserId(2)).await.unwrap();
+    assert_eq!(convs[0].unread, 1);
+}
+
+async fn file_metadata(place: impl Place) {
+    let store = place.open().await;
+    let meta = FileMeta {
+        id: 0,
+        token: "ab".repeat(32),
+        owner: UserId(4),
+        name: "cat.png".into(),
+        size: 10,
+        content_type: "image/png".into(),
+        key: "00ff".into(),
+        created_at: 1,
+        expires_at: 2,
+    };
+    let id = store.insert_file(&meta).await.unwrap();
+    let mut dup = meta.clone();
+    dup.key = "11".into();
+    assert!(store.insert_file(&dup).await.is_err(), "tokens are unique");
+    store.mark_swept(id).await.unwrap();
+    let all = store.all_files().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        all[0],
+        FileMeta {
+            id,
+            key: String::new(),
+            ..meta
+        }
+    );
+}
