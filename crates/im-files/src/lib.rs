@@ -11,19 +11,27 @@
 mod change;
 mod detect;
 mod name;
+#[cfg(feature = "object-store")]
+mod object;
 mod range;
 mod store;
 
 pub use change::FileChange;
 pub use detect::{INLINE_TYPES, is_inline, sniff};
 pub use name::{content_disposition, percent_decode, percent_encode, sanitize};
+#[cfg(feature = "object-store")]
+pub use object::ObjectFileStore;
 pub use range::{RangeReply, parse as parse_range};
-pub use store::{ByteStream, DiskFileStore, FileBody, FileIndex, FileMeta, FileSink, FileStore};
+pub use store::{
+    ByteStream, DiskFileStore, FileBody, FileIndex, FileMeta, FileSink, FileStore, StoredKey,
+    SweepLease,
+};
 
 use bytes::Bytes;
 use futures_core::Stream;
 use im_channel::{Handler, Pending};
 use im_classifier::KindSpec;
+use im_cluster::{Applier, Logged, Position, Progress};
 use im_protocol::{ApiError, ErrorCode, UserId, now_millis};
 use parking_lot::RwLock;
 use serde_json::{Value, json};
@@ -64,6 +72,9 @@ pub enum FileError {
     /// Metadata store failure.
     #[error("file index: {0}")]
     Index(String),
+    /// This node has not applied the upload's record in time; retrying helps.
+    #[error("this node is catching up; try again")]
+    Lagging,
 }
 
 impl From<FileError> for ApiError {
@@ -77,6 +88,7 @@ impl From<FileError> for ApiError {
             FileError::Expired(_) => ErrorCode::FileExpired,
             FileError::NotAnImage(_) => ErrorCode::InvalidBody,
             FileError::NotFound => ErrorCode::NotFound,
+            FileError::Lagging => ErrorCode::Overloaded,
             FileError::Io(_) | FileError::Index(_) => {
                 tracing::error!(error = %e, "file storage failure");
                 return ApiError::new(ErrorCode::Internal, "file storage failure");
@@ -97,6 +109,9 @@ pub struct FilesConfig {
     pub sweep_every: Duration,
     /// Bytes of live files one user may hold; `None` for no limit.
     pub quota: Option<u64>,
+    /// Stored bytes without metadata are deleted only once they are this old, so that in a
+    /// cluster an upload another node has just committed, and is about to record, is spared.
+    pub orphan_grace: Duration,
 }
 
 impl Default for FilesConfig {
@@ -106,6 +121,7 @@ impl Default for FilesConfig {
             ttl: Duration::from_secs(24 * 3600),
             sweep_every: Duration::from_secs(60),
             quota: None,
+            orphan_grace: Duration::from_secs(3600),
         }
     }
 }
@@ -125,6 +141,7 @@ pub struct FileProxy {
     files: RwLock<HashMap<u64, Entry>>,
     by_token: RwLock<HashMap<String, u64>>,
     usage: Usage,
+    progress: std::sync::OnceLock<Arc<dyn Progress>>,
 }
 
 /// Bytes per owner, live files and uploads in flight together, so parallel uploads cannot
@@ -236,21 +253,41 @@ impl FileProxy {
             files: RwLock::new(files),
             by_token: RwLock::new(by_token),
             usage,
+            progress: std::sync::OnceLock::new(),
         });
-        let known: std::collections::HashSet<String> = proxy
-            .files
-            .read()
-            .values()
-            .map(|e| e.meta.key.clone())
+        proxy.maintain().await?;
+        Ok(proxy)
+    }
+
+    /// Connects this node's log follower: an upload answers once the follower has applied
+    /// its record, so the link works here at once. Until then, uploads fail.
+    pub fn attach_log(&self, progress: Arc<dyn Progress>) {
+        let _ = self.progress.set(progress);
+    }
+
+    /// One round of upkeep, on one node of a cluster at a time (the index's sweep lease):
+    /// delete bytes that never got metadata (old enough not to be an upload in progress
+    /// elsewhere), then sweep expired files.
+    pub async fn maintain(&self) -> Result<usize, FileError> {
+        let Some(_lease) = self.index.sweep_lease().await? else {
+            return Ok(0);
+        };
+        let known: std::collections::HashSet<String> = self
+            .index
+            .all_files()
+            .await?
+            .into_iter()
+            .map(|m| m.key)
             .collect();
-        for key in proxy.store.keys().await? {
-            if !known.contains(&key) {
-                tracing::info!(%key, "removing bytes without metadata");
-                proxy.store.remove(&key).await?;
+        let now = std::time::SystemTime::now();
+        for stored in self.store.keys().await? {
+            let age = now.duration_since(stored.modified).unwrap_or_default();
+            if !known.contains(&stored.key) && age >= self.config.orphan_grace {
+                tracing::info!(key = %stored.key, "removing bytes without metadata");
+                self.store.remove(&stored.key).await?;
             }
         }
-        proxy.sweep().await;
-        Ok(proxy)
+        Ok(self.sweep_due().await)
     }
 
     /// The settings in force.
@@ -336,24 +373,26 @@ impl FileProxy {
             created_at: now,
             expires_at: now + self.config.ttl.as_millis() as u64,
         };
-        match self.index.insert_file(&meta).await {
-            Ok(id) => meta.id = id,
+        let pos = match self.index.insert_file(&meta).await {
+            Ok(Logged { value, pos }) => {
+                meta.id = value;
+                pos
+            }
             Err(e) => {
                 let _ = self.store.remove(&meta.key).await;
                 return Err(e);
             }
-        }
-        let meta = Arc::new(meta);
-        reserved.keep = true;
-        self.by_token.write().insert(meta.token.clone(), meta.id);
-        self.files.write().insert(
-            meta.id,
-            Entry {
-                meta: meta.clone(),
-                swept: false,
-            },
-        );
-        Ok(meta)
+        };
+        // The follower enters the file in the index (and counts it against the quota, after
+        // which the reservation is given back); wait for that so the link works at once.
+        let progress = self.progress.get().ok_or(FileError::Lagging)?;
+        progress
+            .wait_applied(pos)
+            .await
+            .map_err(|_| FileError::Lagging)?;
+        drop(reserved);
+        let entered = self.files.read().get(&meta.id).map(|e| e.meta.clone());
+        Ok(entered.unwrap_or_else(|| Arc::new(meta)))
     }
 
     /// The URL path of a file: `/files/<token>/<name>`.
@@ -396,8 +435,23 @@ impl FileProxy {
         self.store.open(&meta.key, start, end).await
     }
 
-    /// Deletes the bytes of every expired file; returns how many went.
+    /// Deletes the bytes of every expired file, if no other node is sweeping; returns how
+    /// many went.
     pub async fn sweep(&self) -> usize {
+        match self.index.sweep_lease().await {
+            Ok(Some(_lease)) => self.sweep_due().await,
+            Ok(None) => 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the sweep lease");
+                0
+            }
+        }
+    }
+
+    /// The sweep itself, under the lease. Each file is marked swept in the index first (which
+    /// records the change every node applies), and only then are its bytes deleted: bytes
+    /// whose deletion fails are orphans that the next [`FileProxy::maintain`] removes.
+    async fn sweep_due(&self) -> usize {
         let now = now_millis();
         let due: Vec<Arc<FileMeta>> = self
             .files
@@ -409,18 +463,14 @@ impl FileProxy {
         let mut swept = 0;
         for meta in due {
             self.by_token.write().remove(&meta.token);
-            let done = async {
-                self.store.remove(&meta.key).await?;
-                self.index.mark_swept(meta.id).await
-            };
-            match done.await {
-                Ok(()) => {
-                    if let Some(e) = self.files.write().get_mut(&meta.id) {
-                        e.swept = true;
+            match self.index.mark_swept(meta.id).await {
+                Ok(Logged { value: true, .. }) => {
+                    if let Err(e) = self.store.remove(&meta.key).await {
+                        tracing::warn!(id = meta.id, error = %e, "deleting swept bytes failed");
                     }
-                    self.usage.release(meta.owner, meta.size);
                     swept += 1;
                 }
+                Ok(_) => {} // swept already, by another node
                 Err(e) => {
                     tracing::warn!(id = meta.id, error = %e, "sweeping a file failed; will retry")
                 }
@@ -429,7 +479,7 @@ impl FileProxy {
         swept
     }
 
-    /// Runs [`FileProxy::sweep`] every `sweep_every` on the current runtime.
+    /// Runs [`FileProxy::maintain`] every `sweep_every` on the current runtime.
     pub fn spawn_sweeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = Arc::downgrade(self);
         let every = self.config.sweep_every;
@@ -437,9 +487,47 @@ impl FileProxy {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(proxy) = me.upgrade() else { break };
-                proxy.sweep().await;
+                if let Err(e) = proxy.maintain().await {
+                    tracing::warn!(error = %e, "file upkeep failed; will retry");
+                }
             }
         })
+    }
+
+    /// Enters a committed file into this node's index, or marks one swept; idempotent.
+    fn apply_change(&self, change: FileChange) {
+        match change {
+            FileChange::Added(meta) => {
+                let mut files = self.files.write();
+                if files.contains_key(&meta.id) {
+                    return;
+                }
+                if !meta.key.is_empty() {
+                    let _ = self.usage.add(meta.owner, meta.size, None);
+                    if meta.expires_at > now_millis() {
+                        self.by_token.write().insert(meta.token.clone(), meta.id);
+                    }
+                }
+                let swept = meta.key.is_empty();
+                files.insert(
+                    meta.id,
+                    Entry {
+                        meta: Arc::new(meta),
+                        swept,
+                    },
+                );
+            }
+            FileChange::Swept(id) => {
+                let mut files = self.files.write();
+                if let Some(e) = files.get_mut(&id)
+                    && !e.swept
+                {
+                    e.swept = true;
+                    self.by_token.write().remove(&e.meta.token);
+                    self.usage.release(e.meta.owner, e.meta.size);
+                }
+            }
+        }
     }
 
     /// The message body for file `id` sent by `owner`, filled from the metadata.
@@ -475,6 +563,18 @@ fn bad_upload(e: multer::Error) -> FileError {
 /// The fields a client may send in an `image` or `file` body; the server overwrites all but
 /// `file_id`.
 const ATTACHMENT_FIELDS: [&str; 5] = ["file_id", "url", "name", "size", "content_type"];
+
+impl Applier for FileProxy {
+    fn apply(&self, pos: Position, entry: &im_cluster::Entry) {
+        let im_cluster::Entry::Change { record, .. } = entry else {
+            return;
+        };
+        match FileChange::decode(record) {
+            Ok(change) => self.apply_change(change),
+            Err(e) => tracing::error!(pos, error = %e, "skipping an undecodable file change"),
+        }
+    }
+}
 
 fn attachment_kind(name: &str) -> KindSpec {
     KindSpec::new(name).validator(|body| {

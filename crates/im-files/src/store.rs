@@ -5,6 +5,7 @@ use crate::FileError;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_core::Stream;
+use im_cluster::Logged;
 use im_protocol::UserId;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -33,8 +34,19 @@ pub trait FileStore: Send + Sync + 'static {
     async fn open(&self, key: &str, start: u64, end: u64) -> Result<ByteStream, FileError>;
     /// Deletes `key`; deleting a missing key is not an error.
     async fn remove(&self, key: &str) -> Result<(), FileError>;
-    /// Every stored key, to find bytes whose metadata was never written (a crash mid-upload).
-    async fn keys(&self) -> Result<Vec<String>, FileError>;
+    /// Every stored key with when it was last written, to find bytes whose metadata was never
+    /// written (a crash mid-upload). The time lets a cluster spare an upload that another
+    /// node has just committed and is about to record.
+    async fn keys(&self) -> Result<Vec<StoredKey>, FileError>;
+}
+
+/// A key in a [`FileStore`], and when its bytes were written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    /// The key.
+    pub key: String,
+    /// When its bytes were last written.
+    pub modified: std::time::SystemTime,
 }
 
 /// One uploaded file's metadata.
@@ -61,14 +73,32 @@ pub struct FileMeta {
 }
 
 /// Where file metadata lives (the SQLite store by default).
+///
+/// Writes record a [`crate::FileChange`] in the ordered log in the same transaction and
+/// return its position; the in-memory index changes when this node's follower applies it.
 #[async_trait]
 pub trait FileIndex: Send + Sync + 'static {
     /// Records a new file; returns its id (the `id` field of `meta` is ignored).
-    async fn insert_file(&self, meta: &FileMeta) -> Result<u64, FileError>;
+    async fn insert_file(&self, meta: &FileMeta) -> Result<Logged<u64>, FileError>;
     /// Every recorded file, expired ones included, so start-up can sweep them.
     async fn all_files(&self) -> Result<Vec<FileMeta>, FileError>;
     /// Marks a file's bytes as deleted; its metadata stays so old ids answer `file_expired`.
-    async fn mark_swept(&self, id: u64) -> Result<(), FileError>;
+    /// Returns `false` (and records nothing) if it was already marked, by another node say.
+    async fn mark_swept(&self, id: u64) -> Result<Logged<bool>, FileError>;
+    /// Runs the sweep on one node at a time: the lease while this node holds it, `None`
+    /// while another does. The default (one process) always grants it.
+    async fn sweep_lease(&self) -> Result<Option<SweepLease>, FileError> {
+        Ok(Some(SweepLease(Box::new(()))))
+    }
+}
+
+/// Held while this node sweeps; dropping it lets another node sweep.
+pub struct SweepLease(pub Box<dyn Send + Sync>);
+
+impl std::fmt::Debug for SweepLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SweepLease")
+    }
 }
 
 /// File bytes under a directory, one file per key, written through a `.part` file and
@@ -79,12 +109,26 @@ pub struct DiskFileStore {
 }
 
 impl DiskFileStore {
-    /// Uses (and creates) `dir`; removes `.part` leftovers of interrupted uploads.
+    /// Uses (and creates) `dir`; removes `.part` leftovers of interrupted uploads that are
+    /// over an hour old (a younger one may be another node's upload in progress on a shared
+    /// directory).
     pub fn open(dir: &Path) -> Result<Self, FileError> {
+        Self::open_sparing(dir, std::time::Duration::from_secs(3600))
+    }
+
+    /// Like [`DiskFileStore::open`], sparing `.part` files younger than `grace`.
+    pub fn open_sparing(dir: &Path, grace: std::time::Duration) -> Result<Self, FileError> {
         std::fs::create_dir_all(dir)?;
+        let now = std::time::SystemTime::now();
         for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "part") {
+            let entry = entry?;
+            let path = entry.path();
+            let age = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|t| now.duration_since(t).unwrap_or_default())
+                .unwrap_or_default();
+            if path.extension().is_some_and(|e| e == "part") && age >= grace {
                 let _ = std::fs::remove_file(path);
             }
         }
@@ -198,7 +242,7 @@ impl FileStore for DiskFileStore {
         }
     }
 
-    async fn keys(&self) -> Result<Vec<String>, FileError> {
+    async fn keys(&self) -> Result<Vec<StoredKey>, FileError> {
         let mut out = Vec::new();
         let mut dir = tokio::fs::read_dir(&self.dir).await?;
         while let Some(entry) = dir.next_entry().await? {
@@ -208,9 +252,13 @@ impl FileStore for DiskFileStore {
                 .to_str()
                 .filter(|n| self.path(n).is_ok())
                 .map(str::to_owned);
-            if let Some(name) = ours {
-                if entry.file_type().await?.is_file() {
-                    out.push(name);
+            if let Some(key) = ours {
+                let meta = entry.metadata().await?;
+                if meta.is_file() {
+                    out.push(StoredKey {
+                        key,
+                        modified: meta.modified()?,
+                    });
                 }
             }
         }
@@ -260,7 +308,7 @@ mod tests {
         std::fs::write(dir.path().join("README.txt"), "not ours").unwrap();
         std::fs::create_dir(dir.path().join("abcdef")).unwrap();
         std::fs::write(dir.path().join("0123.part"), "leftover").unwrap();
-        let store = DiskFileStore::open(dir.path()).unwrap();
+        let store = DiskFileStore::open_sparing(dir.path(), std::time::Duration::ZERO).unwrap();
         assert!(
             !dir.path().join("0123.part").exists(),
             "leftover parts go at start"
@@ -274,7 +322,9 @@ mod tests {
         sink.write(b"hello ").await.unwrap();
         sink.write(b"world").await.unwrap();
         sink.commit().await.unwrap();
-        assert_eq!(store.keys().await.unwrap(), vec!["00ff".to_owned()]);
+        let keys = store.keys().await.unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].key, "00ff");
         let mut body = store.open("00ff", 6, 10).await.unwrap();
         assert_eq!(&body.next().await.unwrap().unwrap()[..], b"world");
 

@@ -19,15 +19,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use im_channel::{ChannelGroup, ChannelGroupConfig};
-use im_channel::{MessageHistory, MessageLog};
+use im_channel::{ChannelGroup, ChannelGroupConfig, MessageHistory, MessageLog};
 use im_classifier::{DEFAULT_GROUP, MessageClassifier};
-use im_files::FileIndex;
-use im_files::{AttachFiles, DiskFileStore, FileProxy, FilesConfig};
+use im_cluster::{
+    Appliers, Bus, Entry, Ephemeral, Follower, FollowerConfig, Inbound, LocalBus, LogReader,
+    Progress, Topic,
+};
+use im_files::{AttachFiles, DiskFileStore, FileIndex, FileProxy, FileStore, FilesConfig};
 use im_pool::{ConsumerPool, PoolConfig};
-use im_protocol::Message;
-use im_sse::ReplaySource;
-use im_sse::{BrokerConfig, SseBroker};
+use im_sse::{BrokerConfig, ReplaySource, SessionInfo, SseBroker};
 use im_store::{CommitListener, SqliteStore, StoreConfig, StoreError};
 use im_users::{Authorize, HashParams, UserError, UserManager, UserStore, UsersConfig};
 use routes::App;
@@ -57,6 +57,9 @@ pub enum ServerError {
     /// An application kind collides with another.
     #[error(transparent)]
     Kind(#[from] im_classifier::ClassifyError),
+    /// The ordered log could not be read at start-up.
+    #[error("reading the log: {0}")]
+    Log(String),
     /// The configuration names something this build leaves out.
     #[error("{0}")]
     Unsupported(String),
@@ -116,10 +119,17 @@ impl ImServerBuilder {
         self
     }
 
-    /// Opens the store, starts the workers and binds the listener.
+    /// Opens the store, starts the workers and the log follower, and binds the listener.
     pub async fn bind(self) -> Result<ImServer, ServerError> {
         let cfg = &self.config;
         let store = Stores::open(cfg).await?;
+        // Read before any cache loads its snapshot: the follower starts here, so nothing
+        // committed meanwhile (by another node) is missed; re-applying is harmless.
+        let start = store
+            .reader
+            .head()
+            .await
+            .map_err(|e| ServerError::Log(e.to_string()))?;
         let users_cfg = UsersConfig {
             hash: HashParams {
                 memory_kib: cfg.argon2.memory_kib,
@@ -149,22 +159,57 @@ impl ImServerBuilder {
         }
         broker.set_listener(users.clone());
         users.attach_mailboxes(Arc::new(broker.clone()));
+        let closer = broker.clone();
+        users.on_revoke(Arc::new(move |user, session| {
+            closer.close_session(SessionInfo { user, session })
+        }));
+        users.attach_bus(store.bus.clone());
         let pool = ConsumerPool::start(pool_cfg, Arc::new(broker.clone()), users.clone())
             .map_err(io_err("starting the consumer pool"))?;
-        (store.listen)(Arc::new(move |m: &Message| pool.dispatch(m)));
 
         let files = FileProxy::new(
-            Arc::new(DiskFileStore::open(&cfg.data_dir.join("files"))?),
+            store.file_bytes(cfg)?,
             store.files.clone(),
             FilesConfig {
                 max_bytes: cfg.files.max_bytes,
                 ttl: Duration::from_secs(cfg.files.ttl_secs.max(1)),
                 sweep_every: Duration::from_secs(cfg.files.sweep_secs.max(1)),
                 quota: (cfg.files.quota_bytes > 0).then_some(cfg.files.quota_bytes),
+                orphan_grace: store.orphan_grace,
             },
         )
         .await?;
         files.spawn_sweeper();
+
+        // The one path from committed state to memory: messages to local delivery, changes to
+        // the caches, in position order, on this node whoever wrote them.
+        let appliers = Appliers::new()
+            .messages(move |_, e: &Entry| {
+                if let Entry::Message(m) = e {
+                    pool.dispatch(m);
+                }
+            })
+            .topic(Topic::Users, users.clone())
+            .topic(Topic::Files, files.clone());
+        let follower = Follower::start(
+            store.reader.clone(),
+            appliers,
+            start,
+            FollowerConfig::default(),
+        )
+        .map_err(io_err("starting the log follower"))?;
+        let offer = follower.clone();
+        (store.listen)(Arc::new(move |entries| offer.offer(entries)));
+        users.attach_log(follower.clone());
+        files.attach_log(follower.clone());
+        store.bus.start(Arc::new(NodeInbound {
+            follower: follower.clone(),
+            users: users.clone(),
+        }));
+        follower
+            .catch_up()
+            .await
+            .map_err(|e| ServerError::Log(e.to_string()))?;
 
         let mut classifier = MessageClassifier::with_builtins();
         classifier.register(im_files::image_kind())?;
@@ -225,8 +270,14 @@ struct Stores {
     replay: Arc<dyn ReplaySource>,
     users: Arc<dyn UserStore>,
     files: Arc<dyn FileIndex>,
-    /// Connects committed messages to delivery (set once, before the first append).
+    reader: Arc<dyn LogReader>,
+    /// Connects committed entries to the follower (set once, before the first write).
     listen: Box<dyn FnOnce(Arc<dyn CommitListener>) + Send>,
+    /// Wakes the other nodes' followers and carries ephemeral events between nodes.
+    bus: Arc<dyn Bus>,
+    /// How old stored bytes without metadata must be before upkeep deletes them: at once
+    /// with one process, an hour when another node may be mid-upload.
+    orphan_grace: Duration,
 }
 
 impl Stores {
@@ -235,7 +286,12 @@ impl Stores {
             StoreKind::Sqlite => {
                 let s = SqliteStore::open(&cfg.data_dir, StoreConfig::default())?;
                 let listen = s.clone();
-                Ok(Self::of(s, move |l| listen.set_commit_listener(l)))
+                Ok(Self::of(
+                    s,
+                    move |l| listen.set_commit_listener(l),
+                    Arc::new(LocalBus),
+                    Duration::ZERO,
+                ))
             }
             #[cfg(feature = "postgres")]
             StoreKind::Postgres => {
@@ -245,7 +301,13 @@ impl Stores {
                 }
                 let s = im_store::PgStore::open(pg).await?;
                 let listen = s.clone();
-                Ok(Self::of(s, move |l| listen.set_commit_listener(l)))
+                let bus = Arc::new(im_store::PgBus::new(&cfg.postgres.url)?);
+                Ok(Self::of(
+                    s,
+                    move |l| listen.set_commit_listener(l),
+                    bus,
+                    Duration::from_secs(3600),
+                ))
             }
             #[cfg(not(feature = "postgres"))]
             StoreKind::Postgres => Err(ServerError::Unsupported(
@@ -254,18 +316,55 @@ impl Stores {
         }
     }
 
-    fn of<S>(s: S, listen: impl FnOnce(Arc<dyn CommitListener>) + Send + 'static) -> Self
+    fn of<S>(
+        s: S,
+        listen: impl FnOnce(Arc<dyn CommitListener>) + Send + 'static,
+        bus: Arc<dyn Bus>,
+        orphan_grace: Duration,
+    ) -> Self
     where
-        S: MessageLog + MessageHistory + ReplaySource + UserStore + FileIndex + Clone,
+        S: MessageLog + MessageHistory + ReplaySource + UserStore + FileIndex + LogReader + Clone,
     {
         Self {
             log: Arc::new(s.clone()),
             history: Arc::new(s.clone()),
             replay: Arc::new(s.clone()),
             users: Arc::new(s.clone()),
-            files: Arc::new(s),
+            files: Arc::new(s.clone()),
+            reader: Arc::new(s),
             listen: Box::new(listen),
+            bus,
+            orphan_grace,
         }
+    }
+
+    /// Where uploaded bytes live: `<data_dir>/files` by default.
+    fn file_bytes(&self, cfg: &Config) -> Result<Arc<dyn FileStore>, ServerError> {
+        let dir = cfg.data_dir.join("files");
+        Ok(Arc::new(DiskFileStore::open_sparing(
+            &dir,
+            self.orphan_grace,
+        )?))
+    }
+}
+
+/// What other nodes send this one: wake-ups for the follower, events for local streams.
+struct NodeInbound {
+    follower: Arc<Follower>,
+    users: Arc<UserManager>,
+}
+
+impl Inbound for NodeInbound {
+    fn head(&self, head: u64) {
+        self.follower.wake(head);
+    }
+
+    fn reconnected(&self) {
+        self.follower.poll_now();
+    }
+
+    fn event(&self, event: Ephemeral) {
+        self.users.deliver_remote(&event);
     }
 }
 

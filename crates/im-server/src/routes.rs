@@ -267,11 +267,9 @@ impl App {
             }
             Route::Logout => {
                 let who = self.principal(&req).await?;
+                // Revoked through the log: every node, this one included, drops the session
+                // from its cache and ends its streams as its follower applies it.
                 self.users.logout(who).await?;
-                self.broker.close_session(SessionInfo {
-                    user: who.user,
-                    session: who.session,
-                });
                 let mut res = empty(StatusCode::NO_CONTENT);
                 let gone = format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0");
                 if let Ok(v) = HeaderValue::from_str(&gone) {
@@ -316,7 +314,10 @@ impl App {
             }
             Route::History(conversation) => {
                 let who = self.principal(&req).await?;
-                self.users.check_party(who.user, &conversation)?;
+                let users = &self.users;
+                users
+                    .settled(|| users.check_party(who.user, &conversation))
+                    .await?;
                 let query = req.uri().query();
                 let limit = query_u64(query, "limit")?.unwrap_or(50).clamp(1, 200) as usize;
                 let before = query_u64(query, "before")?.map(MessageId);
@@ -335,7 +336,9 @@ impl App {
         let limit = self.config.max_json_bytes;
         match route {
             Route::Read(conversation) => {
-                users.check_party(who, &conversation)?;
+                users
+                    .settled(|| users.check_party(who, &conversation))
+                    .await?;
                 let body: ReadBody = read_json(req, limit).await?;
                 let stored = self
                     .history
@@ -346,7 +349,7 @@ impl App {
             }
             Route::Typing => {
                 let body: TypingBody = read_json(req, limit).await?;
-                users.typing(who, body.to)?;
+                users.settled(|| users.typing(who, body.to)).await?;
                 Ok(empty(StatusCode::NO_CONTENT))
             }
             Route::Friends => {
@@ -414,7 +417,7 @@ impl App {
                 ))
             }
             Route::Group(id) => {
-                let g = users.group(who, id)?;
+                let g = users.settled(|| users.group(who, id)).await?;
                 Ok(json(
                     StatusCode::OK,
                     &json!({ "group": users.group_json(&g) }),
@@ -591,6 +594,11 @@ impl App {
             }
         }
         let route = self.classifier.classify(&draft.kind, &draft.body)?;
+        // The chain authorizes from memory. If memory would refuse, it may be behind a change
+        // the client saw succeed on another node (an accepted request, a new group member):
+        // catch up first, then let the chain decide.
+        let users = &self.users;
+        let _ = users.settled(|| users.may_send(who.user, draft.to)).await;
         let group = self.groups.get(route.group).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::Internal,

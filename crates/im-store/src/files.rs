@@ -2,7 +2,8 @@
 
 use crate::{SqliteStore, StoreError};
 use async_trait::async_trait;
-use im_files::{FileError, FileIndex, FileMeta};
+use im_cluster::{Logged, Topic};
+use im_files::{FileChange, FileError, FileIndex, FileMeta};
 use im_protocol::UserId;
 use rusqlite::params;
 
@@ -12,9 +13,9 @@ fn index_err(e: StoreError) -> FileError {
 
 #[async_trait]
 impl FileIndex for SqliteStore {
-    async fn insert_file(&self, m: &FileMeta) -> Result<u64, FileError> {
-        let m = m.clone();
-        self.write(move |conn| {
+    async fn insert_file(&self, m: &FileMeta) -> Result<Logged<u64>, FileError> {
+        let mut m = m.clone();
+        self.write_logged(move |conn, log| {
             conn.prepare_cached(
                 "INSERT INTO files (token, owner, name, size, content_type, storage_key, created_at, expires_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -29,7 +30,10 @@ impl FileIndex for SqliteStore {
                 m.created_at as i64,
                 m.expires_at as i64
             ])?;
-            Ok(conn.last_insert_rowid() as u64)
+            m.id = conn.last_insert_rowid() as u64;
+            let id = m.id;
+            let pos = log.record(conn, Topic::Files, FileChange::Added(m).encode()?)?;
+            Ok(Logged { value: id, pos })
         })
         .await
         .map_err(index_err)
@@ -59,11 +63,21 @@ impl FileIndex for SqliteStore {
         .map_err(index_err)
     }
 
-    async fn mark_swept(&self, id: u64) -> Result<(), FileError> {
-        self.write(move |conn| {
-            conn.prepare_cached("UPDATE files SET storage_key = '' WHERE id = ?1")?
+    async fn mark_swept(&self, id: u64) -> Result<Logged<bool>, FileError> {
+        self.write_logged(move |conn, log| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE files SET storage_key = '' WHERE id = ?1 AND storage_key <> ''",
+                )?
                 .execute(params![id as i64])?;
-            Ok(())
+            if changed == 0 {
+                return Ok(Logged {
+                    value: false,
+                    pos: 0,
+                });
+            }
+            let pos = log.record(conn, Topic::Files, FileChange::Swept(id).encode()?)?;
+            Ok(Logged { value: true, pos })
         })
         .await
         .map_err(index_err)

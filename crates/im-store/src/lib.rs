@@ -21,7 +21,7 @@ mod users;
 mod writer;
 
 #[cfg(feature = "postgres")]
-pub use pg::{PgConfig, PgStore};
+pub use pg::{PgBus, PgConfig, PgStore};
 pub use writer::{CommitListener, StoreConfig};
 
 use im_protocol::record::RecordError;
@@ -114,7 +114,7 @@ impl SqliteStore {
         let path = dir.join(DB_FILE);
         let mut conn = open_conn(&path)?;
         migrations::run(&mut conn)?;
-        let committed = Arc::new(AtomicU64::new(messages::max_id(&conn)?));
+        let committed = Arc::new(AtomicU64::new(messages::head(&conn)?));
         let listener = Arc::new(OnceLock::new());
         let writer = writer::start(conn, config, committed.clone(), listener.clone())?;
         Ok(Self {
@@ -134,7 +134,7 @@ impl SqliteStore {
         let _ = self.inner.listener.set(listener);
     }
 
-    /// The highest committed message id.
+    /// The highest committed log position (messages and change records share them).
     pub fn committed_id(&self) -> u64 {
         self.inner.committed.load(Ordering::Acquire)
     }
@@ -163,6 +163,16 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.write_logged(move |conn, _| f(conn)).await
+    }
+
+    /// Like [`SqliteStore::write`], for writes that record changes in the ordered log.
+    async fn write_logged<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &mut writer::ChangeLog<'_>) -> Result<T, StoreError>
+        + Send
+        + 'static,
+    ) -> Result<T, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let op = writer::Op::exec(f, tx);
         self.inner
@@ -172,6 +182,34 @@ impl SqliteStore {
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
+}
+
+/// One row of the log as an entry: topic 0 is a message record, others are change records.
+/// A topic this build does not know is skipped (a newer node wrote it), with a warning.
+pub(crate) fn log_entry(
+    pos: i64,
+    topic: i64,
+    record: Vec<u8>,
+) -> Result<Option<im_cluster::LogEntry>, StoreError> {
+    use im_cluster::{Entry, LogEntry, Topic};
+    let entry = if topic == 0 {
+        Entry::Message(im_protocol::record::MessageRecord::decode(&record)?)
+    } else {
+        match i16::try_from(topic).ok().and_then(Topic::from_code) {
+            Some(topic) => Entry::Change {
+                topic,
+                record: bytes::Bytes::from(record),
+            },
+            None => {
+                tracing::warn!(pos, topic, "skipping a log entry of an unknown topic");
+                return Ok(None);
+            }
+        }
+    };
+    Ok(Some(LogEntry {
+        pos: pos as u64,
+        entry,
+    }))
 }
 
 fn open_conn(path: &Path) -> Result<Connection, StoreError> {

@@ -4,15 +4,20 @@ use crate::writer::Op;
 use crate::{SqliteStore, StoreError};
 use async_trait::async_trait;
 use im_channel::{ConversationSummary, LogError, MessageHistory, MessageLog, Pending, Reply};
+use im_cluster::{LogEntry, LogReadError, LogReader, Position};
 use im_protocol::record::MessageRecord;
 use im_protocol::{GroupId, Message, MessageId, Target, UserId};
 use im_sse::{ReplayError, ReplaySource};
 use rusqlite::{Connection, OptionalExtension, params};
 
-pub(crate) fn max_id(conn: &Connection) -> Result<u64, StoreError> {
-    let id: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM messages", [], |r| {
-        r.get(0)
-    })?;
+/// The highest position taken, by a message or a change record.
+pub(crate) fn head(conn: &Connection) -> Result<u64, StoreError> {
+    let id: i64 = conn.query_row(
+        "SELECT MAX((SELECT COALESCE(MAX(id), 0) FROM messages),
+                    (SELECT COALESCE(MAX(pos), 0) FROM changes))",
+        [],
+        |r| r.get(0),
+    )?;
     Ok(id as u64)
 }
 
@@ -245,5 +250,50 @@ impl ReplaySource for SqliteStore {
 
     async fn latest_id(&self) -> Result<MessageId, ReplayError> {
         Ok(MessageId(self.committed_id()))
+    }
+}
+
+#[async_trait]
+impl LogReader for SqliteStore {
+    async fn head(&self) -> Result<Position, LogReadError> {
+        Ok(self.committed_id())
+    }
+
+    async fn read(
+        &self,
+        after: Position,
+        up_to: Position,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, LogReadError> {
+        let (after, up_to) = (
+            after.min(i64::MAX as u64) as i64,
+            up_to.min(i64::MAX as u64) as i64,
+        );
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT pos, topic, record FROM (
+                   SELECT id AS pos, 0 AS topic, record FROM messages WHERE id > ?1 AND id <= ?2
+                   UNION ALL
+                   SELECT pos, topic, record FROM changes WHERE pos > ?1 AND pos <= ?2)
+                 ORDER BY pos LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![after, up_to, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (pos, topic, record) = row?;
+                if let Some(e) = crate::log_entry(pos, topic, record)? {
+                    out.push(e);
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| LogReadError(e.to_string()))
     }
 }

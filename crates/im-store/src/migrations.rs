@@ -100,6 +100,12 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
     );
     CREATE INDEX files_owner ON files(owner);",
+    // 4: the ordered log's change records; messages and changes share positions.
+    "CREATE TABLE changes (
+        pos INTEGER PRIMARY KEY,
+        topic INTEGER NOT NULL,
+        record BLOB NOT NULL
+    );",
 ];
 
 /// Brings the schema to the latest version in one transaction.

@@ -3,9 +3,11 @@
 use crate::social;
 use crate::{SqliteStore, StoreError};
 use async_trait::async_trait;
+use im_cluster::{Logged, Position, Topic};
 use im_protocol::{UserId, now_millis};
 use im_users::{
-    FriendRequest, Principal, SocialSnapshot, SocialWrite, User, UserStore, UserStoreError,
+    FriendRequest, Principal, SocialSnapshot, SocialWrite, User, UserChange, UserStore,
+    UserStoreError,
 };
 use rusqlite::{OptionalExtension, params};
 
@@ -24,17 +26,23 @@ impl UserStore for SqliteStore {
         &self,
         username: &str,
         password_hash: &str,
-    ) -> Result<User, UserStoreError> {
+    ) -> Result<Logged<User>, UserStoreError> {
         let (name, hash) = (username.to_owned(), password_hash.to_owned());
-        self.write(move |conn| {
+        self.write_logged(move |conn, log| {
             conn.prepare_cached(
                 "INSERT INTO users (username, password_hash, created_at) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![name, hash, now_millis() as i64])?;
-            Ok(User {
+            let user = User {
                 id: UserId(conn.last_insert_rowid() as u64),
                 username: name,
-            })
+            };
+            let pos = log.record(
+                conn,
+                Topic::Users,
+                UserChange::Created(user.clone()).encode()?,
+            )?;
+            Ok(Logged { value: user, pos })
         })
         .await
         .map_err(|e| {
@@ -101,11 +109,19 @@ impl UserStore for SqliteStore {
         self.read(social::load).await.map_err(other)
     }
 
-    async fn apply_social(&self, change: &SocialWrite) -> Result<u64, UserStoreError> {
-        let change = change.clone();
-        self.write(move |conn| social::apply(conn, &change))
-            .await
-            .map_err(other)
+    async fn apply_social(&self, change: &SocialWrite) -> Result<Logged<u64>, UserStoreError> {
+        let write = change.clone();
+        self.write_logged(move |conn, log| {
+            let id = social::apply(conn, &write)?;
+            let pos = log.record(
+                conn,
+                Topic::Users,
+                UserChange::Social { write, id }.encode()?,
+            )?;
+            Ok(Logged { value: id, pos })
+        })
+        .await
+        .map_err(other)
     }
 
     async fn friend_request(&self, id: u64) -> Result<Option<FriendRequest>, UserStoreError> {
@@ -130,15 +146,23 @@ impl UserStore for SqliteStore {
         .map_err(other)
     }
 
-    async fn session(&self, token_hash: [u8; 32]) -> Result<Option<Principal>, UserStoreError> {
+    async fn session(
+        &self,
+        token_hash: [u8; 32],
+    ) -> Result<Option<(Principal, Position)>, UserStoreError> {
+        // Read before the query: a revocation committed at or below it is already visible.
+        let as_of = self.committed_id();
         self.read(move |conn| {
             Ok(conn
                 .prepare_cached("SELECT id, user_id FROM sessions WHERE token_hash = ?1")?
                 .query_row(params![&token_hash[..]], |r| {
-                    Ok(Principal {
-                        session: r.get::<_, i64>(0)? as u64,
-                        user: UserId(r.get::<_, i64>(1)? as u64),
-                    })
+                    Ok((
+                        Principal {
+                            session: r.get::<_, i64>(0)? as u64,
+                            user: UserId(r.get::<_, i64>(1)? as u64),
+                        },
+                        as_of,
+                    ))
                 })
                 .optional()?)
         })
@@ -146,11 +170,23 @@ impl UserStore for SqliteStore {
         .map_err(other)
     }
 
-    async fn delete_session(&self, session: u64) -> Result<(), UserStoreError> {
-        self.write(move |conn| {
-            conn.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
-                .execute(params![session as i64])?;
-            Ok(())
+    async fn delete_session(&self, session: u64) -> Result<Logged<()>, UserStoreError> {
+        self.write_logged(move |conn, log| {
+            let user: Option<i64> = conn
+                .prepare_cached("DELETE FROM sessions WHERE id = ?1 RETURNING user_id")?
+                .query_row(params![session as i64], |r| r.get(0))
+                .optional()?;
+            let pos = match user {
+                Some(u) => {
+                    let change = UserChange::SessionRevoked {
+                        user: UserId(u as u64),
+                        session,
+                    };
+                    log.record(conn, Topic::Users, change.encode()?)?
+                }
+                None => 0,
+            };
+            Ok(Logged { value: (), pos })
         })
         .await
         .map_err(other)

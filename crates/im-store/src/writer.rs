@@ -1,22 +1,53 @@
 //! The single writer thread and its group commit.
 
 use crate::{StoreError, messages};
+use bytes::Bytes;
 use im_channel::{Outcome, Pending, Reply};
-use im_protocol::Message;
-use rusqlite::Connection;
+use im_cluster::{Entry, LogEntry, Position, Topic};
+use rusqlite::{Connection, params};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::oneshot;
 
-/// Hears about every committed message, in id order (the consumer pool, or a bus).
+/// Hears about every committed log entry, in position order (this node's log follower).
 pub trait CommitListener: Send + Sync + 'static {
-    /// Called on the writer thread right after the commit; must not block for long.
-    fn committed(&self, msg: &Message);
+    /// Called by the writer right after each commit with the batch's entries; must not block.
+    fn committed(&self, entries: Vec<LogEntry>);
 }
 
-impl<F: Fn(&Message) + Send + Sync + 'static> CommitListener for F {
-    fn committed(&self, msg: &Message) {
-        self(msg)
+impl<F: Fn(Vec<LogEntry>) + Send + Sync + 'static> CommitListener for F {
+    fn committed(&self, entries: Vec<LogEntry>) {
+        self(entries)
+    }
+}
+
+/// The change records one write makes, with positions from the writer's counter, in the
+/// same transaction as the write.
+pub(crate) struct ChangeLog<'a> {
+    next: &'a mut Position,
+    entries: &'a mut Vec<LogEntry>,
+}
+
+impl ChangeLog<'_> {
+    /// Records one change; returns its position.
+    pub(crate) fn record(
+        &mut self,
+        conn: &Connection,
+        topic: Topic,
+        record: Vec<u8>,
+    ) -> Result<Position, StoreError> {
+        let pos = *self.next;
+        conn.prepare_cached("INSERT INTO changes (pos, topic, record) VALUES (?1, ?2, ?3)")?
+            .execute(params![pos as i64, topic.code(), &record])?;
+        *self.next += 1;
+        self.entries.push(LogEntry {
+            pos,
+            entry: Entry::Change {
+                topic,
+                record: Bytes::from(record),
+            },
+        });
+        Ok(pos)
     }
 }
 
@@ -42,7 +73,7 @@ impl Default for StoreConfig {
 type Finish = Box<dyn FnOnce(Result<(), &StoreError>, &Ctx) + Send>;
 
 /// Runs inside the transaction; returns whether it succeeded and what to do after commit.
-type Exec = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
+type Exec = Box<dyn FnOnce(&Connection, &mut ChangeLog<'_>) -> (bool, Finish) + Send>;
 
 pub(crate) enum Op {
     Append(Pending, Reply),
@@ -52,11 +83,11 @@ pub(crate) enum Op {
 impl Op {
     /// An operation whose result is sent to `tx` once the batch is committed.
     pub(crate) fn exec<T: Send + 'static>(
-        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&Connection, &mut ChangeLog<'_>) -> Result<T, StoreError> + Send + 'static,
         tx: oneshot::Sender<Result<T, StoreError>>,
     ) -> Self {
-        Op::Exec(Box::new(move |conn| {
-            let result = f(conn);
+        Op::Exec(Box::new(move |conn, log| {
+            let result = f(conn, log);
             let ok = result.is_ok();
             let finish: Finish = Box::new(move |commit, _| {
                 let _ = tx.send(match commit {
@@ -71,6 +102,14 @@ impl Op {
 
 pub(crate) struct Ctx {
     listener: Arc<OnceLock<Arc<dyn CommitListener>>>,
+}
+
+impl Ctx {
+    fn announce(&self, entries: Vec<LogEntry>) {
+        if let (Some(l), false) = (self.listener.get(), entries.is_empty()) {
+            l.committed(entries);
+        }
+    }
 }
 
 pub(crate) fn start(
@@ -110,17 +149,28 @@ fn run(
         }
         let start_id = next_id;
         let mut finishers: Vec<Finish> = Vec::with_capacity(batch.len());
+        let mut entries: Vec<LogEntry> = Vec::new();
         let result = (|| -> Result<(), StoreError> {
             conn.execute_batch("BEGIN IMMEDIATE")?;
             for op in batch.drain(..) {
                 conn.execute_batch("SAVEPOINT op")?;
+                let (mark, len) = (next_id, entries.len());
                 let (ok, finish) = match op {
-                    Op::Append(msg, reply) => append(&conn, &mut next_id, msg, reply),
-                    Op::Exec(f) => f(&conn),
+                    Op::Append(msg, reply) => append(&conn, &mut next_id, &mut entries, msg, reply),
+                    Op::Exec(f) => f(
+                        &conn,
+                        &mut ChangeLog {
+                            next: &mut next_id,
+                            entries: &mut entries,
+                        },
+                    ),
                 };
                 let end = if ok {
                     "RELEASE op"
                 } else {
+                    // A refused write gives its positions back.
+                    next_id = mark;
+                    entries.truncate(len);
                     "ROLLBACK TO op; RELEASE op"
                 };
                 conn.execute_batch(end)?;
@@ -130,7 +180,10 @@ fn run(
             Ok(())
         })();
         match &result {
-            Ok(()) => committed.store(next_id - 1, Ordering::Release),
+            Ok(()) => {
+                committed.store(next_id - 1, Ordering::Release);
+                ctx.announce(entries);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "batch commit failed; nothing in it was acknowledged");
                 let _ = conn.execute_batch("ROLLBACK");
@@ -146,19 +199,24 @@ fn run(
 }
 
 /// Appends one message, or finds the first one with the same `client_id`.
-fn append(conn: &Connection, next_id: &mut u64, msg: Pending, reply: Reply) -> (bool, Finish) {
+fn append(
+    conn: &Connection,
+    next_id: &mut u64,
+    entries: &mut Vec<LogEntry>,
+    msg: Pending,
+    reply: Reply,
+) -> (bool, Finish) {
     let result = messages::insert(conn, *next_id, msg);
     let ok = result.is_ok();
-    if let Ok((_, true)) = &result {
+    if let Ok((m, true)) = &result {
+        entries.push(LogEntry {
+            pos: *next_id,
+            entry: Entry::Message(m.clone()),
+        });
         *next_id += 1;
     }
-    let finish: Finish = Box::new(move |commit, ctx| match (commit, result) {
-        (Ok(()), Ok((m, true))) => {
-            if let Some(l) = ctx.listener.get() {
-                l.committed(&m);
-            }
-            reply.send(Outcome::Stored(m));
-        }
+    let finish: Finish = Box::new(move |commit, _| match (commit, result) {
+        (Ok(()), Ok((m, true))) => reply.send(Outcome::Stored(m)),
         (Ok(()), Ok((m, false))) => reply.send(Outcome::Duplicate(m)),
         (Err(e), _) => reply.send(Outcome::Failed(e.to_string())),
         (_, Err(e)) => {

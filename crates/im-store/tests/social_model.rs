@@ -3,6 +3,7 @@
 //! agree with the model (results and state); at the end a manager freshly loaded from the
 //! store must agree too, so what was persisted is what was acknowledged.
 
+use im_cluster::{Appliers, Follower, FollowerConfig, Topic};
 use im_protocol::{GroupId, UserId};
 use im_store::{SqliteStore, StoreConfig};
 use im_users::{HashParams, Role, UserError, UserManager, UsersConfig};
@@ -259,6 +260,17 @@ async fn run(seed: Vec<bool>, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let users = UserManager::new(Arc::new(store.clone()), config())
         .await
         .unwrap();
+    // Memory changes only through the log follower, as in the server.
+    let follower = Follower::start(
+        Arc::new(store.clone()),
+        Appliers::new().topic(Topic::Users, users.clone()),
+        store.committed_id(),
+        FollowerConfig::default(),
+    )
+    .unwrap();
+    let offer = follower.clone();
+    store.set_commit_listener(Arc::new(move |entries| offer.offer(entries)));
+    users.attach_log(follower);
     for name in NAMES {
         users.register(name, "long enough").await.unwrap();
     }

@@ -2,6 +2,7 @@
 //! PostgreSQL in a database made for the test and dropped after it).
 
 use im_channel::{MessageHistory, MessageLog, Outcome, Pending, Reply};
+use im_cluster::{Entry, LogEntry, LogReader, Topic};
 use im_files::{FileIndex, FileMeta};
 use im_protocol::{Message, MessageId, Target, UserId, conversation_of};
 use im_sse::ReplaySource;
@@ -11,7 +12,9 @@ use im_users::{Role, SocialWrite, UserStore, UserStoreError};
 use std::sync::Arc;
 
 /// What the suite needs of an adapter.
-trait Store: MessageLog + MessageHistory + ReplaySource + UserStore + FileIndex + Clone {
+trait Store:
+    MessageLog + MessageHistory + ReplaySource + UserStore + FileIndex + LogReader + Clone
+{
     fn listen(&self, l: Arc<dyn CommitListener>);
 }
 
@@ -79,6 +82,7 @@ macro_rules! suite {
 }
 
 suite!(
+    one_log_of_messages_and_changes,
     append_history_replay_and_reopen,
     users_and_sessions,
     social_graph_roundtrip,
@@ -114,8 +118,13 @@ fn stored(o: Outcome) -> Message {
 
 struct Recorder(parking_lot::Mutex<Vec<u64>>);
 impl CommitListener for Recorder {
-    fn committed(&self, msg: &Message) {
-        self.0.lock().push(msg.id.0);
+    fn committed(&self, entries: Vec<LogEntry>) {
+        for e in entries {
+            if let Entry::Message(m) = e.entry {
+                assert_eq!(m.id.0, e.pos, "a message's id is its position");
+                self.0.lock().push(m.id.0);
+            }
+        }
     }
 }
 
@@ -197,19 +206,22 @@ async fn append_history_replay_and_reopen(place: impl Place) {
 
 async fn users_and_sessions(place: impl Place) {
     let store = place.open().await;
-    let alice = store.create_user("alice", "h").await.unwrap();
+    let alice = store.create_user("alice", "h").await.unwrap().value;
     assert_eq!(
-        store.create_user("alice", "h2").await,
+        store.create_user("alice", "h2").await.map(|l| l.value),
         Err(UserStoreError::UsernameTaken)
     );
     // The refused insert left nothing behind and the next account still works.
-    let bob = store.create_user("bob", "hb").await.unwrap();
+    let bob = store.create_user("bob", "hb").await.unwrap().value;
     let (u, hash) = store.login_record("alice").await.unwrap().unwrap();
     assert_eq!((u.id, hash.as_str()), (alice.id, "h"));
     assert!(store.login_record("carol").await.unwrap().is_none());
     assert_eq!(store.user(bob.id).await.unwrap(), Some(bob.clone()));
     let sid = store.create_session(alice.id, [7; 32]).await.unwrap();
-    assert_eq!(store.session([7; 32]).await.unwrap().unwrap().session, sid);
+    assert_eq!(
+        store.session([7; 32]).await.unwrap().unwrap().0.session,
+        sid
+    );
     store.delete_session(sid).await.unwrap();
     assert!(store.session([7; 32]).await.unwrap().is_none());
     // Revoking twice is harmless.
@@ -221,13 +233,14 @@ async fn users_and_sessions(place: impl Place) {
 
 async fn social_graph_roundtrip(place: impl Place) {
     let store = place.open().await;
-    let a = store.create_user("ann", "h").await.unwrap().id;
-    let b = store.create_user("ben", "h").await.unwrap().id;
-    let c = store.create_user("cat", "h").await.unwrap().id;
+    let a = store.create_user("ann", "h").await.unwrap().value.id;
+    let b = store.create_user("ben", "h").await.unwrap().value.id;
+    let c = store.create_user("cat", "h").await.unwrap().value.id;
     let req = store
         .apply_social(&SocialWrite::Request { from: a, to: b })
         .await
-        .unwrap();
+        .unwrap()
+        .value;
     assert!(req > 0);
     let snap = store.load_social().await.unwrap();
     assert_eq!(snap.pending.len(), 1);
@@ -248,7 +261,8 @@ async fn social_graph_roundtrip(place: impl Place) {
             members: vec![(a, Role::Owner), (b, Role::Member)],
         })
         .await
-        .unwrap();
+        .unwrap()
+        .value;
     let gid = im_protocol::GroupId(g);
     store
         .apply_social(&SocialWrite::SetMember {
@@ -332,11 +346,15 @@ async fn file_metadata(place: impl Place) {
         created_at: 1,
         expires_at: 2,
     };
-    let id = store.insert_file(&meta).await.unwrap();
+    let id = store.insert_file(&meta).await.unwrap().value;
     let mut dup = meta.clone();
     dup.key = "11".into();
     assert!(store.insert_file(&dup).await.is_err(), "tokens are unique");
-    store.mark_swept(id).await.unwrap();
+    assert!(store.mark_swept(id).await.unwrap().value);
+    assert!(
+        !store.mark_swept(id).await.unwrap().value,
+        "a second sweep finds nothing to do"
+    );
     let all = store.all_files().await.unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(
@@ -347,4 +365,47 @@ async fn file_metadata(place: impl Place) {
             ..meta
         }
     );
+}
+
+/// Messages and change records share dense positions, and the log reads back in order.
+async fn one_log_of_messages_and_changes(place: impl Place) {
+    let store = place.open().await;
+    let heard = Arc::new(parking_lot::Mutex::new(Vec::<LogEntry>::new()));
+    let rec = heard.clone();
+    store.listen(Arc::new(move |entries: Vec<LogEntry>| {
+        rec.lock().extend(entries)
+    }));
+    let ann = store.create_user("ann", "h").await.unwrap();
+    let m = stored(append(&store, pending(1, 2, "hi", None)).await);
+    let ben = store.create_user("ben", "h").await.unwrap();
+    let sid = store.create_session(ann.value.id, [1; 32]).await.unwrap();
+    let revoked = store.delete_session(sid).await.unwrap();
+    assert!(store.session([2; 32]).await.unwrap().is_none());
+    assert!(ann.pos < m.id.0 && m.id.0 < ben.pos && ben.pos < revoked.pos);
+    let head = store.head().await.unwrap();
+    assert_eq!(head, revoked.pos);
+    let log = store.read(0, head, 100).await.unwrap();
+    let positions: Vec<u64> = log.iter().map(|e| e.pos).collect();
+    assert_eq!(
+        positions,
+        (1..=head).collect::<Vec<_>>(),
+        "dense and ordered"
+    );
+    assert_eq!(log[(m.id.0 - 1) as usize].entry, Entry::Message(m.clone()));
+    let Entry::Change { topic, record } = &log[(revoked.pos - 1) as usize].entry else {
+        panic!("a change record");
+    };
+    assert_eq!(*topic, Topic::Users);
+    assert_eq!(
+        im_users::UserChange::decode(record).unwrap(),
+        im_users::UserChange::SessionRevoked {
+            user: ann.value.id,
+            session: sid
+        }
+    );
+    // What the listener heard is exactly the log, in the same order.
+    assert_eq!(*heard.lock(), log);
+    // Reading in small pages gives the same.
+    let page = store.read(1, head, 2).await.unwrap();
+    assert_eq!(page, log[1..3].to_vec());
 }

@@ -122,6 +122,30 @@ pub enum UserError {
     /// The store failed.
     #[error("user store: {0}")]
     Store(String),
+    /// This node has not applied the log far enough to answer (the store is unreachable, or
+    /// the node is overloaded); retrying later or on another node helps.
+    #[error("this node is catching up; try again")]
+    Lagging,
+}
+
+impl UserError {
+    /// Whether memory that is behind the log could explain this refusal, so it is worth
+    /// catching up and checking again before answering.
+    pub fn may_be_stale(&self) -> bool {
+        matches!(
+            self,
+            UserError::NoSuchUser
+                | UserError::Blocked
+                | UserError::NotFriends
+                | UserError::NoSuchRequest
+                | UserError::NotMember
+                | UserError::NotAdmin
+                | UserError::NoSuchGroup
+                | UserError::NotParticipant
+                | UserError::NoSuchConversation
+                | UserError::AlreadyFriends
+        )
+    }
 }
 
 impl From<UserError> for ApiError {
@@ -148,6 +172,7 @@ impl From<UserError> for ApiError {
                 tracing::error!(error = %e, "user store failure");
                 return ApiError::new(ErrorCode::Internal, "storage failure");
             }
+            UserError::Lagging => ErrorCode::Overloaded,
         };
         ApiError::new(code, e.to_string())
     }

@@ -1,3 +1,4 @@
+use crate::UserChange;
 use crate::presence::{Change, Presence};
 use crate::social::{FriendRequest, Group, RequestState, Role, Social, SocialWrite, successor};
 use crate::{
@@ -7,6 +8,7 @@ use crate::{
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use async_trait::async_trait;
+use im_cluster::{Applier, Bus, Entry, Ephemeral, LocalBus, Logged, Position, Progress};
 use im_pool::Mailboxes;
 use im_protocol::sse::Frame;
 use im_protocol::{GroupId, Message, MessageId, Target, UserId, conversation_of};
@@ -77,22 +79,41 @@ struct Directory {
     ids: HashMap<String, UserId>,
 }
 
+/// The session cache, and the position of the last revocation applied to it.
+#[derive(Debug, Default)]
+struct Sessions {
+    by_hash: HashMap<[u8; 32], Principal>,
+    /// A lookup answered as of an older position may predate a revocation already applied,
+    /// so it must not be cached (else a logged-out token would work again).
+    revoked_at: Position,
+}
+
+/// Ends the event streams of a revoked session on this node.
+pub type RevokeHook = Arc<dyn Fn(UserId, u64) + Send + Sync>;
+
 /// Accounts, sessions, the social graph and presence.
 ///
-/// The user directory and the social graph are kept in memory (loaded at start, written
-/// through to the store), so channel handlers can authorize without blocking.
+/// The user directory, the session cache and the social graph are kept in memory (loaded at
+/// start), so channel handlers can authorize without blocking. Every change is made durable
+/// in the store first, with a [`UserChange`] record in the ordered log; memory changes only
+/// when this node's log follower applies that record (see the [`Applier`] impl), on the node
+/// that wrote it and on every other, in the same order.
 pub struct UserManager {
     store: Arc<dyn UserStore>,
     config: UsersConfig,
     argon: Argon2<'static>,
     hashing: Semaphore,
     directory: RwLock<Directory>,
-    sessions: RwLock<HashMap<[u8; 32], Principal>>,
+    sessions: RwLock<Sessions>,
     social: RwLock<Social>,
-    /// Serializes graph changes so memory and store apply them in the same order.
+    /// Serializes this node's graph changes, so each is planned on the state its
+    /// predecessor left.
     social_writes: tokio::sync::Mutex<()>,
     presence: Presence,
     mailboxes: OnceLock<Arc<dyn Mailboxes>>,
+    progress: OnceLock<Arc<dyn Progress>>,
+    bus: OnceLock<Arc<dyn Bus>>,
+    on_revoke: OnceLock<RevokeHook>,
     runtime: Option<tokio::runtime::Handle>,
     me: Weak<UserManager>,
     /// Verified against when the username does not exist, so both cases cost the same.
@@ -130,11 +151,14 @@ impl UserManager {
             argon,
             hashing: Semaphore::new(p.concurrency.max(1)),
             directory: RwLock::new(directory),
-            sessions: RwLock::new(HashMap::new()),
+            sessions: RwLock::new(Sessions::default()),
             social: RwLock::new(social),
             social_writes: tokio::sync::Mutex::new(()),
             presence: Presence::default(),
             mailboxes: OnceLock::new(),
+            progress: OnceLock::new(),
+            bus: OnceLock::new(),
+            on_revoke: OnceLock::new(),
             runtime: tokio::runtime::Handle::try_current().ok(),
             me: me.clone(),
             decoy_hash,
@@ -144,6 +168,62 @@ impl UserManager {
     /// Connects the live sessions that ephemeral events (presence, typing, requests) go to.
     pub fn attach_mailboxes(&self, mailboxes: Arc<dyn Mailboxes>) {
         let _ = self.mailboxes.set(mailboxes);
+    }
+
+    /// Connects this node's log follower, which applies every change to memory; a write
+    /// waits until its own change is applied. Until it is connected, writes fail.
+    pub fn attach_log(&self, progress: Arc<dyn Progress>) {
+        let _ = self.progress.set(progress);
+    }
+
+    /// Connects the bus that carries ephemeral events to the other nodes (none by default).
+    pub fn attach_bus(&self, bus: Arc<dyn Bus>) {
+        let _ = self.bus.set(bus);
+    }
+
+    /// Sets what ends a revoked session's event streams on this node.
+    pub fn on_revoke(&self, hook: RevokeHook) {
+        let _ = self.on_revoke.set(hook);
+    }
+
+    /// Waits until this node has applied the change at `pos` (read-your-writes).
+    async fn applied(&self, pos: Position) -> Result<(), UserError> {
+        if pos == 0 {
+            return Ok(());
+        }
+        let progress = self.progress.get().ok_or(UserError::Lagging)?;
+        progress.wait_applied(pos).await.map_err(|e| {
+            tracing::warn!(error = %e, "a change of this node's was not applied in time");
+            UserError::Lagging
+        })
+    }
+
+    /// Catches up with everything committed anywhere, so a graph change is planned on the
+    /// newest state (another node may have changed it a moment ago).
+    async fn fresh(&self) -> Result<(), UserError> {
+        match self.progress.get() {
+            Some(p) => p.catch_up().await.map_err(|_| UserError::Lagging),
+            None => Err(UserError::Lagging),
+        }
+    }
+
+    /// Runs a check on memory; if its refusal could come from memory being behind the log
+    /// (a change the client saw succeed on another node), catches up and checks again.
+    pub async fn settled<T>(
+        &self,
+        check: impl Fn() -> Result<T, UserError>,
+    ) -> Result<T, UserError> {
+        match check() {
+            Err(e) if e.may_be_stale() => {
+                if let Some(p) = self.progress.get()
+                    && p.catch_up().await.is_err()
+                {
+                    return Err(UserError::Lagging);
+                }
+                check()
+            }
+            other => other,
+        }
     }
 
     /// The direct-message policy in force.
@@ -163,10 +243,8 @@ impl UserManager {
         let hash = self
             .on_hash_pool(move |argon| hash_password(argon, &password))
             .await??;
-        let user = self.store.create_user(username, &hash).await?;
-        let mut dir = self.directory.write();
-        dir.ids.insert(user.username.clone(), user.id);
-        dir.names.insert(user.id, user.username.clone());
+        let Logged { value: user, pos } = self.store.create_user(username, &hash).await?;
+        self.applied(pos).await?;
         Ok(user)
     }
 
@@ -199,7 +277,8 @@ impl UserManager {
             user: user.id,
             session,
         };
-        self.sessions.write().insert(token_hash, principal);
+        // A new session has no revocation to race with.
+        self.sessions.write().by_hash.insert(token_hash, principal);
         Ok(LoginOutcome {
             token,
             user,
@@ -207,13 +286,22 @@ impl UserManager {
         })
     }
 
-    /// Revokes the session a token belongs to.
+    /// Revokes the session a token belongs to, on every node: it returns once this node has
+    /// applied the revocation, so the token already fails here.
     pub async fn logout(&self, principal: Principal) -> Result<(), UserError> {
-        self.sessions
-            .write()
-            .retain(|_, p| p.session != principal.session);
-        self.store.delete_session(principal.session).await?;
-        Ok(())
+        let Logged { pos, .. } = self.store.delete_session(principal.session).await?;
+        if pos == 0 {
+            // Already revoked (by a concurrent logout); make sure nothing of it is cached.
+            self.forget_session(principal.session, 0);
+        }
+        self.applied(pos).await
+    }
+
+    /// Drops a session from the cache; `pos` is its revocation's position.
+    fn forget_session(&self, session: u64, pos: Position) {
+        let mut cache = self.sessions.write();
+        cache.by_hash.retain(|_, p| p.session != session);
+        cache.revoked_at = cache.revoked_at.max(pos);
     }
 
     /// One account.
@@ -327,11 +415,32 @@ impl UserManager {
 
     // ----- ephemeral events -----
 
+    /// Delivers an ephemeral event to this node's streams of `users` and sends it over the
+    /// bus to the other nodes' streams.
     fn emit(&self, users: impl IntoIterator<Item = UserId>, event: &str, data: &Value) {
+        let frame = Frame::ephemeral(event, &data.to_string());
+        let users: Vec<UserId> = users.into_iter().collect();
         if let Some(m) = self.mailboxes.get() {
-            let frame = Frame::ephemeral(event, &data.to_string());
-            for u in users {
-                m.deliver(u, &frame);
+            for u in &users {
+                m.deliver(*u, &frame);
+            }
+        }
+        let bus = self.bus.get().map_or(&LocalBus as &dyn Bus, |b| b.as_ref());
+        bus.publish(Ephemeral {
+            users,
+            frame: frame.bytes.clone(),
+        });
+    }
+
+    /// Delivers an ephemeral event another node sent to this node's streams of its users.
+    pub fn deliver_remote(&self, event: &Ephemeral) {
+        if let Some(m) = self.mailboxes.get() {
+            let frame = Frame {
+                id: None,
+                bytes: event.frame.clone(),
+            };
+            for u in &event.users {
+                m.deliver(*u, &frame);
             }
         }
     }
@@ -383,9 +492,10 @@ impl UserManager {
         })
     }
 
+    /// Makes a graph change durable and waits until this node's follower has applied it.
     async fn write(&self, w: &SocialWrite) -> Result<u64, UserError> {
-        let id = self.store.apply_social(w).await?;
-        self.social.write().apply(w, id);
+        let Logged { value: id, pos } = self.store.apply_social(w).await?;
+        self.applied(pos).await?;
         Ok(id)
     }
 
@@ -401,6 +511,7 @@ impl UserManager {
             return Err(UserError::SelfRelation);
         }
         let _serial = self.social_writes.lock().await;
+        self.fresh().await?;
         let (existing, crossing) = {
             let social = self.social.read();
             if social.blocked_between(from, to) {
@@ -481,6 +592,7 @@ impl UserManager {
         accept: bool,
     ) -> Result<FriendRequest, UserError> {
         let _serial = self.social_writes.lock().await;
+        self.fresh().await?;
         let pending = self.social.read().pending.get(&id).copied();
         let Some(mut r) = pending else {
             return match self.store.friend_request(id).await? {
@@ -553,6 +665,7 @@ impl UserManager {
     pub async fn unfriend(&self, user: UserId, other: UserId) -> Result<(), UserError> {
         self.user(other)?;
         let _serial = self.social_writes.lock().await;
+        self.fresh().await?;
         if self.social.read().are_friends(user, other) {
             self.write(&SocialWrite::Unfriend(user, other)).await?;
         }
@@ -566,6 +679,7 @@ impl UserManager {
             return Err(UserError::SelfRelation);
         }
         let _serial = self.social_writes.lock().await;
+        self.fresh().await?;
         let requests = {
             let social = self.social.read();
             if social.has_blocked(user, other) {
@@ -586,6 +700,7 @@ impl UserManager {
     pub async fn unblock(&self, user: UserId, other: UserId) -> Result<(), UserError> {
         self.user(other)?;
         let _serial = self.social_writes.lock().await;
+        self.fresh().await?;
         if self.social.read().has_blocked(user, other) {
             self.write(&SocialWrite::Unblock {
                 blocker: user,
@@ -636,6 +751,7 @@ impl UserManager {
             return Err(UserError::InvalidGroupName);
         }
         let _serial = self.social_writes.lock().await;
+        self.fresh().await?;
         let mut list = vec![(owner, Role::Owner)];
         {
             let social = self.social.read();
@@ -690,6 +806,7 @@ impl UserManager {
     ) -> Result<Group, UserError> {
         self.user(user)?;
         let _serial = self.social_writes.lock().await;
+        self.fresh().await?;
         {
             let social = self.social.read();
             let g = social.group(id)?;
@@ -727,6 +844,7 @@ impl UserManager {
         role: Role,
     ) -> Result<Group, UserError> {
         let _serial = self.social_writes.lock().await;
+        self.fresh().await?;
         {
             let social = self.social.read();
             let g = social.group(id)?;
@@ -761,6 +879,7 @@ impl UserManager {
     ) -> Result<(), UserError> {
         self.user(user)?;
         let _serial = self.social_writes.lock().await;
+        self.fresh().await?;
         let (w, before) = {
             let social = self.social.read();
             let g = social.group(id)?;
@@ -815,14 +934,57 @@ impl Authenticator for UserManager {
             return Ok(None);
         }
         let hash = token_hash(token);
-        if let Some(p) = self.sessions.read().get(&hash) {
+        if let Some(p) = self.sessions.read().by_hash.get(&hash) {
             return Ok(Some(*p));
         }
-        let found = self.store.session(hash).await?;
-        if let Some(p) = found {
-            self.sessions.write().insert(hash, p);
+        let Some((p, as_of)) = self.store.session(hash).await? else {
+            return Ok(None);
+        };
+        let cached = {
+            let mut cache = self.sessions.write();
+            // A revocation applied after the answer was read may be this session's: then the
+            // answer is stale and must not be cached, or the token would work again.
+            if cache.revoked_at <= as_of {
+                cache.by_hash.insert(hash, p);
+                true
+            } else {
+                false
+            }
+        };
+        if cached {
+            return Ok(Some(p));
         }
-        Ok(found)
+        // Ask again: the fresh answer reflects that revocation if it was this session's.
+        Ok(self.store.session(hash).await?.map(|(p, _)| p))
+    }
+}
+
+impl Applier for UserManager {
+    fn apply(&self, pos: Position, entry: &Entry) {
+        let Entry::Change { record, .. } = entry else {
+            return;
+        };
+        let change = match UserChange::decode(record) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(pos, error = %e, "skipping an undecodable user change");
+                return;
+            }
+        };
+        match change {
+            UserChange::Created(user) => {
+                let mut dir = self.directory.write();
+                dir.ids.insert(user.username.clone(), user.id);
+                dir.names.insert(user.id, user.username);
+            }
+            UserChange::SessionRevoked { user, session } => {
+                self.forget_session(session, pos);
+                if let Some(hook) = self.on_revoke.get() {
+                    hook(user, session);
+                }
+            }
+            UserChange::Social { write, id } => self.social.write().apply(&write, id),
+        }
     }
 }
 

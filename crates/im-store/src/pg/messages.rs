@@ -5,6 +5,7 @@ use super::writer::{Op, Write};
 use crate::StoreError;
 use async_trait::async_trait;
 use im_channel::{ConversationSummary, LogError, MessageHistory, MessageLog, Pending, Reply};
+use im_cluster::{LogEntry, LogReadError, LogReader, Position};
 use im_protocol::record::MessageRecord;
 use im_protocol::{GroupId, Message, MessageId, Target, UserId};
 use im_sse::{ReplayError, ReplaySource};
@@ -138,7 +139,7 @@ impl MessageHistory for PgStore {
             up_to: clamp(up_to),
         })
         .await
-        .map(MessageId)
+        .map(|l| MessageId(l.value))
         .map_err(log_err)
     }
 }
@@ -174,5 +175,47 @@ impl ReplaySource for PgStore {
             .await
             .map(MessageId)
             .map_err(|e| ReplayError::Store(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl LogReader for PgStore {
+    async fn head(&self) -> Result<Position, LogReadError> {
+        PgStore::head(self)
+            .await
+            .map_err(|e| LogReadError(e.to_string()))
+    }
+
+    async fn read(
+        &self,
+        after: Position,
+        up_to: Position,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, LogReadError> {
+        async {
+            let c = self.client().await?;
+            let stmt = c
+                .prepare_cached(
+                    "SELECT pos, topic, record FROM (
+                       SELECT id AS pos, 0::INT2 AS topic, record FROM messages
+                        WHERE id > $1 AND id <= $2
+                       UNION ALL
+                       SELECT pos, topic, record FROM changes WHERE pos > $1 AND pos <= $2) l
+                     ORDER BY pos LIMIT $3",
+                )
+                .await?;
+            let (after, up_to) = (clamp(MessageId(after)), clamp(MessageId(up_to)));
+            let rows = c.query(&stmt, &[&after, &up_to, &(limit as i64)]).await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                let (pos, topic): (i64, i16) = (r.get(0), r.get(1));
+                if let Some(e) = crate::log_entry(pos, topic.into(), r.get(2))? {
+                    out.push(e);
+                }
+            }
+            Ok::<_, StoreError>(out)
+        }
+        .await
+        .map_err(|e| LogReadError(e.to_string()))
     }
 }

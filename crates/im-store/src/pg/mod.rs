@@ -11,10 +11,13 @@
 //!   reader sees, every position at or below it is visible or will never exist.
 //! - Committed messages reach the [`CommitListener`] in id order.
 
+mod bus;
 mod messages;
 mod migrations;
 mod users;
 mod writer;
+
+pub use bus::PgBus;
 
 use crate::{CommitListener, StoreError};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -53,6 +56,7 @@ pub struct PgStore {
 }
 
 struct Inner {
+    url: String,
     pool: Pool,
     writer: flume::Sender<writer::Op>,
     listener: Arc<OnceLock<Arc<dyn CommitListener>>>,
@@ -101,6 +105,7 @@ impl PgStore {
         let writer = writer::start(pool.clone(), &config, listener.clone());
         Ok(Self {
             inner: Arc::new(Inner {
+                url: config.url.clone(),
                 pool,
                 writer,
                 listener,
@@ -123,13 +128,35 @@ impl PgStore {
         Ok(last as u64)
     }
 
+    /// A session-level advisory lock held on a connection of its own: `None` if another node
+    /// holds it. Dropping the lease closes the connection, which releases the lock (as a
+    /// node's death does).
+    async fn advisory_lease(&self, key: i64) -> Result<Option<im_files::SweepLease>, StoreError> {
+        let (client, conn) = tokio_postgres::connect(&self.inner.url, NoTls).await?;
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await?
+            .get(0);
+        if !got {
+            task.abort();
+            return Ok(None);
+        }
+        Ok(Some(im_files::SweepLease(Box::new(Lease {
+            _client: client,
+            task,
+        }))))
+    }
+
     /// A pooled connection for reads.
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         Ok(self.inner.pool.get().await?)
     }
 
     /// Queues one write for the writer's next transaction and waits for its commit.
-    async fn write(&self, op: writer::Write) -> Result<u64, StoreError> {
+    async fn write(&self, op: writer::Write) -> Result<im_cluster::Logged<u64>, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.inner
             .writer
@@ -137,6 +164,18 @@ impl PgStore {
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// An advisory lock's connection; dropping it closes the connection and so the lock.
+struct Lease {
+    _client: tokio_postgres::Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

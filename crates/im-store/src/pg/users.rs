@@ -4,7 +4,8 @@ use super::writer::Write;
 use super::{PgStore, is_unique_violation};
 use crate::StoreError;
 use async_trait::async_trait;
-use im_files::{FileError, FileIndex, FileMeta};
+use im_cluster::{Logged, Position};
+use im_files::{FileError, FileIndex, FileMeta, SweepLease};
 use im_protocol::{GroupId, UserId};
 use im_users::social::{FriendRequest, Group, RequestState, Role, SocialSnapshot, SocialWrite};
 use im_users::{Principal, User, UserStore, UserStoreError};
@@ -92,8 +93,8 @@ impl UserStore for PgStore {
         &self,
         username: &str,
         password_hash: &str,
-    ) -> Result<User, UserStoreError> {
-        let id = self
+    ) -> Result<Logged<User>, UserStoreError> {
+        let logged = self
             .write(Write::CreateUser {
                 username: username.to_owned(),
                 hash: password_hash.to_owned(),
@@ -106,9 +107,12 @@ impl UserStore for PgStore {
                     other(e)
                 }
             })?;
-        Ok(User {
-            id: UserId(id),
-            username: username.to_owned(),
+        Ok(Logged {
+            value: User {
+                id: UserId(logged.value),
+                username: username.to_owned(),
+            },
+            pos: logged.pos,
         })
     }
 
@@ -167,7 +171,7 @@ impl UserStore for PgStore {
         self.load_social_graph().await.map_err(other)
     }
 
-    async fn apply_social(&self, change: &SocialWrite) -> Result<u64, UserStoreError> {
+    async fn apply_social(&self, change: &SocialWrite) -> Result<Logged<u64>, UserStoreError> {
         self.write(Write::Social(change.clone()))
             .await
             .map_err(other)
@@ -201,33 +205,53 @@ impl UserStore for PgStore {
     ) -> Result<u64, UserStoreError> {
         self.write(Write::CreateSession { user, token_hash })
             .await
+            .map(|l| l.value)
             .map_err(other)
     }
 
-    async fn session(&self, token_hash: [u8; 32]) -> Result<Option<Principal>, UserStoreError> {
+    async fn session(
+        &self,
+        token_hash: [u8; 32],
+    ) -> Result<Option<(Principal, Position)>, UserStoreError> {
         async {
             let c = self.client().await?;
+            // One statement, one snapshot: the head it reads is exactly what the answer
+            // reflects.
             let stmt = c
-                .prepare_cached("SELECT id, user_id FROM sessions WHERE token_hash = $1")
+                .prepare_cached(
+                    "SELECT s.id, s.user_id, h.last FROM log_head h
+                       LEFT JOIN sessions s ON s.token_hash = $1",
+                )
                 .await?;
-            Ok(c.query_opt(&stmt, &[&&token_hash[..]])
-                .await?
-                .map(|r| Principal {
-                    session: r.get::<_, i64>(0) as u64,
-                    user: uid(r.get(1)),
-                }))
+            let row = c.query_one(&stmt, &[&&token_hash[..]]).await?;
+            let id: Option<i64> = row.get(0);
+            Ok(id.map(|id| {
+                (
+                    Principal {
+                        session: id as u64,
+                        user: uid(row.get(1)),
+                    },
+                    row.get::<_, i64>(2) as u64,
+                )
+            }))
         }
         .await
         .map_err(other)
     }
 
-    async fn delete_session(&self, session: u64) -> Result<(), UserStoreError> {
+    async fn delete_session(&self, session: u64) -> Result<Logged<()>, UserStoreError> {
         self.write(Write::DeleteSession(session))
             .await
-            .map(|_| ())
+            .map(|l| Logged {
+                value: (),
+                pos: l.pos,
+            })
             .map_err(other)
     }
 }
+
+/// The advisory lock that lets one node at a time sweep files and clean orphans.
+const SWEEP_LOCK: i64 = 0x1e1a_0002;
 
 fn index_err(e: StoreError) -> FileError {
     FileError::Index(e.to_string())
@@ -235,7 +259,7 @@ fn index_err(e: StoreError) -> FileError {
 
 #[async_trait]
 impl FileIndex for PgStore {
-    async fn insert_file(&self, meta: &FileMeta) -> Result<u64, FileError> {
+    async fn insert_file(&self, meta: &FileMeta) -> Result<Logged<u64>, FileError> {
         self.write(Write::InsertFile(meta.clone()))
             .await
             .map_err(index_err)
@@ -270,10 +294,17 @@ impl FileIndex for PgStore {
         .map_err(index_err)
     }
 
-    async fn mark_swept(&self, id: u64) -> Result<(), FileError> {
+    async fn mark_swept(&self, id: u64) -> Result<Logged<bool>, FileError> {
         self.write(Write::MarkSwept(id))
             .await
-            .map(|_| ())
+            .map(|l| Logged {
+                value: l.value == 1,
+                pos: l.pos,
+            })
             .map_err(index_err)
+    }
+
+    async fn sweep_lease(&self) -> Result<Option<SweepLease>, FileError> {
+        self.advisory_lease(SWEEP_LOCK).await.map_err(index_err)
     }
 }

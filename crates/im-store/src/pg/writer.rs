@@ -2,8 +2,10 @@
 
 use super::PgConfig;
 use crate::{CommitListener, StoreError};
+use bytes::Bytes;
 use deadpool_postgres::{Object, Pool, Transaction};
 use im_channel::{Outcome, Pending, Reply};
+use im_cluster::{Entry, LogEntry, Logged};
 use im_files::{FileChange, FileMeta};
 use im_protocol::record::{MessageRecord, Topic};
 use im_protocol::{Message, MessageId, Target, UserId, now_millis};
@@ -13,7 +15,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use tokio::sync::oneshot;
 
-/// A write other than a message; each answers with one number (an id, or a position read).
+/// A write other than a message; each answers with one number (an id, a stored position, or
+/// 1/0 for whether it changed anything) and the log position of its change record (0 if
+/// none).
 pub(crate) enum Write {
     /// A new account; answers its id.
     CreateUser { username: String, hash: String },
@@ -37,15 +41,15 @@ pub(crate) enum Write {
 
 pub(crate) enum Op {
     Append(Pending, Reply),
-    Write(Write, oneshot::Sender<Result<u64, StoreError>>),
+    Write(Write, oneshot::Sender<Result<Logged<u64>, StoreError>>),
 }
 
 /// What each op gets once its batch has committed or failed.
 enum Done {
     Append(Reply, Result<(Message, bool), StoreError>),
     Write(
-        oneshot::Sender<Result<u64, StoreError>>,
-        Result<u64, StoreError>,
+        oneshot::Sender<Result<Logged<u64>, StoreError>>,
+        Result<Logged<u64>, StoreError>,
     ),
 }
 
@@ -88,7 +92,8 @@ async fn run(
             },
         };
         let mut done = Vec::with_capacity(batch.len());
-        let result = commit(&mut c, batch.drain(..), &mut done).await;
+        let mut entries = Vec::new();
+        let result = commit(&mut c, batch.drain(..), &mut done, &mut entries).await;
         if let Err(e) = &result {
             tracing::error!(error = %e, "batch commit failed; nothing in it was acknowledged");
         }
@@ -96,9 +101,11 @@ async fn run(
         if result.is_ok() || !c.is_closed() {
             client = Some(c);
         }
-        let listener = listener.get();
+        if let (Ok(()), Some(l), false) = (&result, listener.get(), entries.is_empty()) {
+            l.committed(entries);
+        }
         for d in done {
-            finish(d, result.as_ref().map(|_| ()), listener);
+            finish(d, result.as_ref().map(|_| ()));
         }
     }
 }
@@ -114,14 +121,9 @@ fn fail_all(ops: impl Iterator<Item = Op>, e: &StoreError) {
     }
 }
 
-fn finish(d: Done, commit: Result<(), &StoreError>, listener: Option<&Arc<dyn CommitListener>>) {
+fn finish(d: Done, commit: Result<(), &StoreError>) {
     match (d, commit) {
-        (Done::Append(reply, Ok((m, true))), Ok(())) => {
-            if let Some(l) = listener {
-                l.committed(&m);
-            }
-            reply.send(Outcome::Stored(m));
-        }
+        (Done::Append(reply, Ok((m, true))), Ok(())) => reply.send(Outcome::Stored(m)),
         (Done::Append(reply, Ok((m, false))), Ok(())) => reply.send(Outcome::Duplicate(m)),
         (Done::Append(reply, Err(e)), _) => reply.send(Outcome::Failed(e.to_string())),
         (Done::Append(reply, Ok(_)), Err(e)) => reply.send(Outcome::Failed(e.to_string())),
@@ -180,38 +182,43 @@ struct Changes {
     pos: Vec<i64>,
     topic: Vec<i16>,
     record: Vec<Vec<u8>>,
+    topics: Vec<Topic>,
 }
 
 impl Changes {
-    fn push(&mut self, next: &mut u64, topic: Topic, record: Vec<u8>) {
-        self.pos.push(*next as i64);
+    fn push(&mut self, next: &mut u64, topic: Topic, record: Vec<u8>) -> u64 {
+        let pos = *next;
+        self.pos.push(pos as i64);
         self.topic.push(topic.code());
+        self.topics.push(topic);
         self.record.push(record);
         *next += 1;
+        pos
     }
 
-    fn user(&mut self, next: &mut u64, c: &UserChange) -> Result<(), StoreError> {
-        self.push(next, Topic::Users, c.encode()?);
-        Ok(())
+    fn user(&mut self, next: &mut u64, c: &UserChange) -> Result<u64, StoreError> {
+        Ok(self.push(next, Topic::Users, c.encode()?))
     }
 
-    fn file(&mut self, next: &mut u64, c: &FileChange) -> Result<(), StoreError> {
-        self.push(next, Topic::Files, c.encode()?);
-        Ok(())
+    fn file(&mut self, next: &mut u64, c: &FileChange) -> Result<u64, StoreError> {
+        Ok(self.push(next, Topic::Files, c.encode()?))
     }
 
     fn truncate(&mut self, len: usize) {
         self.pos.truncate(len);
         self.topic.truncate(len);
+        self.topics.truncate(len);
         self.record.truncate(len);
     }
 }
 
-/// Runs one batch in one transaction; each op's result goes to `done`, in op order.
+/// Runs one batch in one transaction; each op's result goes to `done`, in op order, and the
+/// committed log entries to `entries`, in position order.
 async fn commit(
     client: &mut Object,
     ops: impl Iterator<Item = Op>,
     done: &mut Vec<Done>,
+    entries: &mut Vec<LogEntry>,
 ) -> Result<(), StoreError> {
     let tx = client.transaction().await?;
     let head_stmt = tx
@@ -234,10 +241,14 @@ async fn commit(
                 let msg = p.into_message(MessageId(next));
                 match rows.push(&msg) {
                     Ok(()) => {
-                        next += 1;
                         if let Some(k) = key {
                             first.insert(k, msg.clone());
                         }
+                        entries.push(LogEntry {
+                            pos: next,
+                            entry: Entry::Message(msg.clone()),
+                        });
+                        next += 1;
                         done.push(Done::Append(reply, Ok((msg, true))));
                     }
                     Err(e) => done.push(Done::Append(reply, Err(e))),
@@ -249,6 +260,15 @@ async fn commit(
                 let result = exec(&tx, w, &mut next, &mut changes).await;
                 if result.is_ok() {
                     tx.batch_execute("RELEASE op").await?;
+                    for i in before..changes.pos.len() {
+                        entries.push(LogEntry {
+                            pos: changes.pos[i] as u64,
+                            entry: Entry::Change {
+                                topic: changes.topics[i],
+                                record: Bytes::from(changes.record[i].clone()),
+                            },
+                        });
+                    }
                 } else {
                     tx.batch_execute("ROLLBACK TO op; RELEASE op").await?;
                     next = mark;
@@ -368,7 +388,7 @@ async fn exec(
     w: Write,
     next: &mut u64,
     changes: &mut Changes,
-) -> Result<u64, StoreError> {
+) -> Result<Logged<u64>, StoreError> {
     let now = now_millis() as i64;
     match w {
         Write::CreateUser { username, hash } => {
@@ -383,8 +403,11 @@ async fn exec(
                 id: UserId(id as u64),
                 username,
             };
-            changes.user(next, &UserChange::Created(user))?;
-            Ok(id as u64)
+            let pos = changes.user(next, &UserChange::Created(user))?;
+            Ok(Logged {
+                value: id as u64,
+                pos,
+            })
         }
         Write::CreateSession { user, token_hash } => {
             let stmt = tx
@@ -397,22 +420,26 @@ async fn exec(
                 .query_one(&stmt, &[&&token_hash[..], &(user.0 as i64), &now])
                 .await?
                 .get(0);
-            Ok(id as u64)
+            Ok(Logged {
+                value: id as u64,
+                pos: 0,
+            })
         }
         Write::DeleteSession(session) => {
             let stmt = tx
                 .prepare_cached("DELETE FROM sessions WHERE id = $1 RETURNING user_id")
                 .await?;
+            let mut pos = 0;
             if let Some(row) = tx.query_opt(&stmt, &[&(session as i64)]).await? {
                 let user = UserId(row.get::<_, i64>(0) as u64);
-                changes.user(next, &UserChange::SessionRevoked { user, session })?;
+                pos = changes.user(next, &UserChange::SessionRevoked { user, session })?;
             }
-            Ok(0)
+            Ok(Logged { value: 0, pos })
         }
         Write::Social(write) => {
             let id = apply_social(tx, &write, now).await?;
-            changes.user(next, &UserChange::Social { write, id })?;
-            Ok(id)
+            let pos = changes.user(next, &UserChange::Social { write, id })?;
+            Ok(Logged { value: id, pos })
         }
         Write::MarkRead {
             user,
@@ -433,7 +460,10 @@ async fn exec(
                 .query_one(&stmt, &[&(user.0 as i64), &conversation, &up_to])
                 .await?
                 .get(0);
-            Ok(stored as u64)
+            Ok(Logged {
+                value: stored as u64,
+                pos: 0,
+            })
         }
         Write::InsertFile(mut m) => {
             let stmt = tx
@@ -460,16 +490,23 @@ async fn exec(
                 .await?
                 .get(0);
             m.id = id as u64;
-            changes.file(next, &FileChange::Added(m))?;
-            Ok(id as u64)
+            let pos = changes.file(next, &FileChange::Added(m))?;
+            Ok(Logged {
+                value: id as u64,
+                pos,
+            })
         }
         Write::MarkSwept(id) => {
             let stmt = tx
-                .prepare_cached("UPDATE files SET storage_key = '' WHERE id = $1")
+                .prepare_cached(
+                    "UPDATE files SET storage_key = '' WHERE id = $1 AND storage_key <> ''",
+                )
                 .await?;
-            tx.execute(&stmt, &[&(id as i64)]).await?;
-            changes.file(next, &FileChange::Swept(id))?;
-            Ok(0)
+            if tx.execute(&stmt, &[&(id as i64)]).await? == 0 {
+                return Ok(Logged { value: 0, pos: 0 });
+            }
+            let pos = changes.file(next, &FileChange::Swept(id))?;
+            Ok(Logged { value: 1, pos })
         }
     }
 }
