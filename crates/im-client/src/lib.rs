@@ -93,6 +93,19 @@ impl Client {
         self
     }
 
+    /// The same session against another server (another node of a cluster).
+    pub fn at(&self, addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            token: self.token.clone(),
+        }
+    }
+
+    /// The server this client talks to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The token this client sends, if any.
     pub fn token(&self) -> Option<&str> {
         self.token.as_deref()

@@ -166,10 +166,24 @@ impl Default for Config {
     }
 }
 
+/// Where uploaded bytes live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilesBackend {
+    /// A directory (`files.dir`); for a cluster, one that every node mounts.
+    #[default]
+    Dir,
+}
+
 /// `[files]`: the file proxy.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FilesSection {
+    /// Where the bytes live.
+    pub backend: FilesBackend,
+    /// The directory of the `dir` backend; `<data_dir>/files` if unset. Every node of a
+    /// cluster must name the same shared directory.
+    pub dir: Option<PathBuf>,
     /// The most bytes one upload may have.
     pub max_bytes: u64,
     /// Seconds a file link lives.
@@ -183,6 +197,8 @@ pub struct FilesSection {
 impl Default for FilesSection {
     fn default() -> Self {
         Self {
+            backend: FilesBackend::Dir,
+            dir: None,
             max_bytes: 25 * 1024 * 1024,
             ttl_secs: 24 * 3600,
             sweep_secs: 60,
@@ -314,7 +330,24 @@ impl Config {
                 "store = \"postgres\" needs postgres.url (IM_POSTGRES__URL)".into(),
             ));
         }
+        // Nodes of a cluster serve each other's uploads: a per-node default directory would
+        // give links that work on one node only.
+        if self.store == StoreKind::Postgres && self.files.dir.is_none() {
+            return Err(ConfigError::Invalid(
+                "store = \"postgres\" needs files.dir, a directory every node shares \
+                 (IM_FILES__DIR)"
+                    .into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The directory uploaded bytes go to.
+    pub fn files_dir(&self) -> PathBuf {
+        self.files
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("files"))
     }
 }
 
@@ -461,6 +494,7 @@ mod tests {
     #[test]
     fn postgres_from_the_environment() {
         let vars = vec![
+            ("IM_FILES__DIR".to_owned(), "/shared/files".to_owned()),
             ("IM_STORE".to_owned(), "postgres".to_owned()),
             (
                 "IM_POSTGRES__URL".to_owned(),
@@ -470,5 +504,14 @@ mod tests {
         let (_, c) = Config::load(vec![], vars).unwrap();
         assert_eq!(c.store, StoreKind::Postgres);
         assert_eq!(c.postgres.url, "postgres://im@127.0.0.1:5432/im");
+        assert_eq!(c.files_dir(), PathBuf::from("/shared/files"));
+        let vars = vec![
+            ("IM_STORE".to_owned(), "postgres".to_owned()),
+            ("IM_POSTGRES__URL".to_owned(), "postgres://h/im".to_owned()),
+        ];
+        assert!(matches!(
+            Config::load(vec![], vars),
+            Err(ConfigError::Invalid(e)) if e.contains("files.dir")
+        ));
     }
 }

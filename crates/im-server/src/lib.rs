@@ -9,7 +9,7 @@ pub mod config;
 mod http;
 mod routes;
 
-pub use config::{Command, Config, ConfigError, StoreKind};
+pub use config::{Command, Config, ConfigError, FilesBackend, StoreKind};
 pub use im_channel::{Channel, Handler, Pending};
 pub use im_classifier::KindSpec;
 pub use im_protocol::{ApiError, ErrorCode};
@@ -25,7 +25,7 @@ use im_cluster::{
     Appliers, Bus, Entry, Ephemeral, Follower, FollowerConfig, Inbound, LocalBus, LogReader,
     Progress, Topic,
 };
-use im_files::{AttachFiles, DiskFileStore, FileIndex, FileProxy, FileStore, FilesConfig};
+use im_files::{AttachFiles, FileIndex, FileProxy, FileStore, FilesConfig};
 use im_pool::{ConsumerPool, PoolConfig};
 use im_sse::{BrokerConfig, ReplaySource, SessionInfo, SseBroker};
 use im_store::{CommitListener, SqliteStore, StoreConfig, StoreError};
@@ -255,6 +255,7 @@ impl ImServerBuilder {
             broker,
             history: store.history,
             files,
+            progress: follower,
         };
         Ok(ImServer {
             app: Arc::new(app),
@@ -338,13 +339,15 @@ impl Stores {
         }
     }
 
-    /// Where uploaded bytes live: `<data_dir>/files` by default.
+    /// Where uploaded bytes live: `files.dir` (`<data_dir>/files` by default), through
+    /// `object_store` when built with it.
     fn file_bytes(&self, cfg: &Config) -> Result<Arc<dyn FileStore>, ServerError> {
-        let dir = cfg.data_dir.join("files");
-        Ok(Arc::new(DiskFileStore::open_sparing(
-            &dir,
-            self.orphan_grace,
-        )?))
+        let dir = cfg.files_dir();
+        #[cfg(feature = "object-store")]
+        let bytes = im_files::ObjectFileStore::local_dir(&dir)?;
+        #[cfg(not(feature = "object-store"))]
+        let bytes = im_files::DiskFileStore::open_sparing(&dir, self.orphan_grace)?;
+        Ok(Arc::new(bytes))
     }
 }
 

@@ -13,6 +13,7 @@ use http_body_util::{BodyDataStream, Either, Full};
 use hyper::body::Incoming;
 use im_channel::{ChannelGroup, MessageHistory, Outcome, Pending};
 use im_classifier::MessageClassifier;
+use im_cluster::Progress;
 use im_files::{FileProxy, RangeReply};
 use im_protocol::{
     ApiError, Draft, ErrorCode, GroupId, MessageId, Target, UserId, conversation_of, now_millis,
@@ -37,6 +38,25 @@ pub(crate) struct App {
     pub broker: SseBroker,
     pub history: Arc<dyn MessageHistory>,
     pub files: Arc<FileProxy>,
+    /// This node's log follower: a refusal that stale memory could explain waits for it.
+    pub progress: Arc<dyn Progress>,
+}
+
+/// Refusals that memory behind the log could explain (a friendship, membership or upload
+/// made a moment ago on another node): worth catching up and trying once more.
+fn may_be_stale(e: &ApiError) -> bool {
+    use ErrorCode::*;
+    [
+        NotFriends,
+        Blocked,
+        NotMember,
+        NoSuchUser,
+        NoSuchGroup,
+        UnknownFile,
+        NotParticipant,
+    ]
+    .iter()
+    .any(|c| e.code == c.as_str())
 }
 
 #[derive(Deserialize)]
@@ -504,7 +524,12 @@ impl App {
     /// Serves a file link: raster images inline, everything else as an attachment, with
     /// `Range` support. Unknown, expired and malformed links are all the same 404.
     async fn download(&self, token: &str, name: &str, req: Request<Incoming>) -> Reply {
-        let meta = self.files.lookup(token, name).ok_or_else(|| {
+        let mut meta = self.files.lookup(token, name);
+        if meta.is_none() && self.progress.catch_up().await.is_ok() {
+            // The upload may have been made on another node a moment ago.
+            meta = self.files.lookup(token, name);
+        }
+        let meta = meta.ok_or_else(|| {
             ApiError::new(ErrorCode::NotFound, "no such file, or its link expired")
         })?;
         let range = req
@@ -594,11 +619,6 @@ impl App {
             }
         }
         let route = self.classifier.classify(&draft.kind, &draft.body)?;
-        // The chain authorizes from memory. If memory would refuse, it may be behind a change
-        // the client saw succeed on another node (an accepted request, a new group member):
-        // catch up first, then let the chain decide.
-        let users = &self.users;
-        let _ = users.settled(|| users.may_send(who.user, draft.to)).await;
         let group = self.groups.get(route.group).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::Internal,
@@ -614,21 +634,35 @@ impl App {
             client_id: draft.client_id,
             sent_at: now_millis(),
         };
-        let outcome = group
-            .submit(pending)?
-            .await
-            .map_err(|_| ApiError::new(ErrorCode::Internal, "the message was not stored"))?;
-        match outcome {
-            Outcome::Stored(m) => Ok(json(StatusCode::CREATED, &json!({ "message": m }))),
-            Outcome::Duplicate(m) => Ok(json(StatusCode::OK, &json!({ "message": m }))),
-            Outcome::Rejected(e) => Err(e),
-            Outcome::Failed(reason) => {
-                tracing::error!(%reason, "message not stored");
-                Err(ApiError::new(
-                    ErrorCode::Internal,
-                    "the message was not stored",
-                ))
-            }
+        // The chain decides from memory. A refusal that memory behind the log could explain
+        // (the client saw an accept or an upload succeed on another node) is tried once more
+        // after this node has caught up; the copy is the price of that second chance.
+        let mut second = Some(pending.clone());
+        let mut pending = pending;
+        loop {
+            let outcome = group
+                .submit(pending)?
+                .await
+                .map_err(|_| ApiError::new(ErrorCode::Internal, "the message was not stored"))?;
+            return match outcome {
+                Outcome::Stored(m) => Ok(json(StatusCode::CREATED, &json!({ "message": m }))),
+                Outcome::Duplicate(m) => Ok(json(StatusCode::OK, &json!({ "message": m }))),
+                Outcome::Rejected(e) if may_be_stale(&e) && second.is_some() => {
+                    if self.progress.catch_up().await.is_err() {
+                        return Err(e);
+                    }
+                    pending = second.take().ok_or(e)?;
+                    continue;
+                }
+                Outcome::Rejected(e) => Err(e),
+                Outcome::Failed(reason) => {
+                    tracing::error!(%reason, "message not stored");
+                    Err(ApiError::new(
+                        ErrorCode::Internal,
+                        "the message was not stored",
+                    ))
+                }
+            };
         }
     }
 

@@ -22,19 +22,31 @@ fn start(env: &[(&str, &str)]) -> (Option<i32>, String, String) {
 
 #[test]
 fn unusable_store_settings_exit_2_with_one_line() {
-    let cases: [(&[(&str, &str)], &str); 4] = [
+    let cases: [(&[(&str, &str)], &str); 5] = [
         (
             &[
                 ("IM_STORE", "postgres"),
                 // Port 1 on loopback: nothing listens there.
                 ("IM_POSTGRES__URL", "postgres://postgres@127.0.0.1:1/im"),
+                ("IM_FILES__DIR", "/tmp/im-shared"),
             ],
             "cannot reach PostgreSQL at 127.0.0.1:1/im",
         ),
         (&[("IM_STORE", "postgres")], "needs postgres.url"),
         (
-            &[("IM_STORE", "postgres"), ("IM_POSTGRES__URL", "not a url")],
+            &[
+                ("IM_STORE", "postgres"),
+                ("IM_POSTGRES__URL", "not a url"),
+                ("IM_FILES__DIR", "/tmp/im-shared"),
+            ],
             "postgres.url",
+        ),
+        (
+            &[
+                ("IM_STORE", "postgres"),
+                ("IM_POSTGRES__URL", "postgres://postgres@127.0.0.1:1/im"),
+            ],
+            "needs files.dir",
         ),
         (&[("IM_STORE", "oracle")], "invalid configuration"),
     ];

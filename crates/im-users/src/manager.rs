@@ -506,7 +506,7 @@ impl UserManager {
         from: UserId,
         username: &str,
     ) -> Result<FriendRequest, UserError> {
-        let to = self.id_by_name(username)?;
+        let to = self.settled(|| self.id_by_name(username)).await?;
         if to == from {
             return Err(UserError::SelfRelation);
         }
@@ -663,7 +663,7 @@ impl UserManager {
 
     /// Ends a friendship (a no-op if there is none).
     pub async fn unfriend(&self, user: UserId, other: UserId) -> Result<(), UserError> {
-        self.user(other)?;
+        self.settled(|| self.user(other)).await?;
         let _serial = self.social_writes.lock().await;
         self.fresh().await?;
         if self.social.read().are_friends(user, other) {
@@ -674,7 +674,7 @@ impl UserManager {
 
     /// Blocks `other`: no messages or requests either way; ends a friendship.
     pub async fn block(&self, user: UserId, other: UserId) -> Result<(), UserError> {
-        self.user(other)?;
+        self.settled(|| self.user(other)).await?;
         if user == other {
             return Err(UserError::SelfRelation);
         }
@@ -698,7 +698,7 @@ impl UserManager {
 
     /// Lifts a block (a no-op if there is none).
     pub async fn unblock(&self, user: UserId, other: UserId) -> Result<(), UserError> {
-        self.user(other)?;
+        self.settled(|| self.user(other)).await?;
         let _serial = self.social_writes.lock().await;
         self.fresh().await?;
         if self.social.read().has_blocked(user, other) {
@@ -804,7 +804,7 @@ impl UserManager {
         id: GroupId,
         user: UserId,
     ) -> Result<Group, UserError> {
-        self.user(user)?;
+        self.settled(|| self.user(user)).await?;
         let _serial = self.social_writes.lock().await;
         self.fresh().await?;
         {
@@ -877,7 +877,7 @@ impl UserManager {
         id: GroupId,
         user: UserId,
     ) -> Result<(), UserError> {
-        self.user(user)?;
+        self.settled(|| self.user(user)).await?;
         let _serial = self.social_writes.lock().await;
         self.fresh().await?;
         let (w, before) = {

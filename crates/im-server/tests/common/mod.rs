@@ -77,6 +77,7 @@ impl TestServer {
                 let db = im_testkit::TempDatabase::create().await;
                 config.store = im_server::StoreKind::Postgres;
                 config.postgres.url = db.url().to_owned();
+                config.files.dir = Some(dir.path().join("files"));
                 Some(db)
             }
             _ => None,

@@ -1,0 +1,475 @@
+//! Three `im-server` processes on one PostgreSQL database form one deployment. The test
+//! client plays the load balancer: it sends requests and reconnects to different nodes.
+
+mod common;
+
+use common::{PATIENCE, ServerProcess, patient};
+use http::{Method, StatusCode};
+use im_client::{Client, EventStream};
+use im_protocol::{GroupId, Message, Target, UserId};
+use im_testkit::TempDatabase;
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A deployment of `n` nodes sharing one database and one file directory.
+struct Cluster {
+    // Fields drop in order: the nodes stop before their database goes.
+    nodes: Vec<Option<ServerProcess>>,
+    addrs: Vec<SocketAddr>,
+    _files: tempfile::TempDir,
+    _dirs: Vec<tempfile::TempDir>,
+    db: TempDatabase,
+}
+
+impl Cluster {
+    async fn start(n: usize) -> Self {
+        let db = TempDatabase::create().await;
+        let files = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
+        for _ in 0..n {
+            let dir = tempfile::tempdir().unwrap();
+            let files_dir = files.path().display().to_string();
+            let node = ServerProcess::start_env(
+                dir.path(),
+                &[
+                    ("IM_STORE", "postgres"),
+                    ("IM_POSTGRES__URL", db.url()),
+                    ("IM_FILES__DIR", &files_dir),
+                    ("IM_DIRECT_MESSAGES", "friends"),
+                ],
+            );
+            nodes.push(Some(node));
+            dirs.push(dir);
+        }
+        let addrs = nodes.iter().flatten().map(|n| n.addr).collect();
+        Self {
+            nodes,
+            addrs,
+            _files: files,
+            _dirs: dirs,
+            db,
+        }
+    }
+
+    fn node(&self, i: usize) -> SocketAddr {
+        self.addrs[i % self.addrs.len()]
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            node.signal("KILL");
+            drop(node);
+        }
+    }
+
+    /// Signs up `name` on node `i`.
+    async fn user(&self, name: &str, i: usize) -> Client {
+        Client::new(self.node(i))
+            .signup(name, &format!("{name}-password"))
+            .await
+            .unwrap()
+    }
+
+    /// The ids PostgreSQL holds for a conversation, ascending.
+    async fn stored_ids(&self, conversation: &str) -> Vec<u64> {
+        let (client, conn) = tokio_postgres::connect(self.db.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .query(
+                "SELECT id FROM messages WHERE conversation = $1 ORDER BY id",
+                &[&conversation],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, i64>(0) as u64)
+            .collect()
+    }
+}
+
+/// `a` asks through one node and `b` accepts through another.
+async fn befriend(a: &Client, b: &Client, b_name: &str, ask_at: SocketAddr, answer_at: SocketAddr) {
+    let request = a.at(ask_at).request_friend(b_name).await.unwrap();
+    let id = request["id"].as_u64().unwrap();
+    b.at(answer_at).accept_request(id).await.unwrap();
+}
+
+/// The stream's `ready` position.
+async fn ready(stream: &mut EventStream) -> u64 {
+    loop {
+        let e = patient("ready", stream.next_event())
+            .await
+            .unwrap()
+            .unwrap();
+        if e.event == "ready" {
+            return e.id.unwrap().parse().unwrap();
+        }
+    }
+}
+
+async fn next_message(stream: &mut EventStream) -> Option<Message> {
+    match tokio::time::timeout(PATIENCE, stream.next_message()).await {
+        Ok(Some(Ok(m))) => Some(m),
+        Ok(_) => None, // the stream ended (its node died, say)
+        Err(_) => panic!("gave up waiting for a message"),
+    }
+}
+
+/// Reads `want` messages, reconnecting to the next node with `Last-Event-ID` after every
+/// `every` messages (and whenever a stream ends), as a browser behind a balancer would.
+async fn read_all(
+    client: Client,
+    nodes: Vec<SocketAddr>,
+    mut after: u64,
+    want: usize,
+    every: usize,
+) -> Vec<Message> {
+    let mut got: Vec<Message> = Vec::new();
+    let mut node = 0;
+    while got.len() < want {
+        node += 1;
+        let addr = nodes[node % nodes.len()];
+        let Ok(mut stream) = client.at(addr).events(Some(after)).await else {
+            continue; // a dead node: try the next
+        };
+        let mut here = 0;
+        while here < every && got.len() < want {
+            match next_message(&mut stream).await {
+                Some(m) => {
+                    after = m.id.0;
+                    got.push(m);
+                    here += 1;
+                }
+                None => break,
+            }
+        }
+    }
+    got
+}
+
+/// POSTs a text, retrying with the same `client_id` on the next node when a node gives no
+/// answer; returns the stored message.
+async fn send_anywhere(
+    client: &Client,
+    nodes: &[SocketAddr],
+    first: usize,
+    to: Target,
+    text: &str,
+) -> Message {
+    let cid = format!("cid-{text}");
+    for attempt in 0..nodes.len() * 20 {
+        let addr = nodes[(first + attempt) % nodes.len()];
+        match client.at(addr).send_text(to, text, Some(&cid)).await {
+            Ok(m) => return m,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    panic!("no node stored {text}");
+}
+
+fn assert_in_order_once(got: &[Message], who: &str) {
+    assert!(
+        got.windows(2).all(|w| w[0].id < w[1].id),
+        "{who} got every message once, in id order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_users_chat_across_nodes_and_reconnects() {
+    let cluster = Cluster::start(3).await;
+    let nodes = cluster.addrs.clone();
+    let alice = cluster.user("alice", 0).await;
+    let bob = cluster.user("bob", 1).await;
+    let carol = cluster.user("carol", 2).await;
+    befriend(&alice, &bob, "bob", nodes[0], nodes[1]).await;
+    befriend(&bob, &carol, "carol", nodes[1], nodes[2]).await;
+    befriend(&carol, &alice, "alice", nodes[2], nodes[0]).await;
+    let group = alice
+        .at(nodes[2])
+        .call(
+            Method::POST,
+            "/api/v1/groups",
+            Some(&json!({"name": "trio", "members": [2, 3]})),
+        )
+        .await
+        .unwrap()
+        .expect(StatusCode::CREATED)
+        .unwrap()
+        .json()["group"]["id"]
+        .as_u64()
+        .unwrap();
+    let to = Target::Group(GroupId(group));
+
+    const EACH: usize = 24;
+    let users = [("alice", &alice), ("bob", &bob), ("carol", &carol)];
+    let mut readers = Vec::new();
+    for (i, (_, c)) in users.iter().enumerate() {
+        let mut first = c.at(nodes[i]).events(None).await.unwrap();
+        let start = ready(&mut first).await;
+        drop(first);
+        let (c, nodes) = ((*c).clone(), nodes.clone());
+        readers.push(tokio::spawn(read_all(c, nodes, start, 3 * EACH, 5)));
+    }
+    let mut senders = Vec::new();
+    for (i, (name, c)) in users.iter().enumerate() {
+        let (c, nodes, name) = ((*c).clone(), nodes.clone(), name.to_string());
+        senders.push(tokio::spawn(async move {
+            for k in 0..EACH {
+                send_anywhere(&c, &nodes, i + k, to, &format!("{name}-{k}")).await;
+            }
+        }));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    let stored = cluster.stored_ids(&format!("g{group}")).await;
+    assert_eq!(stored.len(), 3 * EACH);
+    for ((name, _), r) in users.iter().zip(readers) {
+        let got = r.await.unwrap();
+        assert_in_order_once(&got, name);
+        let ids: Vec<u64> = got.iter().map(|m| m.id.0).collect();
+        assert_eq!(ids, stored, "{name} got exactly what PostgreSQL holds");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_a_node_under_load_loses_and_doubles_nothing() {
+    let mut cluster = Cluster::start(3).await;
+    let nodes = cluster.addrs.clone();
+    let alice = cluster.user("alice", 0).await;
+    let bob = cluster.user("bob", 1).await;
+    let carol = cluster.user("carol", 2).await;
+    befriend(&alice, &bob, "bob", nodes[0], nodes[2]).await;
+    befriend(&carol, &bob, "bob", nodes[2], nodes[1]).await;
+
+    // Bob's stream lives on node 1, the one that will die.
+    let mut first = bob.at(nodes[1]).events(None).await.unwrap();
+    let start = ready(&mut first).await;
+    drop(first);
+    const EACH: usize = 60;
+    let reader = {
+        // Start on node 1: read_all moves to the next node only when a stream ends or
+        // after `every` messages; a large `every` keeps it on node 1 until the kill.
+        let order = vec![nodes[0], nodes[1], nodes[2]];
+        tokio::spawn(read_all(bob.clone(), order, start, 2 * EACH, 1000))
+    };
+    let mut senders = Vec::new();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for (i, (name, c)) in [("alice", &alice), ("carol", &carol)]
+        .into_iter()
+        .enumerate()
+    {
+        let (c, nodes, name, sent) = (c.clone(), nodes.clone(), name.to_string(), sent.clone());
+        senders.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for k in 0..EACH {
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                acked.push(
+                    send_anywhere(
+                        &c,
+                        &nodes,
+                        i + k,
+                        Target::User(UserId(2)),
+                        &format!("{name}-{k}"),
+                    )
+                    .await,
+                );
+            }
+            acked
+        }));
+    }
+    // Kill node 1 while both senders are busy: after a third of the messages.
+    patient("a third of the messages", async {
+        while sent.load(std::sync::atomic::Ordering::Relaxed) < 2 * EACH / 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    cluster.kill(1);
+    let at_kill = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        at_kill < 2 * EACH,
+        "the kill came while messages were still being sent"
+    );
+    let mut acked = Vec::new();
+    for s in senders {
+        acked.extend(s.await.unwrap());
+    }
+    let got = reader.await.unwrap();
+    assert_in_order_once(&got, "bob");
+    let mut stored = cluster.stored_ids("d1-2").await;
+    stored.extend(cluster.stored_ids("d2-3").await);
+    stored.sort();
+    let acked: BTreeSet<u64> = acked.iter().map(|m| m.id.0).collect();
+    assert_eq!(acked.len(), 2 * EACH, "each client_id was stored once");
+    assert_eq!(
+        stored,
+        acked.iter().copied().collect::<Vec<_>>(),
+        "nothing acknowledged is lost, nothing is doubled"
+    );
+    let ids: Vec<u64> = got.iter().map(|m| m.id.0).collect();
+    assert_eq!(
+        ids, stored,
+        "bob resumed elsewhere and got every message once"
+    );
+}
+
+/// Retries `check` for up to a second (the promise for changes made on another node).
+async fn within_a_second<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{what} within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_on_one_node_hold_on_the_others() {
+    let cluster = Cluster::start(3).await;
+    let n = cluster.addrs.clone();
+    let alice = cluster.user("alice", 0).await;
+    let bob = cluster.user("bob", 1).await;
+    let carol = cluster.user("carol", 2).await;
+    let dave = cluster.user("dave", 0).await;
+
+    // An accept on node 2 lets a message through node 3 at once.
+    befriend(&alice, &bob, "bob", n[0], n[1]).await;
+    alice
+        .at(n[2])
+        .send_text(Target::User(UserId(2)), "right after the accept", None)
+        .await
+        .expect("an accept elsewhere lets the message through at once");
+
+    // A block on node 1 refuses a direct message posted through node 3 within 1 s.
+    bob.at(n[0])
+        .call(Method::POST, "/api/v1/blocks", Some(&json!({"user_id": 1})))
+        .await
+        .unwrap()
+        .expect(StatusCode::NO_CONTENT)
+        .unwrap();
+    within_a_second("the block", || async {
+        let res = alice
+            .at(n[2])
+            .post_text(Target::User(UserId(2)), "after the block", None)
+            .await
+            .unwrap();
+        res.status == StatusCode::FORBIDDEN && res.error_code().as_deref() == Some("blocked")
+    })
+    .await;
+
+    // An upload on node 1 downloads from node 2.
+    let png = b"\x89PNG\r\n\x1a\n0000 cluster bytes";
+    let up = alice
+        .at(n[0])
+        .upload("cat.png", "image/png", png)
+        .await
+        .unwrap()
+        .expect(StatusCode::CREATED)
+        .unwrap()
+        .json();
+    let url = up["file"]["url"].as_str().unwrap().to_owned();
+    let res = Client::new(n[1])
+        .raw(Method::GET, &url, &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status,
+        StatusCode::OK,
+        "the upload is served by another node"
+    );
+    assert_eq!(&res.body[..], &png[..]);
+
+    // A group change on node 2 reaches members' streams on nodes 1 and 3.
+    befriend(&carol, &dave, "dave", n[2], n[0]).await;
+    befriend(&carol, &alice, "alice", n[2], n[1]).await;
+    let group = carol
+        .at(n[2])
+        .call(
+            Method::POST,
+            "/api/v1/groups",
+            Some(&json!({"name": "g", "members": [1]})),
+        )
+        .await
+        .unwrap()
+        .expect(StatusCode::CREATED)
+        .unwrap()
+        .json()["group"]["id"]
+        .as_u64()
+        .unwrap();
+    let mut alice_stream = alice.at(n[0]).events(None).await.unwrap();
+    let mut carol_stream = carol.at(n[2]).events(None).await.unwrap();
+    ready(&mut alice_stream).await;
+    ready(&mut carol_stream).await;
+    carol
+        .at(n[1])
+        .call(
+            Method::POST,
+            &format!("/api/v1/groups/{group}/members"),
+            Some(&json!({"user_id": 4})),
+        )
+        .await
+        .unwrap()
+        .expect(StatusCode::OK)
+        .unwrap();
+    for stream in [&mut alice_stream, &mut carol_stream] {
+        loop {
+            let e = patient("the group event on another node", stream.next_event())
+                .await
+                .unwrap()
+                .unwrap();
+            if e.event == "group" && e.data.contains("member_added") {
+                break;
+            }
+        }
+    }
+
+    // A logout on node 1 ends the stream on node 2, and the token is refused on node 3.
+    let mut bob_stream = bob.at(n[1]).events(None).await.unwrap();
+    ready(&mut bob_stream).await;
+    // Node 3 has the session cached before the logout.
+    bob.at(n[2])
+        .call(Method::GET, "/api/v1/me", None)
+        .await
+        .unwrap()
+        .expect(StatusCode::OK)
+        .unwrap();
+    bob.at(n[0])
+        .call(Method::POST, "/api/v1/auth/logout", None)
+        .await
+        .unwrap()
+        .expect(StatusCode::NO_CONTENT)
+        .unwrap();
+    let ended = tokio::time::timeout(PATIENCE, async {
+        while let Some(item) = bob_stream.next_item().await {
+            if item.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream on node 2 ended");
+    within_a_second("the logout", || async {
+        let res = bob
+            .at(n[2])
+            .call(Method::GET, "/api/v1/me", None)
+            .await
+            .unwrap();
+        res.status == StatusCode::UNAUTHORIZED
+    })
+    .await;
+}
