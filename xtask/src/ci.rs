@@ -144,6 +144,19 @@ fn browser_tests(root: &Path) -> Result<()> {
             .env("E2E_SCREENSHOTS", target.join("browser"))
             .env("CHROMIUM", &chromium),
         "node web/tests/e2e.mjs",
+    )?;
+    // The README's cluster walkthrough, in browsers: two nodes on PostgreSQL behind
+    // `cargo xtask balance` (this very binary), each killed in turn.
+    let balance = std::env::current_exe()
+        .map_err(|e| format!("cannot find the xtask binary for the balancer: {e}"))?;
+    run_tool(
+        Command::new("node")
+            .arg("cluster.mjs")
+            .current_dir(&tests)
+            .env("E2E_SERVER_BIN", target.join("debug/im-server"))
+            .env("E2E_BALANCE_BIN", balance)
+            .env("CHROMIUM", &chromium),
+        "node web/tests/cluster.mjs",
     )
 }
 

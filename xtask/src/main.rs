@@ -7,6 +7,7 @@
 //!
 //! Nothing here is needed at runtime.
 
+mod balance;
 mod bench;
 mod ci;
 mod load;
@@ -27,6 +28,9 @@ commands:
                      idle, fanout, direct or resume (load, side by side with nchan); default: all.
                      --quick: small sizes, our server only, docs/ untouched (CI smoke run)
                      --render: rewrite the load table from docs/BENCHMARKS.json, run nothing
+  balance LISTEN NODE...
+                     a round-robin TCP load balancer, to try a cluster on one machine
+                     (README, section Cluster); each connection goes to the next live node
   loadgen SCENARIO --addr A [...]
                      the load generator itself (started by `bench`)
   help               show this text
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
             Err(e) => return usage_error(&e),
         },
         "loadgen" => load::main(rest),
+        "balance" => balance::main(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -354,6 +354,14 @@ impl App {
         let users = &self.users;
         let is_get = req.method() != Method::POST;
         let limit = self.config.max_json_bytes;
+        if req.method() == Method::GET {
+            // A page reloads its lists when an event says something changed, and that change
+            // may have been made on another node: answer from memory that includes it.
+            self.progress
+                .catch_up()
+                .await
+                .map_err(|_| ApiError::new(ErrorCode::Overloaded, "this node is catching up"))?;
+        }
         match route {
             Route::Read(conversation) => {
                 users
