@@ -302,14 +302,14 @@ impl App {
                 // can ask without a failed request in its console.
                 let creds = self.credentials(&req);
                 let user = match self.auth.authenticate(creds).await? {
-                    Some(p) => self.users.user(p.user).ok(),
+                    Some(p) => self.users.settled(|| self.users.user(p.user)).await.ok(),
                     None => None,
                 };
                 Ok(json(StatusCode::OK, &json!({ "user": user })))
             }
             Route::Me => {
                 let who = self.principal(&req).await?;
-                let user = self.users.user(who.user)?;
+                let user = self.users.settled(|| self.users.user(who.user)).await?;
                 Ok(json(StatusCode::OK, &json!({ "user": user })))
             }
             Route::Events => self.events(req).await,

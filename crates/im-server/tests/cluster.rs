@@ -473,3 +473,58 @@ async fn changes_on_one_node_hold_on_the_others() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_logout_holds_on_every_node_despite_concurrent_requests() {
+    let cluster = Cluster::start(2).await;
+    let n = cluster.addrs.clone();
+    Client::new(n[0])
+        .register("bob", "bob-password")
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let bob = Client::new(n[0])
+            .login("bob", "bob-password")
+            .await
+            .unwrap();
+        let me = |c: Client| async move {
+            c.call(Method::GET, "/api/v1/me", None)
+                .await
+                .unwrap()
+                .status
+        };
+        assert_eq!(me(bob.at(n[1])).await, StatusCode::OK);
+        // Requests on both nodes keep going while the logout happens on node 1.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let (c, stop) = (bob.at(n[i % 2]), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = c.call(Method::GET, "/api/v1/me", None).await;
+                }
+            }));
+        }
+        bob.call(Method::POST, "/api/v1/auth/logout", None)
+            .await
+            .unwrap()
+            .expect(StatusCode::NO_CONTENT)
+            .unwrap();
+        assert_eq!(me(bob.at(n[0])).await, StatusCode::UNAUTHORIZED);
+        within_a_second("the logout on the other node", || {
+            let other = bob.at(n[1]);
+            async move { me(other).await == StatusCode::UNAUTHORIZED }
+        })
+        .await;
+        // And it stays refused on both while the racing requests finish.
+        for _ in 0..10 {
+            for node in &n {
+                assert_eq!(me(bob.at(*node)).await, StatusCode::UNAUTHORIZED);
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+}
