@@ -11,12 +11,15 @@
 //! - Readers use their own connections on the blocking pool; WAL lets them run beside the
 //!   writer.
 
+#[cfg(feature = "files")]
 mod files;
 mod messages;
 mod migrations;
 #[cfg(feature = "postgres")]
 mod pg;
+#[cfg(feature = "users")]
 mod social;
+#[cfg(feature = "users")]
 mod users;
 mod writer;
 

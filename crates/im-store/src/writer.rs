@@ -23,11 +23,13 @@ impl<F: Fn(Vec<LogEntry>) + Send + Sync + 'static> CommitListener for F {
 
 /// The change records one write makes, with positions from the writer's counter, in the
 /// same transaction as the write.
+#[cfg_attr(not(any(feature = "users", feature = "files")), allow(dead_code))]
 pub(crate) struct ChangeLog<'a> {
     next: &'a mut Position,
     entries: &'a mut Vec<LogEntry>,
 }
 
+#[cfg_attr(not(any(feature = "users", feature = "files")), allow(dead_code))]
 impl ChangeLog<'_> {
     /// Records one change; returns its position.
     pub(crate) fn record(

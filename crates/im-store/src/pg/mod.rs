@@ -12,8 +12,13 @@
 //! - Committed messages reach the [`CommitListener`] in id order.
 
 mod bus;
+#[cfg(feature = "files")]
+mod files;
 mod messages;
 mod migrations;
+#[cfg(feature = "users")]
+mod social;
+#[cfg(feature = "users")]
 mod users;
 mod writer;
 
@@ -56,6 +61,8 @@ pub struct PgStore {
 }
 
 struct Inner {
+    /// For connections of their own (the sweep lease).
+    #[cfg(feature = "files")]
     url: String,
     pool: Pool,
     writer: flume::Sender<writer::Op>,
@@ -105,6 +112,7 @@ impl PgStore {
         let writer = writer::start(pool.clone(), &config, listener.clone());
         Ok(Self {
             inner: Arc::new(Inner {
+                #[cfg(feature = "files")]
                 url: config.url.clone(),
                 pool,
                 writer,
@@ -128,6 +136,7 @@ impl PgStore {
         Ok(last as u64)
     }
 
+    #[cfg(feature = "files")]
     /// A session-level advisory lock held on a connection of its own: `None` if another node
     /// holds it. Dropping the lease closes the connection, which releases the lock (as a
     /// node's death does).
@@ -168,11 +177,13 @@ impl PgStore {
 }
 
 /// An advisory lock's connection; dropping it closes the connection and so the lock.
+#[cfg(feature = "files")]
 struct Lease {
     _client: tokio_postgres::Client,
     task: tokio::task::JoinHandle<()>,
 }
 
+#[cfg(feature = "files")]
 impl Drop for Lease {
     fn drop(&mut self) {
         self.task.abort();
@@ -208,6 +219,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Whether a PostgreSQL error is a unique-constraint violation.
+#[cfg(feature = "users")]
 fn is_unique_violation(e: &StoreError) -> bool {
     matches!(e, StoreError::Postgres(e)
         if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION))

@@ -1,11 +1,11 @@
-//! Accounts, sessions, the social graph and file metadata on PostgreSQL.
+//! Accounts, sessions and the social graph on PostgreSQL: the ports (feature `users`).
 
+use super::social::UserWrite;
 use super::writer::Write;
 use super::{PgStore, is_unique_violation};
 use crate::StoreError;
 use async_trait::async_trait;
 use im_cluster::{Logged, Position};
-use im_files::{FileError, FileIndex, FileMeta, SweepLease};
 use im_protocol::{GroupId, UserId};
 use im_users::social::{FriendRequest, Group, RequestState, Role, SocialSnapshot, SocialWrite};
 use im_users::{Principal, User, UserStore, UserStoreError};
@@ -95,10 +95,10 @@ impl UserStore for PgStore {
         password_hash: &str,
     ) -> Result<Logged<User>, UserStoreError> {
         let logged = self
-            .write(Write::CreateUser {
+            .write(Write::Users(UserWrite::CreateUser {
                 username: username.to_owned(),
                 hash: password_hash.to_owned(),
-            })
+            }))
             .await
             .map_err(|e| {
                 if is_unique_violation(&e) {
@@ -172,7 +172,7 @@ impl UserStore for PgStore {
     }
 
     async fn apply_social(&self, change: &SocialWrite) -> Result<Logged<u64>, UserStoreError> {
-        self.write(Write::Social(change.clone()))
+        self.write(Write::Users(UserWrite::Social(change.clone())))
             .await
             .map_err(other)
     }
@@ -203,7 +203,7 @@ impl UserStore for PgStore {
         user: UserId,
         token_hash: [u8; 32],
     ) -> Result<u64, UserStoreError> {
-        self.write(Write::CreateSession { user, token_hash })
+        self.write(Write::Users(UserWrite::CreateSession { user, token_hash }))
             .await
             .map(|l| l.value)
             .map_err(other)
@@ -240,71 +240,12 @@ impl UserStore for PgStore {
     }
 
     async fn delete_session(&self, session: u64) -> Result<Logged<()>, UserStoreError> {
-        self.write(Write::DeleteSession(session))
+        self.write(Write::Users(UserWrite::DeleteSession(session)))
             .await
             .map(|l| Logged {
                 value: (),
                 pos: l.pos,
             })
             .map_err(other)
-    }
-}
-
-/// The advisory lock that lets one node at a time sweep files and clean orphans.
-const SWEEP_LOCK: i64 = 0x1e1a_0002;
-
-fn index_err(e: StoreError) -> FileError {
-    FileError::Index(e.to_string())
-}
-
-#[async_trait]
-impl FileIndex for PgStore {
-    async fn insert_file(&self, meta: &FileMeta) -> Result<Logged<u64>, FileError> {
-        self.write(Write::InsertFile(meta.clone()))
-            .await
-            .map_err(index_err)
-    }
-
-    async fn all_files(&self) -> Result<Vec<FileMeta>, FileError> {
-        async {
-            let c = self.client().await?;
-            let rows = c
-                .query(
-                    "SELECT id, token, owner, name, size, content_type, storage_key, created_at,
-                            expires_at FROM files",
-                    &[],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|r| FileMeta {
-                    id: r.get::<_, i64>(0) as u64,
-                    token: r.get(1),
-                    owner: uid(r.get(2)),
-                    name: r.get(3),
-                    size: r.get::<_, i64>(4) as u64,
-                    content_type: r.get(5),
-                    key: r.get(6),
-                    created_at: r.get::<_, i64>(7) as u64,
-                    expires_at: r.get::<_, i64>(8) as u64,
-                })
-                .collect())
-        }
-        .await
-        .map_err(index_err)
-    }
-
-    async fn mark_swept(&self, id: u64) -> Result<Logged<bool>, FileError> {
-        self.write(Write::MarkSwept(id))
-            .await
-            .map(|l| Logged {
-                value: l.value == 1,
-                pos: l.pos,
-            })
-            .map_err(index_err)
-    }
-
-    async fn sweep_lease(&self) -> Result<Option<SweepLease>, FileError> {
-        self.advisory_lease(SWEEP_LOCK).await.map_err(index_err)
     }
 }
