@@ -1,7 +1,7 @@
 //! The file changes every node must apply, as records of the ordered log.
 
 use crate::FileMeta;
-use im_protocol::record::{self, RecordError};
+use im_protocol::record::Versioned;
 use serde::{Deserialize, Serialize};
 
 /// One committed change to the file index. The store writes it in the same transaction as the
@@ -14,17 +14,7 @@ pub enum FileChange {
     Swept(u64),
 }
 
-impl FileChange {
-    /// The record's bytes, in the current layout.
-    pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
-        record::encode_v1(self)
-    }
-
-    /// Decodes a record of any known layout.
-    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        record::decode_v1(bytes)
-    }
-}
+impl Versioned for FileChange {}
 
 #[cfg(test)]
 mod tests {

@@ -32,6 +32,7 @@ use futures_core::Stream;
 use im_channel::{Handler, Pending};
 use im_classifier::KindSpec;
 use im_cluster::{Applier, Logged, Position, Progress};
+use im_protocol::record::Versioned;
 use im_protocol::{ApiError, ErrorCode, UserId, now_millis};
 use parking_lot::RwLock;
 use serde_json::{Value, json};

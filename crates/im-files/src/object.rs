@@ -279,6 +279,16 @@ mod tests {
     use super::*;
     use futures_util::StreamExt;
 
+    async fn key_names(store: &ObjectFileStore) -> Vec<String> {
+        store
+            .keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.key)
+            .collect()
+    }
+
     async fn read_all(mut body: ByteStream) -> Vec<u8> {
         let mut out = Vec::new();
         while let Some(chunk) = body.next().await {
@@ -410,13 +420,7 @@ mod tests {
             );
         }
 
-        let keys: Vec<String> = store
-            .keys()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|k| k.key)
-            .collect();
+        let keys = key_names(&store).await;
         assert_eq!(keys, ["00ff"]);
         store.remove("00ff").await.unwrap();
         store.remove("00ff").await.unwrap();
@@ -482,13 +486,7 @@ mod tests {
         sink.write(b"in ").await.unwrap();
         sink.write(b"memory").await.unwrap();
         sink.commit().await.unwrap();
-        let keys: Vec<String> = store
-            .keys()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|k| k.key)
-            .collect();
+        let keys = key_names(&store).await;
         assert_eq!(keys, ["beef"]);
         let body = store.open("beef", 3, 8).await.unwrap();
         assert_eq!(read_all(body).await, b"memory");

@@ -111,6 +111,20 @@ pub fn decode_v1<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Reco
     }
 }
 
+/// A record kept as layout 1 of a versioned record ([`encode_v1`]): implement it (no method
+/// to write) and the type can be encoded and decoded.
+pub trait Versioned: Serialize + serde::de::DeserializeOwned {
+    /// The record's bytes, in the current layout.
+    fn encode(&self) -> Result<Vec<u8>, RecordError> {
+        encode_v1(self)
+    }
+
+    /// Decodes a record of any known layout.
+    fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        decode_v1(bytes)
+    }
+}
+
 /// The domain a change record in the ordered log belongs to. Messages have a table of their
 /// own; every other shared change (accounts, sessions, the social graph, files) is a record
 /// under one of these topics, encoded by the crate that owns the domain.

@@ -99,6 +99,23 @@ async fn befriend(a: &Client, b: &Client, b_name: &str, ask_at: SocketAddr, answ
     b.at(answer_at).accept_request(id).await.unwrap();
 }
 
+/// Creates a group through `owner`'s node; returns its id.
+async fn create_group(owner: &Client, name: &str, members: &[u64]) -> u64 {
+    owner
+        .call(
+            Method::POST,
+            "/api/v1/groups",
+            Some(&json!({"name": name, "members": members})),
+        )
+        .await
+        .unwrap()
+        .expect(StatusCode::CREATED)
+        .unwrap()
+        .json()["group"]["id"]
+        .as_u64()
+        .unwrap()
+}
+
 /// The stream's `ready` position.
 async fn ready(stream: &mut EventStream) -> u64 {
     loop {
@@ -189,20 +206,7 @@ async fn three_users_chat_across_nodes_and_reconnects() {
     befriend(&alice, &bob, "bob", nodes[0], nodes[1]).await;
     befriend(&bob, &carol, "carol", nodes[1], nodes[2]).await;
     befriend(&carol, &alice, "alice", nodes[2], nodes[0]).await;
-    let group = alice
-        .at(nodes[2])
-        .call(
-            Method::POST,
-            "/api/v1/groups",
-            Some(&json!({"name": "trio", "members": [2, 3]})),
-        )
-        .await
-        .unwrap()
-        .expect(StatusCode::CREATED)
-        .unwrap()
-        .json()["group"]["id"]
-        .as_u64()
-        .unwrap();
+    let group = create_group(&alice.at(nodes[2]), "trio", &[2, 3]).await;
     let to = Target::Group(GroupId(group));
 
     const EACH: usize = 24;
@@ -397,20 +401,7 @@ async fn changes_on_one_node_hold_on_the_others() {
     // A group change on node 2 reaches members' streams on nodes 1 and 3.
     befriend(&carol, &dave, "dave", n[2], n[0]).await;
     befriend(&carol, &alice, "alice", n[2], n[1]).await;
-    let group = carol
-        .at(n[2])
-        .call(
-            Method::POST,
-            "/api/v1/groups",
-            Some(&json!({"name": "g", "members": [1]})),
-        )
-        .await
-        .unwrap()
-        .expect(StatusCode::CREATED)
-        .unwrap()
-        .json()["group"]["id"]
-        .as_u64()
-        .unwrap();
+    let group = create_group(&carol.at(n[2]), "g", &[1]).await;
     let mut alice_stream = alice.at(n[0]).events(None).await.unwrap();
     let mut carol_stream = carol.at(n[2]).events(None).await.unwrap();
     ready(&mut alice_stream).await;

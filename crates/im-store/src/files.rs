@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use im_cluster::{Logged, Topic};
 use im_files::{FileChange, FileError, FileIndex, FileMeta};
 use im_protocol::UserId;
+use im_protocol::record::Versioned;
 use rusqlite::params;
 
 fn index_err(e: StoreError) -> FileError {

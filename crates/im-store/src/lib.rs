@@ -187,6 +187,15 @@ impl SqliteStore {
     }
 }
 
+/// The other party of a conversation-list row: its group if it has one, else the peer user.
+pub(crate) fn other_party(peer: Option<i64>, group: Option<i64>) -> im_protocol::Target {
+    use im_protocol::{GroupId, Target, UserId};
+    match (peer, group) {
+        (_, Some(g)) => Target::Group(GroupId(g as u64)),
+        (p, None) => Target::User(UserId(p.unwrap_or_default() as u64)),
+    }
+}
+
 /// One row of the log as an entry: topic 0 is a message record, others are change records.
 /// A topic this build does not know is skipped (a newer node wrote it), with a warning.
 pub(crate) fn log_entry(

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use im_channel::{ConversationSummary, LogError, MessageHistory, MessageLog, Pending, Reply};
 use im_cluster::{LogEntry, LogReadError, LogReader, Position};
 use im_protocol::record::MessageRecord;
-use im_protocol::{GroupId, Message, MessageId, Target, UserId};
+use im_protocol::{Message, MessageId, Target, UserId};
 use im_sse::{ReplayError, ReplaySource};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -149,10 +149,7 @@ impl MessageHistory for SqliteStore {
             let mut found = Vec::new();
             for row in rows {
                 let (conversation, peer, group, last) = row?;
-                let with = match (peer, group) {
-                    (_, Some(g)) => Target::Group(GroupId(g as u64)),
-                    (p, None) => Target::User(UserId(p.unwrap_or_default() as u64)),
-                };
+                let with = crate::other_party(peer, group);
                 if let Some(last) = last {
                     found.push((conversation, with, last));
                 }

@@ -4,6 +4,7 @@ use crate::social;
 use crate::{SqliteStore, StoreError};
 use async_trait::async_trait;
 use im_cluster::{Logged, Position, Topic};
+use im_protocol::record::Versioned;
 use im_protocol::{UserId, now_millis};
 use im_users::{
     FriendRequest, Principal, SocialSnapshot, SocialWrite, User, UserChange, UserStore,

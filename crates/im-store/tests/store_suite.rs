@@ -4,6 +4,7 @@
 use im_channel::{MessageHistory, MessageLog, Outcome, Pending, Reply};
 use im_cluster::{Entry, LogEntry, LogReader, Topic};
 use im_files::{FileIndex, FileMeta};
+use im_protocol::record::Versioned;
 use im_protocol::{Message, MessageId, Target, UserId, conversation_of};
 use im_sse::ReplaySource;
 use im_store::{CommitListener, PgConfig, PgStore, SqliteStore, StoreConfig};

@@ -3,7 +3,7 @@
 use crate::User;
 use crate::social::SocialWrite;
 use im_protocol::UserId;
-use im_protocol::record::{self, RecordError};
+use im_protocol::record::Versioned;
 use serde::{Deserialize, Serialize};
 
 /// One committed change to accounts, sessions or the social graph. The store writes it in the
@@ -28,17 +28,7 @@ pub enum UserChange {
     },
 }
 
-impl UserChange {
-    /// The record's bytes, in the current layout.
-    pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
-        record::encode_v1(self)
-    }
-
-    /// Decodes a record of any known layout.
-    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        record::decode_v1(bytes)
-    }
-}
+impl Versioned for UserChange {}
 
 #[cfg(test)]
 mod tests {

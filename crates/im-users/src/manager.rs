@@ -10,6 +10,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use async_trait::async_trait;
 use im_cluster::{Applier, Bus, Entry, Ephemeral, LocalBus, Logged, Position, Progress};
 use im_pool::Mailboxes;
+use im_protocol::record::Versioned;
 use im_protocol::sse::Frame;
 use im_protocol::{GroupId, Message, MessageId, Target, UserId, conversation_of};
 use parking_lot::RwLock;

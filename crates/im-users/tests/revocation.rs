@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use im_cluster::{Entry, Lagging, Logged, Position, Progress, Topic};
 use im_protocol::UserId;
+use im_protocol::record::Versioned;
 use im_users::{
     Authenticator, Credentials, FriendRequest, HashParams, Principal, SocialSnapshot, SocialWrite,
     User, UserChange, UserManager, UserStore, UserStoreError, UsersConfig,

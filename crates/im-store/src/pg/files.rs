@@ -9,6 +9,7 @@ use deadpool_postgres::Transaction;
 use im_cluster::{Logged, Topic};
 use im_files::{FileChange, FileError, FileIndex, FileMeta, SweepLease};
 use im_protocol::UserId;
+use im_protocol::record::Versioned;
 
 /// A write of this domain.
 pub(crate) enum FileWrite {

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use im_channel::{ConversationSummary, LogError, MessageHistory, MessageLog, Pending, Reply};
 use im_cluster::{LogEntry, LogReadError, LogReader, Position};
 use im_protocol::record::MessageRecord;
-use im_protocol::{GroupId, Message, MessageId, Target, UserId};
+use im_protocol::{Message, MessageId, UserId};
 use im_sse::{ReplayError, ReplaySource};
 use tokio_postgres::Row;
 
@@ -91,12 +91,7 @@ impl MessageHistory for PgStore {
                 .await?;
             let mut out = Vec::new();
             for row in c.query(&stmt, &[&me]).await? {
-                let peer: Option<i64> = row.get(1);
-                let group: Option<i64> = row.get(2);
-                let with = match (peer, group) {
-                    (_, Some(g)) => Target::Group(GroupId(g as u64)),
-                    (p, None) => Target::User(UserId(p.unwrap_or_default() as u64)),
-                };
+                let with = crate::other_party(row.get(1), row.get(2));
                 out.push(ConversationSummary {
                     conversation: row.get(0),
                     with,

@@ -5,6 +5,7 @@ use super::writer::Changes;
 use crate::StoreError;
 use deadpool_postgres::Transaction;
 use im_cluster::{Logged, Topic};
+use im_protocol::record::Versioned;
 use im_protocol::{UserId, now_millis};
 use im_users::social::{RequestState, Role, SocialWrite};
 use im_users::{User, UserChange};
