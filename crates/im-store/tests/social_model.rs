@@ -1,11 +1,14 @@
 //! Random sequences of friend, block and group operations, run through the `UserManager` on a
-//! real SQLite store and through a plain in-memory model. After every step the manager must
+//! real store (SQLite, and PostgreSQL) and through a plain in-memory model. After every step the manager must
 //! agree with the model (results and state); at the end a manager freshly loaded from the
 //! store must agree too, so what was persisted is what was acknowledged.
 
+use im_cluster::LogReader;
 use im_cluster::{Appliers, Follower, FollowerConfig, Topic};
 use im_protocol::{GroupId, UserId};
-use im_store::{SqliteStore, StoreConfig};
+use im_store::{CommitListener, PgConfig, PgStore, SqliteStore, StoreConfig};
+use im_testkit::TempDatabase;
+use im_users::UserStore;
 use im_users::{HashParams, Role, UserError, UserManager, UsersConfig};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -254,22 +257,54 @@ fn config() -> UsersConfig {
     }
 }
 
-async fn run(seed: Vec<bool>, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path(), StoreConfig::default()).unwrap();
-    let users = UserManager::new(Arc::new(store.clone()), config())
-        .await
-        .unwrap();
+/// The store under test: its ports, and how to connect its commits to the follower.
+struct Under {
+    users: Arc<dyn UserStore>,
+    reader: Arc<dyn LogReader>,
+    listen: Box<dyn FnOnce(Arc<dyn CommitListener>)>,
+    /// What must live as long as the store (its directory or database).
+    _keep: Box<dyn std::any::Any>,
+}
+
+async fn open(postgres: bool) -> Under {
+    if postgres {
+        let db = TempDatabase::create().await;
+        let s = PgStore::open(PgConfig::new(db.url())).await.unwrap();
+        let l = s.clone();
+        Under {
+            users: Arc::new(s.clone()),
+            reader: Arc::new(s),
+            listen: Box::new(move |c| l.set_commit_listener(c)),
+            _keep: Box::new(db),
+        }
+    } else {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path(), StoreConfig::default()).unwrap();
+        let l = s.clone();
+        Under {
+            users: Arc::new(s.clone()),
+            reader: Arc::new(s),
+            listen: Box::new(move |c| l.set_commit_listener(c)),
+            _keep: Box::new(dir),
+        }
+    }
+}
+
+async fn run(postgres: bool, seed: Vec<bool>, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let under = open(postgres).await;
+    let store = under.users.clone();
+    let start = under.reader.head().await.unwrap();
+    let users = UserManager::new(store.clone(), config()).await.unwrap();
     // Memory changes only through the log follower, as in the server.
     let follower = Follower::start(
-        Arc::new(store.clone()),
+        under.reader.clone(),
         Appliers::new().topic(Topic::Users, users.clone()),
-        store.committed_id(),
+        start,
         FollowerConfig::default(),
     )
     .unwrap();
     let offer = follower.clone();
-    store.set_commit_listener(Arc::new(move |entries| offer.offer(entries)));
+    (under.listen)(Arc::new(move |entries| offer.offer(entries)));
     users.attach_log(follower);
     for name in NAMES {
         users.register(name, "long enough").await.unwrap();
@@ -379,7 +414,7 @@ async fn run(seed: Vec<bool>, ops: Vec<Op>) -> Result<(), TestCaseError> {
         prop_assert_eq!(observe(&users), expected(&model), "state after {:?}", op);
     }
     // What the store holds, loaded afresh, is what the model says.
-    let reloaded = UserManager::new(Arc::new(store), config()).await.unwrap();
+    let reloaded = UserManager::new(store, config()).await.unwrap();
     prop_assert_eq!(observe(&reloaded), expected(&model), "state after reload");
     Ok(())
 }
@@ -388,11 +423,25 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn manager_and_store_agree_with_the_model(
+    fn manager_and_sqlite_agree_with_the_model(
         seed in proptest::collection::vec(any::<bool>(), 6),
         ops in proptest::collection::vec(op(), 1..60),
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(run(seed, ops))?;
+        rt.block_on(run(false, seed, ops))?;
+    }
+}
+
+proptest! {
+    // Each case makes and drops a database, so fewer of them.
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn manager_and_postgres_agree_with_the_model(
+        seed in proptest::collection::vec(any::<bool>(), 6),
+        ops in proptest::collection::vec(op(), 1..60),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(run(true, seed, ops))?;
     }
 }
