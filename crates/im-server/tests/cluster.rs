@@ -39,6 +39,9 @@ impl Cluster {
                     ("IM_POSTGRES__URL", db.url()),
                     ("IM_FILES__DIR", &files_dir),
                     ("IM_DIRECT_MESSAGES", "friends"),
+                    // The cluster tests run side by side on one PostgreSQL: stay well under
+                    // its connection limit.
+                    ("IM_POSTGRES__POOL_SIZE", "4"),
                 ],
             );
             nodes.push(Some(node));
