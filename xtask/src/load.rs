@@ -72,10 +72,19 @@ impl Args {
     }
 
     fn addr(&self) -> Result<SocketAddr> {
+        match self.addrs()?.as_slice() {
+            [one] => Ok(*one),
+            _ => Err("this scenario takes one --addr".into()),
+        }
+    }
+
+    /// `--addr` as a comma-separated list: the nodes of one deployment.
+    fn addrs(&self) -> Result<Vec<SocketAddr>> {
         self.get("addr")
             .ok_or("--addr is required")?
-            .parse()
-            .map_err(err)
+            .split(',')
+            .map(|a| a.parse().map_err(err))
+            .collect()
     }
 
     fn target(&self) -> Result<Target> {
@@ -150,6 +159,26 @@ fn rss_kib(pids: &[u32]) -> u64 {
                 .or_else(|| field(format!("/proc/{p}/status"), "VmRSS:"))
         })
         .sum()
+}
+
+/// PostgreSQL's processes working for database `db`, by their process titles: the backends
+/// connected to it, and the WAL writer, checkpointer and background writer every database
+/// shares. Backends that start later are missed; pools have grown by the time this is read.
+fn postgres_pids(db: &str) -> Vec<u32> {
+    const SHARED: [&str; 3] = ["walwriter", "checkpointer", "background writer"];
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let title = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let title = String::from_utf8_lossy(&title);
+            title.starts_with("postgres: ")
+                && (title.split_whitespace().any(|w| w == db)
+                    || SHARED.iter().any(|s| title.contains(s)))
+        })
+        .collect()
 }
 
 /// User plus system CPU seconds of the given processes.
@@ -850,19 +879,24 @@ async fn fanout(args: &Args) -> Result<Value> {
 
 /// P pairs chatting over keep-alive connections: first as fast as each sender can (open
 /// rate), then at half that rate.
+///
+/// `--addr` may list the nodes of one deployment: pair i's sender posts to node i mod n and
+/// its receiver listens on node i + 1 mod n. With `--db NAME`, PostgreSQL's CPU for that
+/// database is reported too.
 async fn direct(args: &Args) -> Result<Value> {
-    let addr = args.addr()?;
+    let addrs = Arc::new(args.addrs()?);
     let pairs = args.num("pairs", 500)? as usize;
     let secs = args.num("secs", 10)?;
     let pids = args.pids();
-    let users = Arc::new(accounts(addr, "pair", pairs * 2).await?);
+    let db = args.get("db").map(str::to_owned);
+    let users = Arc::new(accounts(addrs[0], "pair", pairs * 2).await?);
     repeat(args.num("runs", 3)?, |_| {
-        let users = users.clone();
-        let pids = pids.clone();
+        let (addrs, users, pids, db) = (addrs.clone(), users.clone(), pids.clone(), db.clone());
         async move {
-            let open = phase(addr, &users, pairs, secs, None, &pids).await?;
+            let watch = Watch { server: pids, db };
+            let open = phase(&addrs, &users, pairs, secs, None, &watch).await?;
             let rate = (open["metrics"]["msgs_per_sec"].as_f64().unwrap_or(1.0) / 2.0).max(1.0);
-            let fixed = phase(addr, &users, pairs, secs, Some(rate), &pids).await?;
+            let fixed = phase(&addrs, &users, pairs, secs, Some(rate), &watch).await?;
             let ok = open["ok"] == json!(true) && fixed["ok"] == json!(true);
             let mut v = json!({"ok": ok, "metrics": {
                 "open_msgs_per_sec": open["metrics"]["msgs_per_sec"],
@@ -874,6 +908,10 @@ async fn direct(args: &Args) -> Result<Value> {
                 "fixed_p50_ms": fixed["metrics"]["p50_ms"],
                 "fixed_p99_ms": fixed["metrics"]["p99_ms"],
             }});
+            if watch.db.is_some() {
+                v["metrics"]["db_cpu_secs_per_1000"] =
+                    open["metrics"]["db_cpu_secs_per_1000"].clone();
+            }
             if !ok {
                 v["problem"] = open
                     .get("problem")
@@ -887,13 +925,28 @@ async fn direct(args: &Args) -> Result<Value> {
     .await
 }
 
+/// Whose CPU a direct phase measures.
+struct Watch {
+    /// The server's processes (every node's).
+    server: Vec<u32>,
+    /// The PostgreSQL database the nodes use, if they do.
+    db: Option<String>,
+}
+
+/// CPU seconds per 1,000 messages, to three decimals.
+fn per_1000(cpu: f64, messages: u64) -> f64 {
+    ((cpu / messages.max(1) as f64 * 1000.0) * 1000.0).round() / 1000.0
+}
+
+/// One phase of `direct`: every pair sends for `secs`, as fast as acknowledged or at `rate`
+/// messages per second in all.
 async fn phase(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     users: &Arc<Vec<(String, u64)>>,
     pairs: usize,
     secs: u64,
     rate: Option<f64>,
-    pids: &[u32],
+    watch: &Watch,
 ) -> Result<Value> {
     // Generous room per sender; the tally only expects what was acknowledged.
     let capacity = 2_000_000 / pairs.max(1) + 1000;
@@ -903,7 +956,7 @@ async fn phase(
     for p in 0..pairs {
         let token = users[2 * p + 1].0.clone();
         let mut body = open_stream(
-            addr,
+            addrs[(p + 1) % addrs.len()],
             Some(source(p)),
             "/api/v1/events",
             &[("authorization", format!("Bearer {token}"))],
@@ -917,12 +970,15 @@ async fn phase(
             last.clone(),
         )));
     }
-    let cpu_before = cpu_secs(pids);
+    let db_pids = watch.db.as_deref().map(postgres_pids).unwrap_or_default();
+    let cpu_before = cpu_secs(&watch.server);
+    let db_cpu_before = cpu_secs(&db_pids);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
     let mut senders = Vec::new();
     for p in 0..pairs {
         let (token, to) = (users[2 * p].0.clone(), users[2 * p + 1].1);
+        let addr = addrs[p % addrs.len()];
         senders.push(tokio::spawn(async move {
             let mut c = Conn::open(addr, Some(source(p + 3))).await?;
             let mut tick = rate.map(|r| {
@@ -961,7 +1017,8 @@ async fn phase(
         acked.push(s.await.map_err(err)??);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = cpu_secs(pids) - cpu_before;
+    let cpu = cpu_secs(&watch.server) - cpu_before;
+    let db_cpu = cpu_secs(&db_pids) - db_cpu_before;
     quit.store(1, Ordering::Relaxed);
     let mut tallies = Vec::new();
     let mut hist = histogram();
@@ -979,8 +1036,11 @@ async fn phase(
         "msgs_per_sec": (total as f64 / elapsed).round(),
         "p50_ms": latency_json(&hist)["p50_ms"],
         "p99_ms": latency_json(&hist)["p99_ms"],
-        "cpu_secs_per_1000": ((cpu / total.max(1) as f64 * 1000.0) * 1000.0).round() / 1000.0,
+        "cpu_secs_per_1000": per_1000(cpu, total),
     });
+    if watch.db.is_some() {
+        v["metrics"]["db_cpu_secs_per_1000"] = json!(per_1000(db_cpu, total));
+    }
     Ok(v)
 }
 

@@ -25,7 +25,8 @@ commands:
   ci                 cargo fmt --check, clippy -D warnings, all tests, doc tests (fails fast)
   bench [SCENARIO...] [--quick]
                      run benchmarks and update docs/BENCHMARKS.md; SCENARIO is micro (criterion),
-                     idle, fanout, direct or resume (load, side by side with nchan); default: all.
+                     idle, fanout, direct, resume (load, side by side with nchan) or cluster
+                     (direct chat on SQLite, PostgreSQL, and two PostgreSQL nodes); default: all.
                      --quick: small sizes, our server only, docs/ untouched (CI smoke run)
                      --render: rewrite the load table from docs/BENCHMARKS.json, run nothing
   balance LISTEN NODE...

@@ -282,7 +282,14 @@ async fn commit(
     }
     let last = next as i64 - 1;
     if last > head {
-        let stmt = tx.prepare_cached("UPDATE log_head SET last = $1").await?;
+        // The notification goes out at commit, so no node hears of a head before it is
+        // visible; it is only a wake-up, the followers read the log itself.
+        let stmt = tx
+            .prepare_cached(
+                "WITH h AS (UPDATE log_head SET last = $1 RETURNING last)
+                 SELECT pg_notify('im_log', last::TEXT) FROM h",
+            )
+            .await?;
         tx.execute(&stmt, &[&last]).await?;
     }
     tx.commit().await?;
