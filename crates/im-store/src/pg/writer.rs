@@ -192,17 +192,25 @@ impl Changes {
     pub(super) fn record(&mut self, next: &mut u64, topic: Topic, record: Vec<u8>) -> u64 {
         self.push(next, topic, record)
     }
+}
 
-    fn truncate(&mut self, len: usize) {
-        self.pos.truncate(len);
-        self.topic.truncate(len);
-        self.topics.truncate(len);
-        self.record.truncate(len);
-    }
+/// A write already run (under its savepoint, before the head lock), waiting for positions.
+enum Staged {
+    Append(Pending, Reply),
+    Write {
+        reply: oneshot::Sender<Result<Logged<u64>, StoreError>>,
+        /// The result, with the position of its last record counted from 1 in `records`.
+        result: Result<(Logged<u64>, Changes), StoreError>,
+    },
 }
 
 /// Runs one batch in one transaction; each op's result goes to `done`, in op order, and the
 /// committed log entries to `entries`, in position order.
+///
+/// The `log_head` lock serializes every node's commits, so it is held as briefly as the
+/// design allows: the writes (each under its savepoint) run first, without it; then one
+/// round trip takes the lock and finds repeated `client_id`s, positions are handed out in op
+/// order, one pipelined round trip inserts everything and moves the head, and `COMMIT`.
 async fn commit(
     client: &mut Object,
     ops: impl Iterator<Item = Op>,
@@ -210,18 +218,45 @@ async fn commit(
     entries: &mut Vec<LogEntry>,
 ) -> Result<(), StoreError> {
     let tx = client.transaction().await?;
+    let mut staged = Vec::new();
+    for op in ops {
+        match op {
+            Op::Append(p, reply) => staged.push(Staged::Append(p, reply)),
+            Op::Write(w, reply) => {
+                tx.batch_execute("SAVEPOINT op").await?;
+                // Positions are provisional here (from 1); they are assigned under the lock.
+                let (mut scratch, mut one) = (Changes::default(), 1u64);
+                let result = exec(&tx, w, &mut one, &mut scratch).await;
+                let end = if result.is_ok() {
+                    "RELEASE op"
+                } else {
+                    "ROLLBACK TO op; RELEASE op"
+                };
+                tx.batch_execute(end).await?;
+                staged.push(Staged::Write {
+                    reply,
+                    result: result.map(|l| (l, scratch)),
+                });
+            }
+        }
+    }
     let head_stmt = tx
         .prepare_cached("SELECT last FROM log_head FOR UPDATE")
         .await?;
-    let head: i64 = tx.query_one(&head_stmt, &[]).await?.get(0);
-    let ops: Vec<Op> = ops.collect();
-    let mut first = first_by_client_id(&tx, &ops).await?;
+    // Pipelined: the lookup runs as soon as the lock is granted, in the same round trip.
+    let (head, mut first) = tokio::try_join!(
+        async {
+            let row = tx.query_one(&head_stmt, &[]).await?;
+            Ok::<i64, StoreError>(row.get(0))
+        },
+        first_by_client_id(&tx, &staged),
+    )?;
     let mut next = head as u64 + 1;
     let mut rows = Rows::default();
     let mut changes = Changes::default();
-    for op in ops {
+    for op in staged {
         match op {
-            Op::Append(p, reply) => {
+            Staged::Append(p, reply) => {
                 let key = p.client_id.clone().map(|c| (p.from, c));
                 if let Some(m) = key.as_ref().and_then(|k| first.get(k)) {
                     done.push(Done::Append(reply, Ok((m.clone(), false))));
@@ -243,56 +278,73 @@ async fn commit(
                     Err(e) => done.push(Done::Append(reply, Err(e))),
                 }
             }
-            Op::Write(w, reply) => {
-                let (mark, before) = (next, changes.pos.len());
-                tx.batch_execute("SAVEPOINT op").await?;
-                let result = exec(&tx, w, &mut next, &mut changes).await;
-                if result.is_ok() {
-                    tx.batch_execute("RELEASE op").await?;
-                    for i in before..changes.pos.len() {
+            Staged::Write { reply, result } => {
+                let result = result.map(|(logged, scratch)| {
+                    let offset = next - 1;
+                    for i in 0..scratch.pos.len() {
+                        let record = scratch.record[i].clone();
                         entries.push(LogEntry {
-                            pos: changes.pos[i] as u64,
+                            pos: next,
                             entry: Entry::Change {
-                                topic: changes.topics[i],
-                                record: Bytes::from(changes.record[i].clone()),
+                                topic: scratch.topics[i],
+                                record: Bytes::from(record.clone()),
                             },
                         });
+                        changes.push(&mut next, scratch.topics[i], record);
                     }
-                } else {
-                    tx.batch_execute("ROLLBACK TO op; RELEASE op").await?;
-                    next = mark;
-                    changes.truncate(before);
-                }
+                    Logged {
+                        value: logged.value,
+                        pos: if logged.pos == 0 {
+                            0
+                        } else {
+                            logged.pos + offset
+                        },
+                    }
+                });
                 done.push(Done::Write(reply, result));
             }
         }
     }
-    if !rows.id.is_empty() {
-        insert_messages(&tx, &rows).await?;
-    }
-    if !changes.pos.is_empty() {
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO changes (pos, topic, record)
-                 SELECT * FROM UNNEST($1::INT8[], $2::INT2[], $3::BYTEA[])",
-            )
-            .await?;
-        tx.execute(&stmt, &[&changes.pos, &changes.topic, &changes.record])
-            .await?;
-    }
     let last = next as i64 - 1;
-    if last > head {
-        // The notification goes out at commit, so no node hears of a head before it is
-        // visible; it is only a wake-up, the followers read the log itself.
-        let stmt = tx
-            .prepare_cached(
-                "WITH h AS (UPDATE log_head SET last = $1 RETURNING last)
-                 SELECT pg_notify('im_log', last::TEXT) FROM h",
-            )
-            .await?;
-        tx.execute(&stmt, &[&last]).await?;
-    }
+    tokio::try_join!(
+        insert_messages(&tx, &rows),
+        insert_members(&tx, &rows),
+        insert_changes(&tx, &changes),
+        move_head(&tx, head, last),
+    )?;
     tx.commit().await?;
+    Ok(())
+}
+
+async fn insert_changes(tx: &Transaction<'_>, changes: &Changes) -> Result<(), StoreError> {
+    if changes.pos.is_empty() {
+        return Ok(());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO changes (pos, topic, record)
+             SELECT * FROM UNNEST($1::INT8[], $2::INT2[], $3::BYTEA[])",
+        )
+        .await?;
+    tx.execute(&stmt, &[&changes.pos, &changes.topic, &changes.record])
+        .await?;
+    Ok(())
+}
+
+/// Moves the head from `head` to `last`, if the batch took positions.
+async fn move_head(tx: &Transaction<'_>, head: i64, last: i64) -> Result<(), StoreError> {
+    if last <= head {
+        return Ok(());
+    }
+    // The notification goes out at commit, so no node hears of a head before it is visible;
+    // it is only a wake-up, the followers read the log itself.
+    let stmt = tx
+        .prepare_cached(
+            "WITH h AS (UPDATE log_head SET last = $1 RETURNING last)
+             SELECT pg_notify('im_log', last::TEXT) FROM h",
+        )
+        .await?;
+    tx.execute(&stmt, &[&last]).await?;
     Ok(())
 }
 
@@ -300,11 +352,11 @@ async fn commit(
 /// stored; read under the head lock, so no other node can store one meanwhile.
 async fn first_by_client_id(
     tx: &Transaction<'_>,
-    ops: &[Op],
+    ops: &[Staged],
 ) -> Result<HashMap<(UserId, String), Message>, StoreError> {
     let (mut senders, mut cids) = (Vec::new(), Vec::new());
     for op in ops {
-        if let Op::Append(p, _) = op
+        if let Staged::Append(p, _) = op
             && let Some(c) = &p.client_id
         {
             senders.push(p.from.0 as i64);
@@ -332,6 +384,9 @@ async fn first_by_client_id(
 }
 
 async fn insert_messages(tx: &Transaction<'_>, r: &Rows) -> Result<(), StoreError> {
+    if r.id.is_empty() {
+        return Ok(());
+    }
     let stmt = tx
         .prepare_cached(
             "INSERT INTO messages (id, conversation, sender, recipient, group_id, client_id, sent_at, record)
@@ -353,11 +408,15 @@ async fn insert_messages(tx: &Transaction<'_>, r: &Rows) -> Result<(), StoreErro
         ],
     )
     .await?;
+    Ok(())
+}
+
+/// Direct chats keep a per-user row for the conversation list; one row per key, since an
+/// upsert may not touch a row twice.
+async fn insert_members(tx: &Transaction<'_>, r: &Rows) -> Result<(), StoreError> {
     if r.members.is_empty() {
         return Ok(());
     }
-    // Direct chats keep a per-user row for the conversation list; one row per key, since an
-    // upsert may not touch a row twice.
     let (mut user, mut conv, mut peer, mut last) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for ((u, c), (p, id)) in &r.members {
         user.push(*u);
