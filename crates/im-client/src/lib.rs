@@ -311,11 +311,20 @@ impl Client {
     /// Opens `GET /api/v1/events`, resuming after `last_event_id` if given (as the browser
     /// does, in the `Last-Event-ID` header).
     pub async fn events(&self, last_event_id: Option<u64>) -> Result<EventStream, ClientError> {
+        match last_event_id {
+            Some(id) => self.raw_events(&[("last-event-id", &id.to_string())]).await,
+            None => self.raw_events(&[]).await,
+        }
+    }
+
+    /// Opens `GET /api/v1/events` with extra headers as given (a `Last-Event-ID` that is not
+    /// a number, say).
+    pub async fn raw_events(&self, headers: &[(&str, &str)]) -> Result<EventStream, ClientError> {
         let mut b = self
             .builder(Method::GET, "/api/v1/events")
             .header(header::ACCEPT, "text/event-stream");
-        if let Some(id) = last_event_id {
-            b = b.header("last-event-id", id.to_string());
+        for (name, value) in headers {
+            b = b.header(*name, *value);
         }
         let req = b.body(Full::new(Bytes::new())).map_err(transport)?;
         let res = self.send(req).await?;

@@ -6,7 +6,11 @@ pub fn sanitize(raw: &str) -> String {
     let last = raw.rsplit(['/', '\\']).next().unwrap_or("");
     let cleaned: String = last
         .chars()
-        .filter(|c| !c.is_control() && !matches!(c, '"' | '<' | '>' | ':' | '*' | '?' | '|'))
+        .filter(|c| {
+            !c.is_control()
+                && !is_format(*c)
+                && !matches!(c, '"' | '<' | '>' | ':' | '*' | '?' | '|')
+        })
         .take(128)
         .collect();
     let trimmed = cleaned.trim().trim_start_matches('.').trim();
@@ -15,6 +19,16 @@ pub fn sanitize(raw: &str) -> String {
     } else {
         trimmed.to_owned()
     }
+}
+
+/// Unicode format characters (category Cf): invisible, and some reorder what is shown, so
+/// `invoice\u{202e}gnp.exe` would display as `invoiceexe.png`.
+fn is_format(c: char) -> bool {
+    matches!(c as u32,
+        0xAD | 0x600..=0x605 | 0x61C | 0x6DD | 0x70F | 0x890..=0x891 | 0x8E2 | 0x180E
+        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F | 0xFEFF
+        | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F | 0x1BCA0..=0x1BCA3
+        | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
 }
 
 /// Percent-encodes everything but unreserved characters (RFC 3986), for URL paths and

@@ -112,6 +112,8 @@ impl Resume {
         let nonempty = |v: Option<&'a str>| v.map(str::trim).filter(|v| !v.is_empty());
         match nonempty(header).or(nonempty(query)) {
             None | Some("") => Resume::Live,
+            // Only plain digits: `u64::from_str` would also take "+5".
+            Some(v) if !v.bytes().all(|b| b.is_ascii_digit()) => Resume::Unservable,
             Some(v) => match v.parse::<u64>() {
                 Ok(id) => Resume::After(MessageId(id)),
                 Err(_) => Resume::Unservable,

@@ -194,6 +194,7 @@ mod tests {
             Resume::After(MessageId(3))
         );
         assert_eq!(Resume::from_parts(Some("-1"), None), Resume::Unservable);
+        assert_eq!(Resume::from_parts(Some("+5"), None), Resume::Unservable);
         assert_eq!(
             Resume::from_parts(Some(""), Some("4")),
             Resume::After(MessageId(4))

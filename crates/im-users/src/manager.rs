@@ -464,9 +464,19 @@ impl UserManager {
     }
 
     /// Announces a read position to every party, the reader's other sessions included.
+    ///
+    /// In a direct chat the other side hears it only if the chat has a message and `user`
+    /// may write to them (a block either way, or the policy, stops it), as for typing: a read
+    /// receipt must not reach strangers or cross a block.
     pub fn announce_read(&self, user: UserId, conversation: &str, up_to: MessageId) {
         let data = json!({"user": user, "conversation": conversation, "up_to": up_to});
-        self.emit(self.parties(conversation), "read", &data);
+        let mut parties = self.parties(conversation);
+        if im_protocol::direct_parties(conversation).is_some() {
+            parties.retain(|p| {
+                *p == user || (up_to.0 > 0 && self.may_send(user, Target::User(*p)).is_ok())
+            });
+        }
+        self.emit(parties, "read", &data);
     }
 
     fn announce_presence(&self, user: UserId, online: bool) {
