@@ -115,13 +115,10 @@ async fn a_position_that_is_not_plain_digits_gets_resync() {
             .raw_events(&[("last-event-id", position)])
             .await
             .unwrap();
-        let first = loop {
-            let e = patient("first event", stream.next_event())
-                .await
-                .unwrap()
-                .unwrap();
-            break e;
-        };
+        let first = patient("first event", stream.next_event())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(first.event, "resync", "{position:?}");
     }
 }
