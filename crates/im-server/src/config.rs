@@ -114,6 +114,9 @@ pub struct SseConfig {
     pub resume_limit: usize,
     /// The `retry:` hint in milliseconds.
     pub retry_ms: u64,
+    /// Open streams one user may hold on a node; opening one more closes that user's oldest
+    /// (so a user with many tabs keeps working). 0 means no limit.
+    pub max_streams_per_user: usize,
 }
 
 /// `[workers]`: dispatcher sizing; 0 means one per core.
@@ -214,6 +217,7 @@ impl Default for SseConfig {
             mailbox: 1024,
             resume_limit: 10_000,
             retry_ms: 2000,
+            max_streams_per_user: 16,
         }
     }
 }

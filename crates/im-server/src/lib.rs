@@ -146,6 +146,7 @@ impl ImServerBuilder {
                 keepalive: Duration::from_secs(cfg.sse.keepalive_secs.clamp(1, 20)),
                 retry_ms: cfg.sse.retry_ms,
                 resume_limit: cfg.sse.resume_limit,
+                max_streams_per_user: cfg.sse.max_streams_per_user,
                 ..BrokerConfig::default()
             },
             store.replay.clone(),

@@ -122,3 +122,37 @@ async fn a_position_that_is_not_plain_digits_gets_resync() {
         assert_eq!(first.event, "resync", "{position:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_over_the_stream_cap_loses_the_oldest_stream() {
+    let server = TestServer::start_config(|c| c.sse.max_streams_per_user = 4, |b| b).await;
+    let anon = server.client();
+    let (alice, bob) = alice_and_bob(&anon).await;
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let mut s = bob.events(None).await.unwrap();
+        // Registered once its `ready` arrives.
+        loop {
+            let e = patient("ready", s.next_event()).await.unwrap().unwrap();
+            if e.event == "ready" {
+                break;
+            }
+        }
+        streams.push(s);
+    }
+    // The fifth stream closed the first, which ends.
+    let mut oldest = streams.remove(0);
+    patient("the oldest stream to end", async {
+        while let Some(Ok(_)) = oldest.next_item().await {}
+    })
+    .await;
+    // The other four keep working.
+    let m = alice
+        .send_text(Target::User(UserId(2)), "still here", None)
+        .await
+        .unwrap();
+    for s in &mut streams {
+        let got = patient("message", s.next_message()).await.unwrap().unwrap();
+        assert_eq!(got, m);
+    }
+}

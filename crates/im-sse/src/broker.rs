@@ -80,6 +80,8 @@ pub struct BrokerConfig {
     pub resume_limit: usize,
     /// Registry shards, so sessions of different users never contend.
     pub shards: usize,
+    /// Open streams per user; one more closes the user's oldest. 0 means no limit.
+    pub max_streams_per_user: usize,
 }
 
 impl Default for BrokerConfig {
@@ -90,6 +92,7 @@ impl Default for BrokerConfig {
             retry_ms: 2000,
             resume_limit: 10_000,
             shards: 64,
+            max_streams_per_user: 16,
         }
     }
 }
@@ -186,12 +189,21 @@ impl SseBroker {
             return Err(ReplayError::ShuttingDown);
         }
         let mailbox = Arc::new(Mailbox::new(who.session, self.inner.config.mailbox));
-        self.inner
-            .shard(who.user)
-            .write()
-            .entry(who.user)
-            .or_default()
-            .push(mailbox.clone());
+        {
+            let mut shard = self.inner.shard(who.user).write();
+            let list = shard.entry(who.user).or_default();
+            list.push(mailbox.clone());
+            // Over the cap, the user's oldest open streams end (their clients may resume);
+            // a closed one leaves the registry when its body is dropped.
+            let cap = self.inner.config.max_streams_per_user;
+            let open = list.iter().filter(|m| !m.is_closed()).count();
+            if cap > 0 && open > cap {
+                list.iter()
+                    .filter(|m| !m.is_closed())
+                    .take(open - cap)
+                    .for_each(|m| m.close());
+            }
+        }
         let stream = SseStream::new(self.inner.clone(), who.user, mailbox.clone());
         // A shutdown that walked the registry before we registered would miss us.
         if self.inner.shutting_down.load(Ordering::Acquire) {

@@ -60,6 +60,11 @@ impl Mailbox {
         true
     }
 
+    /// Whether the mailbox was closed (slow reader, logout, shutdown, the stream cap).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
     pub(crate) fn close(&self) {
         let waker = {
             let mut s = self.state.lock();
