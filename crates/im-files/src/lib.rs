@@ -99,6 +99,10 @@ impl From<FileError> for ApiError {
     }
 }
 
+/// The least age of stored bytes without metadata that upkeep deletes while serving: an
+/// upload commits its bytes a moment before it records them.
+pub const IN_FLIGHT: Duration = Duration::from_secs(600);
+
 /// File proxy settings.
 #[derive(Debug, Clone, Copy)]
 pub struct FilesConfig {
@@ -256,7 +260,8 @@ impl FileProxy {
             usage,
             progress: std::sync::OnceLock::new(),
         });
-        proxy.maintain().await?;
+        // Nothing of this process is uploading yet, so only other nodes need the grace.
+        proxy.upkeep(proxy.config.orphan_grace).await?;
         Ok(proxy)
     }
 
@@ -266,24 +271,31 @@ impl FileProxy {
         let _ = self.progress.set(progress);
     }
 
-    /// One round of upkeep, on one node of a cluster at a time (the index's sweep lease):
-    /// delete bytes that never got metadata (old enough not to be an upload in progress
-    /// elsewhere), then sweep expired files.
+    /// One round of upkeep while serving, on one node of a cluster at a time (the index's
+    /// sweep lease): delete bytes that never got metadata, then sweep expired files. Bytes
+    /// younger than [`IN_FLIGHT`] (or the configured grace, if longer) are spared: an upload
+    /// of this node or another may be between committing its bytes and recording them.
     pub async fn maintain(&self) -> Result<usize, FileError> {
+        self.upkeep(self.config.orphan_grace.max(IN_FLIGHT)).await
+    }
+
+    async fn upkeep(&self, grace: Duration) -> Result<usize, FileError> {
         let Some(_lease) = self.index.sweep_lease().await? else {
             return Ok(0);
         };
+        // The in-memory index is the follower's copy of the table; what it lacks was
+        // recorded too recently to be past the grace.
         let known: std::collections::HashSet<String> = self
-            .index
-            .all_files()
-            .await?
-            .into_iter()
-            .map(|m| m.key)
+            .files
+            .read()
+            .values()
+            .filter(|e| !e.swept)
+            .map(|e| e.meta.key.clone())
             .collect();
         let now = std::time::SystemTime::now();
         for stored in self.store.keys().await? {
             let age = now.duration_since(stored.modified).unwrap_or_default();
-            if !known.contains(&stored.key) && age >= self.config.orphan_grace {
+            if !known.contains(&stored.key) && age >= grace {
                 tracing::info!(key = %stored.key, "removing bytes without metadata");
                 self.store.remove(&stored.key).await?;
             }

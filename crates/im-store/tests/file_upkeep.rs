@@ -78,3 +78,22 @@ async fn one_node_at_a_time_holds_the_sweep_lease() {
     }
     assert!(got.is_some(), "the lease passed to the other node");
 }
+
+#[tokio::test]
+async fn upkeep_while_serving_spares_an_upload_between_its_bytes_and_its_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let index =
+        Arc::new(SqliteStore::open(&dir.path().join("db"), StoreConfig::default()).unwrap());
+    let bytes = DiskFileStore::open(&dir.path().join("files")).unwrap();
+    let config = FilesConfig {
+        orphan_grace: Duration::ZERO, // one process: nothing to spare at start-up
+        ..FilesConfig::default()
+    };
+    let proxy = FileProxy::new(Arc::new(bytes.clone()), index, config)
+        .await
+        .unwrap();
+    // Bytes committed a moment ago, whose metadata insert is still on its way.
+    stray(&bytes, "bb").await;
+    proxy.maintain().await.unwrap();
+    assert_eq!(keys(&bytes).await, ["bb"], "a periodic round spared them");
+}
