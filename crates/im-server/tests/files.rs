@@ -2,26 +2,15 @@
 
 mod common;
 
-use common::{ServerProcess, TestServer, patient};
+use common::{ServerProcess, TestServer, patient, upload};
 use http::{Method, StatusCode};
 use im_client::Client;
 use im_protocol::{Message, Target, UserId};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::Path;
 
 /// A valid 1x1 PNG.
 const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89\0\0\0\rIDATx\x9cc\xf8\xcf\xc0\xf0\x1f\0\x05\0\x01\xff\x89\x99=\x1d\0\0\0\0IEND\xaeB`\x82";
-
-async fn upload(c: &Client, name: &str, ct: &str, data: &[u8]) -> Value {
-    let res = c.upload(name, ct, data).await.unwrap();
-    assert_eq!(
-        res.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&res.body)
-    );
-    res.json()["file"].clone()
-}
 
 async fn get(c: &Client, url: &str, headers: &[(&str, &str)]) -> im_client::Response {
     c.raw(Method::GET, url, headers, "").await.unwrap()

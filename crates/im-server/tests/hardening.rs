@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestServer, alice_and_bob, patient};
+use common::{TestServer, alice_and_bob, patient, upload};
 use http::{Method, StatusCode};
 use im_client::{Client, EventStream};
 use im_protocol::{Target, UserId};
@@ -89,13 +89,8 @@ async fn format_characters_are_stripped_from_file_names() {
         ("zero\u{200b}width\u{feff}.txt", "zerowidth.txt"),
         ("soft\u{ad}hyphen\u{2066}.txt", "softhyphen.txt"),
     ] {
-        let res = alice
-            .upload(sent, "text/plain", b"hello")
-            .await
-            .unwrap()
-            .expect(StatusCode::CREATED)
-            .unwrap();
-        assert_eq!(res.json()["file"]["name"], kept, "{sent:?}");
+        let file = upload(&alice, sent, "text/plain", b"hello").await;
+        assert_eq!(file["name"], kept, "{sent:?}");
     }
 }
 

@@ -35,6 +35,18 @@ pub fn test_config(dir: &Path) -> Config {
     c
 }
 
+/// Uploads a file and returns its JSON (`F`); anything but 201 fails the test.
+pub async fn upload(c: &Client, name: &str, ct: &str, data: &[u8]) -> serde_json::Value {
+    let res = c.upload(name, ct, data).await.unwrap();
+    assert_eq!(
+        res.status,
+        http::StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&res.body)
+    );
+    res.json()["file"].clone()
+}
+
 /// Alice (user 1) and Bob (user 2), registered, logged in and friends.
 pub async fn alice_and_bob(anon: &Client) -> (Client, Client) {
     let alice = anon.signup("alice", "alice-password").await.unwrap();

@@ -171,26 +171,20 @@ impl Rows {
 #[derive(Default)]
 pub(super) struct Changes {
     pos: Vec<i64>,
-    topic: Vec<i16>,
-    record: Vec<Vec<u8>>,
-    topics: Vec<Topic>,
+    topic: Vec<Topic>,
+    record: Vec<Bytes>,
 }
 
 #[cfg_attr(not(any(feature = "users", feature = "files")), allow(dead_code))]
 impl Changes {
-    fn push(&mut self, next: &mut u64, topic: Topic, record: Vec<u8>) -> u64 {
+    /// Records a change of `topic` at position `next` (then moved on); returns its position.
+    pub(super) fn record(&mut self, next: &mut u64, topic: Topic, record: impl Into<Bytes>) -> u64 {
         let pos = *next;
         self.pos.push(pos as i64);
-        self.topic.push(topic.code());
-        self.topics.push(topic);
-        self.record.push(record);
+        self.topic.push(topic);
+        self.record.push(record.into());
         *next += 1;
         pos
-    }
-
-    /// Records a change of `topic`; returns its position.
-    pub(super) fn record(&mut self, next: &mut u64, topic: Topic, record: Vec<u8>) -> u64 {
-        self.push(next, topic, record)
     }
 }
 
@@ -281,16 +275,15 @@ async fn commit(
             Staged::Write { reply, result } => {
                 let result = result.map(|(logged, scratch)| {
                     let offset = next - 1;
-                    for i in 0..scratch.pos.len() {
-                        let record = scratch.record[i].clone();
+                    for (topic, record) in scratch.topic.into_iter().zip(scratch.record) {
                         entries.push(LogEntry {
                             pos: next,
                             entry: Entry::Change {
-                                topic: scratch.topics[i],
-                                record: Bytes::from(record.clone()),
+                                topic,
+                                record: record.clone(), // a refcount, not a copy
                             },
                         });
-                        changes.push(&mut next, scratch.topics[i], record);
+                        changes.record(&mut next, topic, record);
                     }
                     Logged {
                         value: logged.value,
@@ -326,8 +319,9 @@ async fn insert_changes(tx: &Transaction<'_>, changes: &Changes) -> Result<(), S
              SELECT * FROM UNNEST($1::INT8[], $2::INT2[], $3::BYTEA[])",
         )
         .await?;
-    tx.execute(&stmt, &[&changes.pos, &changes.topic, &changes.record])
-        .await?;
+    let topic: Vec<i16> = changes.topic.iter().map(|t| t.code()).collect();
+    let record: Vec<&[u8]> = changes.record.iter().map(|r| &r[..]).collect();
+    tx.execute(&stmt, &[&changes.pos, &topic, &record]).await?;
     Ok(())
 }
 
