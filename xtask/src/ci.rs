@@ -56,6 +56,9 @@ pub fn run() -> Result<()> {
     let root = workspace_root();
     ensure_components(&root)?;
     crate::services::ensure_postgres()?;
+    crate::services::ensure_redis()?;
+    crate::services::ensure_nats()?;
+    crate::moto::ensure_moto()?;
     for (i, args) in STEPS.iter().enumerate() {
         banner(&format!(
             "[{}/{}] {}",

@@ -12,6 +12,7 @@ mod bench;
 mod ci;
 mod load;
 mod loadbench;
+mod moto;
 mod services;
 mod util;
 

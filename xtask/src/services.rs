@@ -99,3 +99,96 @@ pub fn ensure_postgres() -> Result<()> {
         ))
     }
 }
+
+/// `host:port` of a service URL in `var` (as `im-testkit` reads it), else `default`.
+fn service_addr(var: &str, default: SocketAddr) -> SocketAddr {
+    let url = std::env::var(var).unwrap_or_default();
+    url.split_once("://")
+        .map(|(_, rest)| rest.rsplit('@').next().unwrap_or(rest))
+        .and_then(|rest| rest.split(['/', '?']).next())
+        .and_then(|hostport| hostport.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Starts a service that is not answering: installs `package` if `binary` is missing, runs
+/// `start`, and waits for the port.
+fn ensure_service(
+    what: &str,
+    addr: SocketAddr,
+    binary: &str,
+    package: &str,
+    start: &mut Command,
+    hint: &str,
+) -> Result<()> {
+    if reachable(addr) {
+        return Ok(());
+    }
+    banner(&format!("{what} is not answering on {addr}: starting it"));
+    if which(binary).is_none() {
+        apt_install(&[package])?;
+    }
+    // Detached: the service outlives this command, as the machine's own would.
+    start
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting {what}: {e}"))?;
+    if wait_for(addr, Duration::from_secs(30)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} is needed by the bus and cluster tests, and it does not answer on {addr} \
+             even after trying to start it. {hint}"
+        ))
+    }
+}
+
+fn which(binary: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain(["/usr/sbin".into(), "/usr/bin".into()])
+            .map(|p| p.join(binary))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Makes sure Redis answers (`IM_TEST_REDIS`, default 127.0.0.1:6379), starting one that
+/// keeps nothing on disk if not.
+pub fn ensure_redis() -> Result<()> {
+    let addr = service_addr("IM_TEST_REDIS", SocketAddr::from(([127, 0, 0, 1], 6379)));
+    let binary = which("redis-server").unwrap_or_else(|| "redis-server".into());
+    ensure_service(
+        "Redis",
+        addr,
+        "redis-server",
+        "redis-server",
+        Command::new(binary).args([
+            "--bind",
+            &addr.ip().to_string(),
+            "--port",
+            &addr.port().to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "yes",
+        ]),
+        "Start it (`redis-server --daemonize yes`), or set IM_TEST_REDIS=redis://host:port/.",
+    )
+}
+
+/// Makes sure NATS answers (`IM_TEST_NATS`, default 127.0.0.1:4222).
+pub fn ensure_nats() -> Result<()> {
+    let addr = service_addr("IM_TEST_NATS", SocketAddr::from(([127, 0, 0, 1], 4222)));
+    let binary = which("nats-server").unwrap_or_else(|| "nats-server".into());
+    ensure_service(
+        "NATS",
+        addr,
+        "nats-server",
+        "nats-server",
+        Command::new(binary).args(["-a", &addr.ip().to_string(), "-p", &addr.port().to_string()]),
+        "Start it (`nats-server -js`), or set IM_TEST_NATS=nats://host:port.",
+    )
+}

@@ -10,9 +10,11 @@
 
 mod bus;
 mod follower;
+mod wire;
 
-pub use bus::{Bus, Ephemeral, Inbound, LocalBus};
+pub use bus::{Bus, Ephemeral, Inbound, Link, LocalBus, MemoryBus, MemoryHub};
 pub use follower::{Appliers, Follower, FollowerConfig, Lagging};
+pub use wire::{NodeId, PresenceNews, Signal, WireError};
 
 use async_trait::async_trait;
 use bytes::Bytes;

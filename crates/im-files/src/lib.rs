@@ -21,6 +21,8 @@ pub use detect::{INLINE_TYPES, is_inline, sniff};
 pub use name::{content_disposition, percent_decode, percent_encode, sanitize};
 #[cfg(feature = "object-store")]
 pub use object::ObjectFileStore;
+#[cfg(feature = "s3")]
+pub use object::{S3Credentials, S3Settings};
 pub use range::{RangeReply, parse as parse_range};
 pub use store::{
     ByteStream, DiskFileStore, FileBody, FileIndex, FileMeta, FileSink, FileStore, StoredKey,

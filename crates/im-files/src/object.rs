@@ -58,6 +58,64 @@ impl ObjectFileStore {
         })
     }
 
+    /// Uses an S3-compatible bucket with credentials from the environment
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, optional `AWS_SESSION_TOKEN`), so
+    /// secrets stay out of config files; other `AWS_*` settings apply unless `settings`
+    /// names them.
+    #[cfg(feature = "s3")]
+    pub fn s3(settings: &S3Settings) -> Result<Self, FileError> {
+        // Both keys or a clear error: without them object_store would fall back to the
+        // instance metadata service and fail only at the first request, minutes later.
+        S3Credentials::from_env()?;
+        Self::s3_build(object_store::aws::AmazonS3Builder::from_env(), settings)
+    }
+
+    /// Like [`ObjectFileStore::s3`] with explicit credentials and no `AWS_*` variables
+    /// read, for callers (and tests) that hold credentials themselves.
+    #[cfg(feature = "s3")]
+    pub fn s3_with(settings: &S3Settings, credentials: &S3Credentials) -> Result<Self, FileError> {
+        let mut builder = object_store::aws::AmazonS3Builder::new()
+            .with_access_key_id(&credentials.key_id)
+            .with_secret_access_key(&credentials.secret_key);
+        if let Some(token) = &credentials.token {
+            builder = builder.with_token(token);
+        }
+        Self::s3_build(builder, settings)
+    }
+
+    #[cfg(feature = "s3")]
+    fn s3_build(
+        mut builder: object_store::aws::AmazonS3Builder,
+        settings: &S3Settings,
+    ) -> Result<Self, FileError> {
+        if settings.bucket.trim().is_empty() {
+            return Err(invalid("the S3 file store needs a bucket name"));
+        }
+        builder = builder
+            .with_bucket_name(&settings.bucket)
+            .with_allow_http(settings.allow_http);
+        if !settings.region.is_empty() {
+            builder = builder.with_region(&settings.region);
+        }
+        if let Some(endpoint) = settings.endpoint.as_deref().filter(|e| !e.is_empty()) {
+            let scheme_ok = endpoint.starts_with("https://")
+                || (settings.allow_http && endpoint.starts_with("http://"));
+            if !scheme_ok {
+                return Err(invalid(&format!(
+                    "the S3 endpoint {endpoint:?} must start with https:// (or http:// \
+                     with allow_http)"
+                )));
+            }
+            // Path-style (`<endpoint>/<bucket>/<key>`): what MinIO, moto and most
+            // S3-compatible servers expect, and needs no DNS name per bucket.
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_virtual_hosted_style_request(false);
+        }
+        let store = builder.build().map_err(io_err)?;
+        Ok(Self::new(Arc::new(store)))
+    }
+
     fn location(key: &str) -> Result<ObjectPath, FileError> {
         // Keys are generated hex; anything else would be a bug or an attack.
         if is_key(key) {
@@ -68,12 +126,89 @@ impl ObjectFileStore {
     }
 }
 
+/// Where an S3-compatible bucket is; credentials travel apart ([`S3Credentials`]) so they
+/// can come from the environment rather than a config file.
+#[cfg(feature = "s3")]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct S3Settings {
+    /// The server's URL for S3-compatible storage (MinIO, Ceph, moto), addressed
+    /// path-style; `None` for AWS itself.
+    pub endpoint: Option<String>,
+    /// The bucket, which must already exist: the server never creates one.
+    pub bucket: String,
+    /// The region requests are signed for; empty keeps `AWS_REGION` or `us-east-1`.
+    pub region: String,
+    /// Allows a plain `http://` endpoint (a server on a trusted network); off means HTTPS
+    /// only, so credentials and bytes are not sent in clear by mistake.
+    pub allow_http: bool,
+}
+
+/// Static S3 credentials, kept out of `Debug` output so they never reach a log.
+#[cfg(feature = "s3")]
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Credentials {
+    /// The access key id.
+    pub key_id: String,
+    /// The secret access key.
+    pub secret_key: String,
+    /// A session token, for temporary credentials.
+    pub token: Option<String>,
+}
+
+#[cfg(feature = "s3")]
+impl S3Credentials {
+    /// Reads `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`, so a
+    /// deployment's secret store feeds them without a file; both keys are required.
+    pub fn from_env() -> Result<Self, FileError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+            (Some(key_id), Some(secret_key)) => Ok(Self {
+                key_id,
+                secret_key,
+                token: var("AWS_SESSION_TOKEN"),
+            }),
+            _ => Err(invalid(
+                "the S3 file store needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the \
+                 environment",
+            )),
+        }
+    }
+}
+
+#[cfg(feature = "s3")]
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("key_id", &self.key_id)
+            .field("secret_key", &"<redacted>")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// A settings mistake, as the storage error start-up reports.
+#[cfg(feature = "s3")]
+fn invalid(why: &str) -> FileError {
+    FileError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, why))
+}
+
 fn is_key(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn io_err(e: object_store::Error) -> FileError {
-    FileError::Io(std::io::Error::other(e))
+    let text = e.to_string();
+    if !text.contains('\n') {
+        return FileError::Io(std::io::Error::other(e));
+    }
+    // Remote stores quote the server's reply (S3's is XML over several lines), and a start-up
+    // failure or a log entry should be one line.
+    let line: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    FileError::Io(std::io::Error::other(line.join(" ")))
 }
 
 /// Deletes `<key>#<n>` files (LocalFileSystem's staged uploads) that have not been written

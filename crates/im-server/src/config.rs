@@ -51,6 +51,16 @@ pub struct Config {
     pub store: StoreKind,
     /// `[postgres]`: the database of a cluster.
     pub postgres: PostgresSection,
+    /// What wakes the other nodes and carries ephemeral events between them: `local` (one
+    /// process), `postgres` (`LISTEN/NOTIFY`), `redis` or `nats`. Unset: `local` with
+    /// SQLite, `postgres` with PostgreSQL.
+    pub bus: Option<BusKind>,
+    /// `[redis]`: the Redis of `bus = "redis"`.
+    pub redis: RedisSection,
+    /// `[nats]`: the NATS of `bus = "nats"`.
+    pub nats: NatsSection,
+    /// `[cluster]`: presence across nodes and readiness.
+    pub cluster: ClusterSection,
     /// Who may message whom directly.
     pub direct_messages: DirectMessages,
     /// Log filter in `tracing` syntax; `RUST_LOG` wins when set.
@@ -90,6 +100,79 @@ pub enum StoreKind {
     Sqlite,
     /// PostgreSQL at `postgres.url`: every node of a deployment shares it.
     Postgres,
+}
+
+/// The bus between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// No other node: the embedded default.
+    Local,
+    /// PostgreSQL `LISTEN/NOTIFY`: no service beyond the database.
+    Postgres,
+    /// Redis (6 or later) pub/sub.
+    Redis,
+    /// NATS core subjects.
+    Nats,
+}
+
+/// `[redis]`: the Redis of `bus = "redis"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSection {
+    /// `redis://host:port/`.
+    pub url: String,
+    /// Put before the channel name, so deployments can share one Redis.
+    pub prefix: String,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/".into(),
+            prefix: "im:".into(),
+        }
+    }
+}
+
+/// `[nats]`: the NATS of `bus = "nats"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsSection {
+    /// `nats://host:port`.
+    pub url: String,
+    /// Put before the subject, so deployments can share one NATS; ends with a dot.
+    pub prefix: String,
+}
+
+impl Default for NatsSection {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            prefix: "im.".into(),
+        }
+    }
+}
+
+/// `[cluster]`: presence across nodes and readiness.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Seconds another node's word that a user is online holds unless repeated: the users
+    /// of a node that dies show offline within this.
+    pub presence_ttl_secs: u64,
+    /// `GET /readyz` fails while this node's follower is more than this many log positions
+    /// behind the head.
+    pub ready_max_lag: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            presence_ttl_secs: 30,
+            ready_max_lag: 10_000,
+        }
+    }
 }
 
 /// `[postgres]`: the database of a cluster.
@@ -145,6 +228,18 @@ pub struct Argon2Config {
     pub concurrency: usize,
 }
 
+impl BusKind {
+    /// The name used in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            BusKind::Local => "local",
+            BusKind::Postgres => "postgres",
+            BusKind::Redis => "redis",
+            BusKind::Nats => "nats",
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -152,6 +247,10 @@ impl Default for Config {
             data_dir: PathBuf::from("./im-data"),
             store: StoreKind::Sqlite,
             postgres: PostgresSection::default(),
+            bus: None,
+            redis: RedisSection::default(),
+            nats: NatsSection::default(),
+            cluster: ClusterSection::default(),
             direct_messages: DirectMessages::Friends,
             log: "info".into(),
             max_message_bytes: 64 * 1024,
@@ -176,6 +275,23 @@ pub enum FilesBackend {
     /// A directory (`files.dir`); for a cluster, one that every node mounts.
     #[default]
     Dir,
+    /// An S3-compatible bucket (`[files.s3]`, credentials from `AWS_*` variables), which
+    /// every node reaches without a shared mount.
+    S3,
+}
+
+/// `[files.s3]`: where the `s3` backend keeps the bytes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesS3Section {
+    /// URL of an S3-compatible server (MinIO, Ceph), addressed path-style; unset for AWS.
+    pub endpoint: Option<String>,
+    /// The bucket; required with `backend = "s3"`, and it must exist.
+    pub bucket: String,
+    /// The region requests are signed for; unset means `AWS_REGION`, else `us-east-1`.
+    pub region: String,
+    /// Allows a plain `http://` endpoint, for a server on a trusted network.
+    pub allow_http: bool,
 }
 
 /// `[files]`: the file proxy.
@@ -195,6 +311,8 @@ pub struct FilesSection {
     pub sweep_secs: u64,
     /// Bytes of live files one user may hold; 0 means no limit.
     pub quota_bytes: u64,
+    /// The bucket of the `s3` backend.
+    pub s3: FilesS3Section,
 }
 
 impl Default for FilesSection {
@@ -206,6 +324,7 @@ impl Default for FilesSection {
             ttl_secs: 24 * 3600,
             sweep_secs: 60,
             quota_bytes: 0,
+            s3: FilesS3Section::default(),
         }
     }
 }
@@ -327,20 +446,59 @@ impl Config {
         Ok((Command::Run, config))
     }
 
+    /// The bus in force: the configured one, else the store's natural one.
+    pub fn bus_kind(&self) -> BusKind {
+        self.bus.unwrap_or(match self.store {
+            StoreKind::Sqlite => BusKind::Local,
+            StoreKind::Postgres => BusKind::Postgres,
+        })
+    }
+
     /// Refuses combinations that would start a half-working server.
     fn check(&self) -> Result<(), ConfigError> {
+        match (self.store, self.bus_kind()) {
+            (StoreKind::Sqlite, BusKind::Local) => {}
+            (StoreKind::Sqlite, bus) => {
+                return Err(ConfigError::Invalid(format!(
+                    "bus = \"{}\" joins nodes of a cluster, but store = \"sqlite\" is one \
+                     process's; use store = \"postgres\" or leave bus unset",
+                    bus.name()
+                )));
+            }
+            (StoreKind::Postgres, BusKind::Local) => {
+                return Err(ConfigError::Invalid(
+                    "bus = \"local\" would leave the nodes of a cluster deaf to each other; \
+                     use bus = \"postgres\", \"redis\" or \"nats\""
+                        .into(),
+                ));
+            }
+            (StoreKind::Postgres, _) => {}
+        }
+        if self.cluster.presence_ttl_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "cluster.presence_ttl_secs must be at least 1".into(),
+            ));
+        }
         if self.store == StoreKind::Postgres && self.postgres.url.trim().is_empty() {
             return Err(ConfigError::Invalid(
                 "store = \"postgres\" needs postgres.url (IM_POSTGRES__URL)".into(),
             ));
         }
         // Nodes of a cluster serve each other's uploads: a per-node default directory would
-        // give links that work on one node only.
-        if self.store == StoreKind::Postgres && self.files.dir.is_none() {
+        // give links that work on one node only. A bucket is shared by nature.
+        if self.store == StoreKind::Postgres
+            && self.files.backend == FilesBackend::Dir
+            && self.files.dir.is_none()
+        {
             return Err(ConfigError::Invalid(
                 "store = \"postgres\" needs files.dir, a directory every node shares \
-                 (IM_FILES__DIR)"
+                 (IM_FILES__DIR), or files.backend = \"s3\""
                     .into(),
+            ));
+        }
+        if self.files.backend == FilesBackend::S3 && self.files.s3.bucket.trim().is_empty() {
+            return Err(ConfigError::Invalid(
+                "files.backend = \"s3\" needs files.s3.bucket (IM_FILES__S3__BUCKET)".into(),
             ));
         }
         Ok(())
@@ -370,6 +528,10 @@ const KEYS: &[&str] = &[
     "data_dir",
     "store",
     "postgres",
+    "bus",
+    "redis",
+    "nats",
+    "cluster",
     "direct_messages",
     "log",
     "max_message_bytes",
@@ -419,6 +581,55 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_bus_follows_the_store_and_nonsense_is_refused() {
+        let (_, c) = Config::load(vec![], vec![]).unwrap();
+        assert_eq!(c.bus_kind(), BusKind::Local);
+        let pg = [
+            ("IM_STORE", "postgres"),
+            ("IM_POSTGRES__URL", "postgres://x@127.0.0.1/im"),
+            ("IM_FILES__DIR", "/shared"),
+        ];
+        let (_, c) = Config::load(vec![], env(&pg)).unwrap();
+        assert_eq!(c.bus_kind(), BusKind::Postgres);
+        let mut redis = pg.to_vec();
+        redis.extend([("IM_BUS", "redis"), ("IM_REDIS__PREFIX", "eu:")]);
+        let (_, c) = Config::load(vec![], env(&redis)).unwrap();
+        assert_eq!(
+            (c.bus_kind(), c.redis.prefix.as_str(), c.redis.url.as_str()),
+            (BusKind::Redis, "eu:", "redis://127.0.0.1:6379/")
+        );
+        let mut nats = pg.to_vec();
+        nats.extend([("IM_BUS", "nats"), ("IM_CLUSTER__PRESENCE_TTL_SECS", "3")]);
+        let (_, c) = Config::load(vec![], env(&nats)).unwrap();
+        assert_eq!(
+            (c.bus_kind(), c.cluster.presence_ttl_secs),
+            (BusKind::Nats, 3)
+        );
+
+        for (bad, why) in [
+            (vec![("IM_BUS", "redis")], "store = \"sqlite\""),
+            (vec![("IM_BUS", "carrier-pigeon")], "bus"),
+            ([pg.as_slice(), &[("IM_BUS", "local")]].concat(), "deaf"),
+            (
+                [pg.as_slice(), &[("IM_CLUSTER__PRESENCE_TTL_SECS", "0")]].concat(),
+                "presence_ttl_secs",
+            ),
+        ] {
+            match Config::load(vec![], env(&bad)) {
+                Err(ConfigError::Invalid(e)) => assert!(e.contains(why), "{e}"),
+                other => panic!("{bad:?} gave {other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -516,6 +727,66 @@ mod tests {
         assert!(matches!(
             Config::load(vec![], vars),
             Err(ConfigError::Invalid(e)) if e.contains("files.dir")
+        ));
+    }
+
+    #[test]
+    fn s3_files_instead_of_a_shared_directory() {
+        let vars = vec![
+            ("IM_STORE".to_owned(), "postgres".to_owned()),
+            ("IM_POSTGRES__URL".to_owned(), "postgres://h/im".to_owned()),
+            ("IM_FILES__BACKEND".to_owned(), "s3".to_owned()),
+            ("IM_FILES__S3__BUCKET".to_owned(), "im-files".to_owned()),
+            (
+                "IM_FILES__S3__ENDPOINT".to_owned(),
+                "http://127.0.0.1:9000".to_owned(),
+            ),
+            ("IM_FILES__S3__ALLOW_HTTP".to_owned(), "true".to_owned()),
+        ];
+        let (_, c) = Config::load(vec![], vars).unwrap();
+        assert_eq!(c.files.backend, FilesBackend::S3);
+        assert_eq!(c.files.s3.bucket, "im-files");
+        assert_eq!(
+            c.files.s3.endpoint.as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
+        assert!(c.files.s3.allow_http);
+        assert_eq!(c.files.s3.region, "", "AWS_REGION or us-east-1 then");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("im.toml");
+        std::fs::write(
+            &file,
+            "[files]\nbackend = \"s3\"\n[files.s3]\nbucket = \"b\"\nregion = \"eu-west-1\"\n",
+        )
+        .unwrap();
+        let args = s(&["--config", file.to_str().unwrap()]);
+        let (_, c) = Config::load(args, vec![]).unwrap();
+        assert_eq!(
+            (c.files.s3.bucket.as_str(), c.files.s3.region.as_str()),
+            ("b", "eu-west-1")
+        );
+        assert_eq!(c.files.s3.endpoint, None);
+        assert!(!c.files.s3.allow_http, "HTTPS only unless asked");
+
+        let vars = vec![("IM_FILES__BACKEND".to_owned(), "s3".to_owned())];
+        assert!(matches!(
+            Config::load(vec![], vars),
+            Err(ConfigError::Invalid(e)) if e.contains("files.s3.bucket")
+        ));
+        let vars = vec![
+            ("IM_FILES__BACKEND".to_owned(), "s3".to_owned()),
+            ("IM_FILES__S3__BUCKET".to_owned(), "b".to_owned()),
+            ("IM_FILES__S3__BUKET".to_owned(), "typo".to_owned()),
+        ];
+        assert!(matches!(
+            Config::load(vec![], vars),
+            Err(ConfigError::Invalid(e)) if e.contains("bucket")
+        ));
+        let vars = vec![("IM_FILES__BACKEND".to_owned(), "ftp".to_owned())];
+        assert!(matches!(
+            Config::load(vec![], vars),
+            Err(ConfigError::Invalid(_))
         ));
     }
 }

@@ -7,9 +7,10 @@
 mod assets;
 pub mod config;
 mod http;
+mod ready;
 mod routes;
 
-pub use config::{Command, Config, ConfigError, FilesBackend, StoreKind};
+pub use config::{BusKind, Command, Config, ConfigError, FilesBackend, StoreKind};
 pub use im_channel::{Channel, Handler, Pending};
 pub use im_classifier::KindSpec;
 pub use im_protocol::{ApiError, ErrorCode};
@@ -22,8 +23,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use im_channel::{ChannelGroup, ChannelGroupConfig, MessageHistory, MessageLog};
 use im_classifier::{DEFAULT_GROUP, MessageClassifier};
 use im_cluster::{
-    Appliers, Bus, Entry, Ephemeral, Follower, FollowerConfig, Inbound, LocalBus, LogReader,
-    Progress, Topic,
+    Appliers, Bus, Entry, Follower, FollowerConfig, Inbound, Link, LocalBus, LogReader, NodeId,
+    Progress, Signal, Topic,
 };
 use im_files::{AttachFiles, FileIndex, FileProxy, FileStore, FilesConfig};
 use im_pool::{ConsumerPool, PoolConfig};
@@ -122,7 +123,10 @@ impl ImServerBuilder {
     /// Opens the store, starts the workers and the log follower, and binds the listener.
     pub async fn bind(self) -> Result<ImServer, ServerError> {
         let cfg = &self.config;
+        let node = NodeId::random();
+        tracing::info!(%node, store = ?cfg.store, bus = cfg.bus_kind().name(), "this node starts");
         let store = Stores::open(cfg).await?;
+        let link = Link::new(open_bus(cfg, node)?, node);
         // Read before any cache loads its snapshot: the follower starts here, so nothing
         // committed meanwhile (by another node) is missed; re-applying is harmless.
         let start = store
@@ -138,6 +142,7 @@ impl ImServerBuilder {
             },
             direct_messages: cfg.direct_messages,
             presence_grace: Duration::from_millis(cfg.presence_grace_ms),
+            presence_ttl: Duration::from_secs(cfg.cluster.presence_ttl_secs.max(1)),
         };
         let users = UserManager::new(store.users.clone(), users_cfg).await?;
         let broker = SseBroker::new(
@@ -164,7 +169,7 @@ impl ImServerBuilder {
         users.on_revoke(Arc::new(move |user, session| {
             closer.close_session(SessionInfo { user, session })
         }));
-        users.attach_bus(store.bus.clone());
+        users.attach_link(link.clone());
         let pool = ConsumerPool::start(pool_cfg, Arc::new(broker.clone()), users.clone())
             .map_err(io_err("starting the consumer pool"))?;
 
@@ -199,11 +204,15 @@ impl ImServerBuilder {
             FollowerConfig::default(),
         )
         .map_err(io_err("starting the log follower"))?;
-        let offer = follower.clone();
-        (store.listen)(Arc::new(move |entries| offer.offer(entries)));
+        let (offer, wake) = (follower.clone(), link.clone());
+        (store.listen)(Arc::new(move |entries: Vec<_>| {
+            wake.committed(&entries);
+            offer.offer(entries);
+        }));
         users.attach_log(follower.clone());
         files.attach_log(follower.clone());
-        store.bus.start(Arc::new(NodeInbound {
+        link.bus().start(Arc::new(NodeInbound {
+            link: link.clone(),
             follower: follower.clone(),
             users: users.clone(),
         }));
@@ -247,6 +256,13 @@ impl ImServerBuilder {
             .await
             .map_err(io_err(format!("binding {}", cfg.listen)))?;
         let auth = self.authenticator.unwrap_or_else(|| users.clone());
+        let readiness = ready::Readiness::new(
+            store.reader.clone(),
+            follower.clone(),
+            link,
+            cfg.cluster.ready_max_lag,
+        );
+        readiness.spawn_lag_log();
         let app = App {
             config: self.config,
             classifier,
@@ -257,6 +273,7 @@ impl ImServerBuilder {
             history: store.history,
             files,
             progress: follower,
+            readiness,
         };
         Ok(ImServer {
             app: Arc::new(app),
@@ -275,8 +292,6 @@ struct Stores {
     reader: Arc<dyn LogReader>,
     /// Connects committed entries to the follower (set once, before the first write).
     listen: Box<dyn FnOnce(Arc<dyn CommitListener>) + Send>,
-    /// Wakes the other nodes' followers and carries ephemeral events between nodes.
-    bus: Arc<dyn Bus>,
     /// How old stored bytes without metadata must be before upkeep deletes them: at once
     /// with one process, an hour when another node may be mid-upload.
     orphan_grace: Duration,
@@ -291,7 +306,6 @@ impl Stores {
                 Ok(Self::of(
                     s,
                     move |l| listen.set_commit_listener(l),
-                    Arc::new(LocalBus),
                     Duration::ZERO,
                 ))
             }
@@ -301,13 +315,13 @@ impl Stores {
                 if cfg.postgres.pool_size > 0 {
                     pg.pool_size = cfg.postgres.pool_size;
                 }
+                // Commits wake the other nodes through NOTIFY only when that is the bus.
+                pg.notify = cfg.bus_kind() == BusKind::Postgres;
                 let s = im_store::PgStore::open(pg).await?;
                 let listen = s.clone();
-                let bus = Arc::new(im_store::PgBus::new(&cfg.postgres.url)?);
                 Ok(Self::of(
                     s,
                     move |l| listen.set_commit_listener(l),
-                    bus,
                     Duration::from_secs(3600),
                 ))
             }
@@ -321,7 +335,6 @@ impl Stores {
     fn of<S>(
         s: S,
         listen: impl FnOnce(Arc<dyn CommitListener>) + Send + 'static,
-        bus: Arc<dyn Bus>,
         orphan_grace: Duration,
     ) -> Self
     where
@@ -335,40 +348,103 @@ impl Stores {
             files: Arc::new(s.clone()),
             reader: Arc::new(s),
             listen: Box::new(listen),
-            bus,
             orphan_grace,
         }
     }
 
     /// Where uploaded bytes live: `files.dir` (`<data_dir>/files` by default), through
-    /// `object_store` when built with it.
+    /// `object_store` when built with it, or an S3-compatible bucket (`[files.s3]`).
     fn file_bytes(&self, cfg: &Config) -> Result<Arc<dyn FileStore>, ServerError> {
-        let dir = cfg.files_dir();
-        #[cfg(feature = "object-store")]
-        let bytes = im_files::ObjectFileStore::local_dir(&dir)?;
-        #[cfg(not(feature = "object-store"))]
-        let bytes = im_files::DiskFileStore::open_sparing(&dir, self.orphan_grace)?;
-        Ok(Arc::new(bytes))
+        match cfg.files.backend {
+            FilesBackend::Dir => {
+                let dir = cfg.files_dir();
+                #[cfg(feature = "object-store")]
+                let bytes = im_files::ObjectFileStore::local_dir(&dir)?;
+                #[cfg(not(feature = "object-store"))]
+                let bytes = im_files::DiskFileStore::open_sparing(&dir, self.orphan_grace)?;
+                Ok(Arc::new(bytes))
+            }
+            #[cfg(feature = "s3")]
+            FilesBackend::S3 => {
+                let s3 = &cfg.files.s3;
+                let settings = im_files::S3Settings {
+                    endpoint: s3.endpoint.clone(),
+                    bucket: s3.bucket.clone(),
+                    region: s3.region.clone(),
+                    allow_http: s3.allow_http,
+                };
+                Ok(Arc::new(im_files::ObjectFileStore::s3(&settings)?))
+            }
+            #[cfg(not(feature = "s3"))]
+            FilesBackend::S3 => Err(ServerError::Unsupported(
+                "files.backend = \"s3\" needs im-server built with the `s3` feature".into(),
+            )),
+        }
     }
 }
 
-/// What other nodes send this one: wake-ups for the follower, events for local streams.
+/// The bus the configuration chose, for node `node`.
+#[allow(unused_variables)] // `node` and `missing` go unused in builds with every bus
+fn open_bus(cfg: &Config, node: NodeId) -> Result<Arc<dyn Bus>, ServerError> {
+    let missing = |feature: &str| {
+        ServerError::Unsupported(format!(
+            "bus = \"{}\" needs im-server built with the `{feature}` feature",
+            cfg.bus_kind().name()
+        ))
+    };
+    Ok(match cfg.bus_kind() {
+        BusKind::Local => Arc::new(LocalBus),
+        #[cfg(feature = "postgres")]
+        BusKind::Postgres => Arc::new(im_store::PgBus::new(&cfg.postgres.url)?),
+        #[cfg(not(feature = "postgres"))]
+        BusKind::Postgres => return Err(missing("postgres")),
+        #[cfg(feature = "redis")]
+        BusKind::Redis => Arc::new(
+            im_bus::RedisBus::new(&cfg.redis.url, &cfg.redis.prefix, node)
+                .map_err(|e| ServerError::Unsupported(e.to_string()))?,
+        ),
+        #[cfg(not(feature = "redis"))]
+        BusKind::Redis => return Err(missing("redis")),
+        #[cfg(feature = "nats")]
+        BusKind::Nats => Arc::new(
+            im_bus::NatsBus::new(&cfg.nats.url, &cfg.nats.prefix, node)
+                .map_err(|e| ServerError::Unsupported(e.to_string()))?,
+        ),
+        #[cfg(not(feature = "nats"))]
+        BusKind::Nats => return Err(missing("nats")),
+    })
+}
+
+/// What other nodes send this one: wake-ups and entries for the follower, events and
+/// presence news for local streams.
 struct NodeInbound {
+    link: Link,
     follower: Arc<Follower>,
     users: Arc<UserManager>,
 }
 
 impl Inbound for NodeInbound {
+    fn frame(&self, frame: bytes::Bytes) {
+        let Some((from, signal)) = self.link.open(&frame) else {
+            return;
+        };
+        match signal {
+            Signal::Committed { entries, .. } if !entries.is_empty() => {
+                self.follower.offer(entries)
+            }
+            Signal::Committed { head, .. } => self.follower.wake(head),
+            Signal::Event(event) => self.users.deliver_remote(&event),
+            Signal::Presence(news) => self.users.presence_news(from, news),
+        }
+    }
+
     fn head(&self, head: u64) {
         self.follower.wake(head);
     }
 
     fn reconnected(&self) {
         self.follower.poll_now();
-    }
-
-    fn event(&self, event: Ephemeral) {
-        self.users.deliver_remote(&event);
+        self.users.bus_reconnected();
     }
 }
 
@@ -449,6 +525,7 @@ impl ImServer {
             });
         }
         drop(listener);
+        app.readiness.stop();
         tracing::info!("shutting down: ending event streams");
         app.broker.shutdown();
         let grace = Duration::from_secs(app.config.shutdown_grace_secs);

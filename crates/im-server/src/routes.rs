@@ -40,6 +40,8 @@ pub(crate) struct App {
     pub files: Arc<FileProxy>,
     /// This node's log follower: a refusal that stale memory could explain waits for it.
     pub progress: Arc<dyn Progress>,
+    /// Whether this node should be sent work (`GET /readyz`).
+    pub readiness: Arc<crate::ready::Readiness>,
 }
 
 /// Refusals that memory behind the log could explain (a friendship, membership or upload
@@ -108,6 +110,7 @@ struct Login {
 enum Route {
     Asset(&'static assets::Asset),
     Health,
+    Ready,
     Register,
     Login,
     Logout,
@@ -149,6 +152,7 @@ fn resolve(path: &str) -> Option<(Route, &'static [Method])> {
     Some(match segments.as_slice() {
         _ if assets::find(path).is_some() => (Route::Asset(assets::find(path)?), GET),
         ["healthz"] => (Route::Health, GET),
+        ["readyz"] => (Route::Ready, GET),
         ["files", token, name] => (
             Route::Download((*token).to_owned(), (*name).to_owned()),
             GET,
@@ -259,6 +263,15 @@ impl App {
                 "text/plain; charset=utf-8",
                 Bytes::from_static(b"ok"),
             )),
+            Route::Ready => {
+                let report = self.readiness.check().await;
+                let status = if report.ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                Ok(json(status, &report))
+            }
             Route::Register => {
                 let body: Login = read_json(req, self.config.max_json_bytes).await?;
                 let user = self.users.register(&body.username, &body.password).await?;

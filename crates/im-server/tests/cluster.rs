@@ -1,207 +1,35 @@
-//! Three `im-server` processes on one PostgreSQL database form one deployment. The test
-//! client plays the load balancer: it sends requests and reconnects to different nodes.
+//! Three `im-server` processes on one PostgreSQL database form one deployment, on each bus
+//! (PostgreSQL `NOTIFY`, Redis, NATS). The test client plays the load balancer: it sends
+//! requests and reconnects to different nodes.
 
 mod common;
 
-use common::{PATIENCE, ServerProcess, patient};
+use common::cluster::*;
+use common::{PATIENCE, patient};
 use http::{Method, StatusCode};
-use im_client::{Client, EventStream};
-use im_protocol::{GroupId, Message, Target, UserId};
-use im_testkit::TempDatabase;
+use im_client::Client;
+use im_protocol::{GroupId, Target, UserId};
 use serde_json::json;
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-/// A deployment of `n` nodes sharing one database and one file directory.
-struct Cluster {
-    // Fields drop in order: the nodes stop before their database goes.
-    nodes: Vec<Option<ServerProcess>>,
-    addrs: Vec<SocketAddr>,
-    _files: tempfile::TempDir,
-    _dirs: Vec<tempfile::TempDir>,
-    db: TempDatabase,
-}
-
-impl Cluster {
-    async fn start(n: usize) -> Self {
-        let db = TempDatabase::create().await;
-        let files = tempfile::tempdir().unwrap();
-        let mut nodes = Vec::new();
-        let mut dirs = Vec::new();
-        for _ in 0..n {
-            let dir = tempfile::tempdir().unwrap();
-            let files_dir = files.path().display().to_string();
-            let node = ServerProcess::start_env(
-                dir.path(),
-                &[
-                    ("IM_STORE", "postgres"),
-                    ("IM_POSTGRES__URL", db.url()),
-                    ("IM_FILES__DIR", &files_dir),
-                    ("IM_DIRECT_MESSAGES", "friends"),
-                    // The cluster tests run side by side on one PostgreSQL: stay well under
-                    // its connection limit.
-                    ("IM_POSTGRES__POOL_SIZE", "4"),
-                ],
-            );
-            nodes.push(Some(node));
-            dirs.push(dir);
-        }
-        let addrs = nodes.iter().flatten().map(|n| n.addr).collect();
-        Self {
-            nodes,
-            addrs,
-            _files: files,
-            _dirs: dirs,
-            db,
-        }
-    }
-
-    fn node(&self, i: usize) -> SocketAddr {
-        self.addrs[i % self.addrs.len()]
-    }
-
-    fn kill(&mut self, i: usize) {
-        if let Some(node) = self.nodes[i].take() {
-            node.signal("KILL");
-            drop(node);
-        }
-    }
-
-    /// Signs up `name` on node `i`.
-    async fn user(&self, name: &str, i: usize) -> Client {
-        Client::new(self.node(i))
-            .signup(name, &format!("{name}-password"))
-            .await
-            .unwrap()
-    }
-
-    /// The ids PostgreSQL holds for a conversation, ascending.
-    async fn stored_ids(&self, conversation: &str) -> Vec<u64> {
-        let (client, conn) = tokio_postgres::connect(self.db.url(), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client
-            .query(
-                "SELECT id FROM messages WHERE conversation = $1 ORDER BY id",
-                &[&conversation],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get::<_, i64>(0) as u64)
-            .collect()
-    }
-}
-
-/// `a` asks through one node and `b` accepts through another.
-async fn befriend(a: &Client, b: &Client, b_name: &str, ask_at: SocketAddr, answer_at: SocketAddr) {
-    let request = a.at(ask_at).request_friend(b_name).await.unwrap();
-    let id = request["id"].as_u64().unwrap();
-    b.at(answer_at).accept_request(id).await.unwrap();
-}
-
-/// Creates a group through `owner`'s node; returns its id.
-async fn create_group(owner: &Client, name: &str, members: &[u64]) -> u64 {
-    owner
-        .call(
-            Method::POST,
-            "/api/v1/groups",
-            Some(&json!({"name": name, "members": members})),
-        )
-        .await
-        .unwrap()
-        .expect(StatusCode::CREATED)
-        .unwrap()
-        .json()["group"]["id"]
-        .as_u64()
-        .unwrap()
-}
-
-/// The stream's `ready` position.
-async fn ready(stream: &mut EventStream) -> u64 {
-    loop {
-        let e = patient("ready", stream.next_event())
-            .await
-            .unwrap()
-            .unwrap();
-        if e.event == "ready" {
-            return e.id.unwrap().parse().unwrap();
-        }
-    }
-}
-
-async fn next_message(stream: &mut EventStream) -> Option<Message> {
-    match tokio::time::timeout(PATIENCE, stream.next_message()).await {
-        Ok(Some(Ok(m))) => Some(m),
-        Ok(_) => None, // the stream ended (its node died, say)
-        Err(_) => panic!("gave up waiting for a message"),
-    }
-}
-
-/// Reads `want` messages, reconnecting to the next node with `Last-Event-ID` after every
-/// `every` messages (and whenever a stream ends), as a browser behind a balancer would.
-async fn read_all(
-    client: Client,
-    nodes: Vec<SocketAddr>,
-    mut after: u64,
-    want: usize,
-    every: usize,
-) -> Vec<Message> {
-    let mut got: Vec<Message> = Vec::new();
-    let mut node = 0;
-    while got.len() < want {
-        node += 1;
-        let addr = nodes[node % nodes.len()];
-        let Ok(mut stream) = client.at(addr).events(Some(after)).await else {
-            continue; // a dead node: try the next
-        };
-        let mut here = 0;
-        while here < every && got.len() < want {
-            match next_message(&mut stream).await {
-                Some(m) => {
-                    after = m.id.0;
-                    got.push(m);
-                    here += 1;
-                }
-                None => break,
-            }
-        }
-    }
-    got
-}
-
-/// POSTs a text, retrying with the same `client_id` on the next node when a node gives no
-/// answer; returns the stored message.
-async fn send_anywhere(
-    client: &Client,
-    nodes: &[SocketAddr],
-    first: usize,
-    to: Target,
-    text: &str,
-) -> Message {
-    let cid = format!("cid-{text}");
-    for attempt in 0..nodes.len() * 20 {
-        let addr = nodes[(first + attempt) % nodes.len()];
-        match client.at(addr).send_text(to, text, Some(&cid)).await {
-            Ok(m) => return m,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    panic!("no node stored {text}");
-}
-
-fn assert_in_order_once(got: &[Message], who: &str) {
-    assert!(
-        got.windows(2).all(|w| w[0].id < w[1].id),
-        "{who} got every message once, in id order"
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_users_chat_across_nodes_and_reconnects() {
-    let cluster = Cluster::start(3).await;
+    chat_across_nodes(TestBus::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_users_chat_across_nodes_and_reconnects_on_redis() {
+    chat_across_nodes(TestBus::redis()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_users_chat_across_nodes_and_reconnects_on_nats() {
+    chat_across_nodes(TestBus::nats()).await;
+}
+
+async fn chat_across_nodes(bus: TestBus) {
+    let cluster = Cluster::launch(3, bus, &[]).await;
     let nodes = cluster.addrs.clone();
     let alice = cluster.user("alice", 0).await;
     let bob = cluster.user("bob", 1).await;
@@ -246,7 +74,16 @@ async fn three_users_chat_across_nodes_and_reconnects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_a_node_under_load_loses_and_doubles_nothing() {
-    let mut cluster = Cluster::start(3).await;
+    kill_9_under_load(TestBus::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_a_node_under_load_loses_and_doubles_nothing_on_redis() {
+    kill_9_under_load(TestBus::redis()).await;
+}
+
+async fn kill_9_under_load(bus: TestBus) {
+    let mut cluster = Cluster::launch(3, bus, &[]).await;
     let nodes = cluster.addrs.clone();
     let alice = cluster.user("alice", 0).await;
     let bob = cluster.user("bob", 1).await;
@@ -347,7 +184,16 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn changes_on_one_node_hold_on_the_others() {
-    let cluster = Cluster::start(3).await;
+    coherence(TestBus::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_on_one_node_hold_on_the_others_on_redis() {
+    coherence(TestBus::redis()).await;
+}
+
+async fn coherence(bus: TestBus) {
+    let cluster = Cluster::launch(3, bus, &[]).await;
     let n = cluster.addrs.clone();
     let alice = cluster.user("alice", 0).await;
     let bob = cluster.user("bob", 1).await;

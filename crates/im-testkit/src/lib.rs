@@ -1,6 +1,11 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+pub mod bus;
+mod moto;
+
+pub use moto::{MOTO_KEY_ID, MOTO_REGION, MOTO_SECRET, MotoServer};
+
 use tokio_postgres::NoTls;
 
 /// The maintenance database tests connect to in order to create their own.

@@ -1,5 +1,5 @@
 use crate::UserChange;
-use crate::presence::{Change, Presence};
+use crate::presence::Presence;
 use crate::social::{FriendRequest, Group, RequestState, Role, Social, SocialWrite, successor};
 use crate::{
     Authenticator, Credentials, DirectMessages, Principal, User, UserError, UserStore,
@@ -8,10 +8,9 @@ use crate::{
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use async_trait::async_trait;
-use im_cluster::{Applier, Bus, Entry, Ephemeral, LocalBus, Logged, Position, Progress};
+use im_cluster::{Applier, Entry, Link, Logged, Position, Progress};
 use im_pool::Mailboxes;
 use im_protocol::record::Versioned;
-use im_protocol::sse::Frame;
 use im_protocol::{GroupId, Message, MessageId, Target, UserId, conversation_of};
 use parking_lot::RwLock;
 use serde_json::{Value, json};
@@ -20,6 +19,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::Semaphore;
+
+mod cluster;
 
 /// argon2id cost settings. The defaults are OWASP's recommendation (19 MiB, 2 passes).
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +52,9 @@ pub struct UsersConfig {
     pub direct_messages: DirectMessages,
     /// How long a user with no open stream still counts as online (no flap on reload).
     pub presence_grace: Duration,
+    /// How long another node's word that a user is online holds unless repeated: a node
+    /// that dies stops counting its users after this.
+    pub presence_ttl: Duration,
 }
 
 impl Default for UsersConfig {
@@ -59,6 +63,7 @@ impl Default for UsersConfig {
             hash: HashParams::default(),
             direct_messages: DirectMessages::Friends,
             presence_grace: Duration::from_secs(5),
+            presence_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -113,7 +118,7 @@ pub struct UserManager {
     presence: Presence,
     mailboxes: OnceLock<Arc<dyn Mailboxes>>,
     progress: OnceLock<Arc<dyn Progress>>,
-    bus: OnceLock<Arc<dyn Bus>>,
+    link: OnceLock<Link>,
     on_revoke: OnceLock<RevokeHook>,
     runtime: Option<tokio::runtime::Handle>,
     me: Weak<UserManager>,
@@ -158,7 +163,7 @@ impl UserManager {
             presence: Presence::default(),
             mailboxes: OnceLock::new(),
             progress: OnceLock::new(),
-            bus: OnceLock::new(),
+            link: OnceLock::new(),
             on_revoke: OnceLock::new(),
             runtime: tokio::runtime::Handle::try_current().ok(),
             me: me.clone(),
@@ -175,11 +180,6 @@ impl UserManager {
     /// waits until its own change is applied. Until it is connected, writes fail.
     pub fn attach_log(&self, progress: Arc<dyn Progress>) {
         let _ = self.progress.set(progress);
-    }
-
-    /// Connects the bus that carries ephemeral events to the other nodes (none by default).
-    pub fn attach_bus(&self, bus: Arc<dyn Bus>) {
-        let _ = self.bus.set(bus);
     }
 
     /// Sets what ends a revoked session's event streams on this node.
@@ -416,36 +416,6 @@ impl UserManager {
 
     // ----- ephemeral events -----
 
-    /// Delivers an ephemeral event to this node's streams of `users` and sends it over the
-    /// bus to the other nodes' streams.
-    fn emit(&self, users: impl IntoIterator<Item = UserId>, event: &str, data: &Value) {
-        let frame = Frame::ephemeral(event, &data.to_string());
-        let users: Vec<UserId> = users.into_iter().collect();
-        if let Some(m) = self.mailboxes.get() {
-            for u in &users {
-                m.deliver(*u, &frame);
-            }
-        }
-        let bus = self.bus.get().map_or(&LocalBus as &dyn Bus, |b| b.as_ref());
-        bus.publish(Ephemeral {
-            users,
-            frame: frame.bytes.clone(),
-        });
-    }
-
-    /// Delivers an ephemeral event another node sent to this node's streams of its users.
-    pub fn deliver_remote(&self, event: &Ephemeral) {
-        if let Some(m) = self.mailboxes.get() {
-            let frame = Frame {
-                id: None,
-                bytes: event.frame.clone(),
-            };
-            for u in &event.users {
-                m.deliver(*u, &frame);
-            }
-        }
-    }
-
     /// Tells the other parties (not the typist's own sessions) that `from` is typing.
     pub fn typing(&self, from: UserId, to: Target) -> Result<(), UserError> {
         self.may_send(from, to)?;
@@ -477,15 +447,6 @@ impl UserManager {
             });
         }
         self.emit(parties, "read", &data);
-    }
-
-    fn announce_presence(&self, user: UserId, online: bool) {
-        let friends = self.social.read().friends_of(user);
-        self.emit(
-            friends,
-            "presence",
-            &json!({"user": user, "online": online}),
-        );
     }
 
     /// Whether the user has an open event stream (or had one within the grace period).
@@ -1010,33 +971,6 @@ impl im_pool::Recipients for UserManager {
                 }
             }
         }
-    }
-}
-
-impl im_sse::SessionListener for UserManager {
-    fn opened(&self, user: UserId) {
-        if self.presence.opened(user) == Change::Online {
-            self.announce_presence(user, true);
-        }
-    }
-
-    fn closed(&self, user: UserId) {
-        let Change::MaybeOffline(generation) = self.presence.closed(user) else {
-            return;
-        };
-        let (Some(rt), Some(me)) = (self.runtime.as_ref(), self.me.upgrade()) else {
-            if self.presence.confirm_offline(user, generation) {
-                self.announce_presence(user, false);
-            }
-            return;
-        };
-        let grace = self.config.presence_grace;
-        rt.spawn(async move {
-            tokio::time::sleep(grace).await;
-            if me.presence.confirm_offline(user, generation) {
-                me.announce_presence(user, false);
-            }
-        });
     }
 }
 

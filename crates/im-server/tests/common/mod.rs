@@ -2,6 +2,8 @@
 //! either in this process or as the `im-server` binary (for kill and signal tests).
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use im_client::Client;
 use im_server::{Config, ImServer, ImServerBuilder};
 use std::future::Future;
@@ -145,13 +147,28 @@ impl ServerProcess {
 
     /// Like [`ServerProcess::start`], with extra `IM_*` variables.
     pub fn start_env(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        let vars: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::start_vars(data_dir, &vars, None)
+    }
+
+    /// Like [`ServerProcess::start_env`], on `listen` if given (a restarted node keeps its
+    /// address).
+    pub fn start_vars(
+        data_dir: &Path,
+        env: &[(String, String)],
+        listen: Option<SocketAddr>,
+    ) -> Self {
+        let listen = listen.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
         let mut child = Command::new(env!("CARGO_BIN_EXE_im-server"))
-            .envs(env.iter().copied())
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
             .env("IM_ARGON2__MEMORY_KIB", "64")
             .env("IM_ARGON2__ITERATIONS", "1")
             .env("IM_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .args(["--listen", &listen, "--data-dir"])
+            .arg(data_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

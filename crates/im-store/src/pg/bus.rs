@@ -1,70 +1,83 @@
 //! `PgBus`: the `Bus` on PostgreSQL's `LISTEN/NOTIFY`, for a cluster with no other bus.
 //!
 //! The writer sends `NOTIFY im_log, '<head>'` inside each commit, so a wake-up is never
-//! heard before its entries are visible. Ephemeral events go out as `NOTIFY im_events` from a
-//! publisher task. Notifications are at most once (a node that is reconnecting misses them),
-//! which is why the follower also polls the head and reads the log itself.
+//! heard before its entries are visible, and a node needs to send no wake-up of its own.
+//! Other frames go out base64-encoded as `NOTIFY im_events` from a publisher task.
+//! Notifications are at most once (a node that is reconnecting misses them), which is why
+//! the follower also polls the head and reads the log itself.
 
 use crate::StoreError;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
 use futures_util::StreamExt;
-use im_cluster::{Bus, Ephemeral, Inbound};
+use im_cluster::{Bus, Inbound};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-/// The largest `NOTIFY` payload PostgreSQL takes is 8000 bytes; an event over it is dropped
-/// (ephemeral events are best effort) with a warning.
-const MAX_PAYLOAD: usize = 7900;
+/// The largest `NOTIFY` payload PostgreSQL takes is 8000 bytes of text; base64 makes four
+/// characters of every three bytes.
+const MAX_FRAME: usize = 7900 / 4 * 3;
 
 /// The bus of a cluster on PostgreSQL alone.
 pub struct PgBus {
     url: String,
-    node: u64,
     out: flume::Sender<String>,
+    connected: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for PgBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgBus").field("node", &self.node).finish()
+        f.debug_struct("PgBus")
+            .field("connected", &self.connected())
+            .finish()
     }
 }
 
 impl PgBus {
     /// Starts the publisher task on the current runtime. `url` is the cluster's database.
     pub fn new(url: &str) -> Result<Self, StoreError> {
-        let mut raw = [0u8; 8];
-        getrandom::fill(&mut raw).map_err(|e| StoreError::Config(format!("randomness: {e}")))?;
         let (out, rx) = flume::bounded::<String>(4096);
         let url = url.to_owned();
         tokio::spawn(publish(url.clone(), rx));
         Ok(Self {
             url,
-            node: u64::from_le_bytes(raw),
             out,
+            connected: Arc::new(AtomicBool::new(false)),
         })
     }
 }
 
 impl Bus for PgBus {
-    fn publish(&self, event: Ephemeral) {
-        let text = event.to_text(self.node);
-        if text.len() > MAX_PAYLOAD {
-            tracing::warn!(
-                bytes = text.len(),
-                "an ephemeral event is too large for NOTIFY; dropped"
-            );
-            return;
-        }
-        // A full queue drops the event rather than slow the request that made it.
-        let _ = self.out.try_send(text);
+    fn send(&self, frame: Bytes) {
+        // A full queue drops the frame rather than slow the request that made it.
+        let _ = self.out.try_send(BASE64.encode(&frame));
     }
 
     fn start(&self, inbound: Arc<dyn Inbound>) {
-        tokio::spawn(listen(self.url.clone(), self.node, inbound));
+        tokio::spawn(listen(self.url.clone(), inbound, self.connected.clone()));
+    }
+
+    fn wakes_with_commits(&self) -> bool {
+        true
+    }
+
+    fn max_frame(&self) -> usize {
+        MAX_FRAME
+    }
+
+    fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    fn name(&self) -> &'static str {
+        "postgres"
     }
 }
 
-/// Sends queued events, reconnecting as needed.
+/// Sends queued frames, reconnecting as needed.
 async fn publish(url: String, rx: flume::Receiver<String>) {
     let mut client = None;
     while let Ok(text) = rx.recv_async().await {
@@ -77,7 +90,7 @@ async fn publish(url: String, rx: flume::Receiver<String>) {
                     client = Some(c);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "the event bus cannot connect; dropping an event");
+                    tracing::warn!(error = %e, "the event bus cannot connect; dropping a frame");
                     continue;
                 }
             }
@@ -87,23 +100,28 @@ async fn publish(url: String, rx: flume::Receiver<String>) {
                 .execute("SELECT pg_notify('im_events', $1)", &[&text])
                 .await
         {
-            tracing::warn!(error = %e, "publishing an event failed");
+            tracing::warn!(error = %e, "publishing a frame failed");
             client = None;
         }
     }
 }
 
-/// Listens for wake-ups and events until the runtime ends, reconnecting after failures.
-async fn listen(url: String, node: u64, inbound: Arc<dyn Inbound>) {
+/// Listens for wake-ups and frames until the runtime ends, reconnecting after failures.
+async fn listen(url: String, inbound: Arc<dyn Inbound>, connected: Arc<AtomicBool>) {
     loop {
-        if let Err(e) = listen_once(&url, node, &inbound).await {
+        if let Err(e) = listen_once(&url, &inbound, &connected).await {
             tracing::warn!(error = %e, "the bus connection was lost; reconnecting");
         }
+        connected.store(false, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-async fn listen_once(url: &str, node: u64, inbound: &Arc<dyn Inbound>) -> Result<(), StoreError> {
+async fn listen_once(
+    url: &str,
+    inbound: &Arc<dyn Inbound>,
+    connected: &AtomicBool,
+) -> Result<(), StoreError> {
     let (client, mut conn) = tokio_postgres::connect(url, NoTls).await?;
     let (tx, rx) = flume::unbounded::<AsyncMessage>();
     let driver = tokio::spawn(async move {
@@ -117,6 +135,7 @@ async fn listen_once(url: &str, node: u64, inbound: &Arc<dyn Inbound>) -> Result
     client
         .batch_execute("LISTEN im_log; LISTEN im_events")
         .await?;
+    connected.store(true, Ordering::Relaxed);
     // Anything committed while we were not listening is read now, not at the next poll.
     inbound.reconnected();
     while let Ok(message) = rx.recv_async().await {
@@ -129,10 +148,9 @@ async fn listen_once(url: &str, node: u64, inbound: &Arc<dyn Inbound>) -> Result
                     inbound.head(head);
                 }
             }
-            "im_events" => match Ephemeral::from_text(n.payload()) {
-                Some((from, _)) if from == node => {}
-                Some((_, event)) => inbound.event(event),
-                None => tracing::warn!("ignoring an undecodable bus event"),
+            "im_events" => match BASE64.decode(n.payload()) {
+                Ok(frame) => inbound.frame(Bytes::from(frame)),
+                Err(_) => tracing::warn!("ignoring an undecodable bus frame"),
             },
             _ => {}
         }

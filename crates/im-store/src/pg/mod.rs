@@ -40,6 +40,9 @@ pub struct PgConfig {
     pub queue: usize,
     /// The most operations committed in one transaction.
     pub batch: usize,
+    /// Whether each commit sends `NOTIFY im_log` (the wake-up of [`crate::PgBus`]); off
+    /// when another bus carries the wake-ups.
+    pub notify: bool,
 }
 
 impl PgConfig {
@@ -50,6 +53,7 @@ impl PgConfig {
             pool_size: 16,
             queue: 8192,
             batch: 1024,
+            notify: true,
         }
     }
 }

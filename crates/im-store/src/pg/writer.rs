@@ -50,7 +50,7 @@ pub(crate) fn start(
     listener: Arc<OnceLock<Arc<dyn CommitListener>>>,
 ) -> flume::Sender<Op> {
     let (tx, rx) = flume::bounded(config.queue.max(1));
-    tokio::spawn(run(pool, rx, config.batch.max(1), listener));
+    tokio::spawn(run(pool, rx, config.batch.max(1), config.notify, listener));
     tx
 }
 
@@ -58,6 +58,7 @@ async fn run(
     pool: Pool,
     rx: flume::Receiver<Op>,
     batch_max: usize,
+    notify: bool,
     listener: Arc<OnceLock<Arc<dyn CommitListener>>>,
 ) {
     let mut client: Option<Object> = None;
@@ -84,7 +85,7 @@ async fn run(
         };
         let mut done = Vec::with_capacity(batch.len());
         let mut entries = Vec::new();
-        let result = commit(&mut c, batch.drain(..), &mut done, &mut entries).await;
+        let result = commit(&mut c, batch.drain(..), &mut done, &mut entries, notify).await;
         if let Err(e) = &result {
             tracing::error!(error = %e, "batch commit failed; nothing in it was acknowledged");
         }
@@ -210,6 +211,7 @@ async fn commit(
     ops: impl Iterator<Item = Op>,
     done: &mut Vec<Done>,
     entries: &mut Vec<LogEntry>,
+    notify: bool,
 ) -> Result<(), StoreError> {
     let tx = client.transaction().await?;
     let mut staged = Vec::new();
@@ -303,7 +305,7 @@ async fn commit(
         insert_messages(&tx, &rows),
         insert_members(&tx, &rows),
         insert_changes(&tx, &changes),
-        move_head(&tx, head, last),
+        move_head(&tx, head, last, notify),
     )?;
     tx.commit().await?;
     Ok(())
@@ -326,17 +328,24 @@ async fn insert_changes(tx: &Transaction<'_>, changes: &Changes) -> Result<(), S
 }
 
 /// Moves the head from `head` to `last`, if the batch took positions.
-async fn move_head(tx: &Transaction<'_>, head: i64, last: i64) -> Result<(), StoreError> {
+async fn move_head(
+    tx: &Transaction<'_>,
+    head: i64,
+    last: i64,
+    notify: bool,
+) -> Result<(), StoreError> {
     if last <= head {
         return Ok(());
     }
     // The notification goes out at commit, so no node hears of a head before it is visible;
     // it is only a wake-up, the followers read the log itself.
     let stmt = tx
-        .prepare_cached(
+        .prepare_cached(if notify {
             "WITH h AS (UPDATE log_head SET last = $1 RETURNING last)
-             SELECT pg_notify('im_log', last::TEXT) FROM h",
-        )
+             SELECT pg_notify('im_log', last::TEXT) FROM h"
+        } else {
+            "UPDATE log_head SET last = $1"
+        })
         .await?;
     tx.execute(&stmt, &[&last]).await?;
     Ok(())
