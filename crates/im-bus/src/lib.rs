@@ -7,6 +7,8 @@
 
 #[cfg(feature = "nats")]
 mod nats;
+#[cfg(any(feature = "redis", feature = "nats"))]
+mod outbox;
 #[cfg(feature = "redis")]
 mod redis_bus;
 
@@ -15,26 +17,10 @@ pub use nats::NatsBus;
 #[cfg(feature = "redis")]
 pub use redis_bus::RedisBus;
 
-use std::time::Duration;
-
-/// Frames queued for sending; when full, new ones are dropped (the bus is best effort and
-/// the follower's poll fills in).
-const QUEUE: usize = 4096;
-/// Frames sent in one round trip.
-const BATCH: usize = 64;
-/// The largest frame either adapter sends: far under both servers' limits, so one large
-/// commit cannot stall the connection; larger commits go as their head alone.
-const MAX_FRAME: usize = 512 * 1024;
-
 /// A bus could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     /// The URL or prefix is not usable.
     #[error("bus configuration: {0}")]
     Config(String),
-}
-
-/// Waits before the next connection attempt: quickly at first, at most a few seconds.
-fn backoff(failures: u32) -> Duration {
-    Duration::from_millis(250u64.saturating_mul(1 << failures.min(4))).min(Duration::from_secs(4))
 }

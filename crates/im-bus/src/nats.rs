@@ -1,13 +1,13 @@
 //! `NatsBus`: one NATS connection per node, publishing to and subscribed to the
 //! deployment's subject on core NATS (no JetStream: the store is the history).
 
-use crate::{BATCH, BusError, MAX_FRAME, QUEUE, backoff};
+use crate::BusError;
+use crate::outbox::{MAX_FRAME, Outbox, backoff};
 use async_nats::{ConnectOptions, Event};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use im_cluster::{Bus, Inbound, NodeId};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The bus on NATS core subjects: every node publishes to and listens on `<prefix>bus`, so
 /// deployments with different prefixes share one NATS unaware of each other.
@@ -15,9 +15,7 @@ pub struct NatsBus {
     url: String,
     subject: String,
     name: String,
-    out: flume::Sender<Bytes>,
-    queued: flume::Receiver<Bytes>,
-    connected: Arc<AtomicBool>,
+    outbox: Outbox,
 }
 
 impl std::fmt::Debug for NatsBus {
@@ -44,36 +42,33 @@ impl NatsBus {
                 "nats.prefix {prefix:?} does not make a valid subject ({subject:?})"
             )));
         }
-        let (out, queued) = flume::bounded(QUEUE);
         Ok(Self {
             url: url.to_owned(),
             subject,
             name: format!("{prefix}node-{node}"),
-            out,
-            queued,
-            connected: Arc::new(AtomicBool::new(false)),
+            outbox: Outbox::new(),
         })
     }
 }
 
 impl Bus for NatsBus {
     fn send(&self, frame: Bytes) {
-        let _ = self.out.try_send(frame);
+        self.outbox.send(frame);
     }
 
     fn start(&self, inbound: Arc<dyn Inbound>) {
         let (url, subject, name) = (self.url.clone(), self.subject.clone(), self.name.clone());
-        let (queued, connected) = (self.queued.clone(), self.connected.clone());
+        let outbox = self.outbox.clone();
         tokio::spawn(async move {
             let mut failures = 0;
             loop {
-                match run(&url, &subject, &name, &queued, &connected, &inbound).await {
+                match run(&url, &subject, &name, &outbox, &inbound).await {
                     Ok(()) => return, // the bus was dropped
                     Err(e) => {
                         tracing::warn!(error = %e, %subject, "the NATS bus failed; reconnecting")
                     }
                 }
-                connected.store(false, Ordering::Relaxed);
+                outbox.set_connected(false);
                 tokio::time::sleep(backoff(failures)).await;
                 failures += 1;
             }
@@ -85,7 +80,7 @@ impl Bus for NatsBus {
     }
 
     fn connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
+        self.outbox.connected()
     }
 
     fn name(&self) -> &'static str {
@@ -102,21 +97,20 @@ async fn run(
     url: &str,
     subject: &str,
     name: &str,
-    queued: &flume::Receiver<Bytes>,
-    connected: &Arc<AtomicBool>,
+    outbox: &Outbox,
     inbound: &Arc<dyn Inbound>,
 ) -> Result<(), NatsError> {
     let events = {
-        let (inbound, connected) = (inbound.clone(), connected.clone());
+        let (inbound, outbox) = (inbound.clone(), outbox.clone());
         move |event: Event| {
-            let (inbound, connected) = (inbound.clone(), connected.clone());
+            let (inbound, outbox) = (inbound.clone(), outbox.clone());
             async move {
                 match event {
                     Event::Connected => {
-                        connected.store(true, Ordering::Relaxed);
+                        outbox.set_connected(true);
                         inbound.reconnected();
                     }
-                    Event::Disconnected => connected.store(false, Ordering::Relaxed),
+                    Event::Disconnected => outbox.set_connected(false),
                     _ => {}
                 }
             }
@@ -129,7 +123,7 @@ async fn run(
         .await?;
     let mut inbox = client.subscribe(subject.to_owned()).await?;
     client.flush().await?;
-    connected.store(true, Ordering::Relaxed);
+    outbox.set_connected(true);
     inbound.reconnected();
     loop {
         tokio::select! {
@@ -137,10 +131,10 @@ async fn run(
                 Some(m) => inbound.frame(m.payload),
                 None => return Err("the subscription ended".into()),
             },
-            first = queued.recv_async() => {
+            first = outbox.queued.recv_async() => {
                 let Ok(first) = first else { return Ok(()) };
                 client.publish(subject.to_owned(), first).await?;
-                for frame in queued.try_iter().take(BATCH - 1) {
+                for frame in outbox.more() {
                     client.publish(subject.to_owned(), frame).await?;
                 }
             }

@@ -2,7 +2,8 @@
 //! deployment's channel, named so an operator (or a test) can tell the nodes apart in
 //! `CLIENT LIST`.
 
-use crate::{BATCH, BusError, MAX_FRAME, QUEUE, backoff};
+use crate::BusError;
+use crate::outbox::{MAX_FRAME, Outbox, backoff};
 use bytes::Bytes;
 use im_cluster::{Bus, Inbound, NodeId};
 use redis::aio::MultiplexedConnection;
@@ -10,7 +11,6 @@ use redis::{
     AsyncConnectionConfig, Client, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value,
 };
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -21,9 +21,7 @@ pub struct RedisBus {
     client: Client,
     channel: String,
     name: String,
-    out: flume::Sender<Bytes>,
-    queued: flume::Receiver<Bytes>,
-    connected: Arc<AtomicBool>,
+    outbox: Outbox,
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -58,14 +56,11 @@ impl RedisBus {
             .set_protocol(ProtocolVersion::RESP3);
         let client = Client::open(info.set_redis_settings(redis))
             .map_err(|e| BusError::Config(format!("redis.url: {e}")))?;
-        let (out, queued) = flume::bounded(QUEUE);
         Ok(Self {
             client,
             channel: format!("{prefix}bus"),
             name: format!("{prefix}node-{node}"),
-            out,
-            queued,
-            connected: Arc::new(AtomicBool::new(false)),
+            outbox: Outbox::new(),
         })
     }
 
@@ -77,7 +72,7 @@ impl RedisBus {
 
 impl Bus for RedisBus {
     fn send(&self, frame: Bytes) {
-        let _ = self.out.try_send(frame);
+        self.outbox.send(frame);
     }
 
     fn start(&self, inbound: Arc<dyn Inbound>) {
@@ -85,8 +80,7 @@ impl Bus for RedisBus {
             client: self.client.clone(),
             channel: self.channel.clone(),
             name: self.name.clone(),
-            queued: self.queued.clone(),
-            connected: self.connected.clone(),
+            outbox: self.outbox.clone(),
         };
         tokio::spawn(link.run(inbound));
     }
@@ -96,7 +90,7 @@ impl Bus for RedisBus {
     }
 
     fn connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
+        self.outbox.connected()
     }
 
     fn name(&self) -> &'static str {
@@ -108,8 +102,7 @@ struct Connection {
     client: Client,
     channel: String,
     name: String,
-    queued: flume::Receiver<Bytes>,
-    connected: Arc<AtomicBool>,
+    outbox: Outbox,
 }
 
 impl Connection {
@@ -122,7 +115,7 @@ impl Connection {
                     tracing::warn!(error = %e, channel = %self.channel, "the Redis bus connection was lost; reconnecting")
                 }
             }
-            self.connected.store(false, Ordering::Relaxed);
+            self.outbox.set_connected(false);
             tokio::time::sleep(backoff(failures)).await;
             failures += 1;
         }
@@ -160,7 +153,7 @@ impl Connection {
             .exec_async(&mut conn)
             .await?;
         conn.subscribe(&self.channel).await?;
-        self.connected.store(true, Ordering::Relaxed);
+        self.outbox.set_connected(true);
         inbound.reconnected();
         loop {
             tokio::select! {
@@ -169,7 +162,7 @@ impl Connection {
                         std::io::ErrorKind::ConnectionReset,
                     )));
                 }
-                first = self.queued.recv_async() => match first {
+                first = self.outbox.queued.recv_async() => match first {
                     Ok(first) => self.publish(&mut conn, first).await?,
                     Err(_) => return Ok(()),
                 },
@@ -188,7 +181,7 @@ impl Connection {
             .arg(&self.channel)
             .arg(first.as_ref())
             .ignore();
-        for frame in self.queued.try_iter().take(BATCH - 1) {
+        for frame in self.outbox.more() {
             pipe.cmd("PUBLISH")
                 .arg(&self.channel)
                 .arg(frame.as_ref())
