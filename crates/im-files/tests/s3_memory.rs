@@ -22,12 +22,14 @@ fn rss() -> u64 {
     kib * 1024
 }
 
-/// Fills `buf` with the bytes at `offset..`: made on the fly, so the test holds one chunk,
-/// never the file.
+/// The chunk written at `offset`: one fixed pattern stamped with its offset, made in place
+/// at memcpy speed, so the test holds one chunk (never the file) and produces bytes faster
+/// than they upload: without backpressure, parts would pile up in memory.
 fn fill(buf: &mut [u8], offset: u64) {
     for (i, b) in buf.iter_mut().enumerate() {
-        *b = ((offset + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8;
+        *b = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes()[0];
     }
+    buf[..8].copy_from_slice(&offset.to_be_bytes());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,10 +51,10 @@ async fn a_200_mib_upload_to_s3_raises_rss_by_at_most_32_mib() {
     )
     .unwrap();
     let mut buf = vec![0u8; CHUNK];
+    fill(&mut buf, 0);
     // A small upload first, so the HTTP client and its connection exist before measuring,
     // as they do in a server that has served one request.
     let mut sink = store.create("00").await.unwrap();
-    fill(&mut buf, 0);
     sink.write(&buf).await.unwrap();
     sink.commit().await.unwrap();
     store.remove("00").await.unwrap();
@@ -62,7 +64,7 @@ async fn a_200_mib_upload_to_s3_raises_rss_by_at_most_32_mib() {
     let mut sink = store.create("ff").await.unwrap();
     let mut offset = 0;
     while offset < UPLOAD {
-        fill(&mut buf, offset);
+        buf[..8].copy_from_slice(&offset.to_be_bytes());
         sink.write(&buf).await.unwrap();
         offset += CHUNK as u64;
         peak = peak.max(rss());
@@ -92,8 +94,18 @@ async fn a_200_mib_upload_to_s3_raises_rss_by_at_most_32_mib() {
     while let Some(chunk) = futures_util::StreamExt::next(&mut tail).await {
         got.extend_from_slice(&chunk.unwrap());
     }
-    let mut want = vec![0u8; 10];
-    fill(&mut want, UPLOAD - 10);
-    assert_eq!(got, want);
+    let last = UPLOAD - CHUNK as u64;
+    fill(&mut buf, last);
+    assert_eq!(got, buf[CHUNK - 10..]);
+    let mut head = store.open("ff", last, last + 7).await.unwrap();
+    let mut stamp = Vec::new();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut head).await {
+        stamp.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(
+        stamp,
+        last.to_be_bytes(),
+        "the last chunk is where it was written"
+    );
     store.remove("ff").await.unwrap();
 }
