@@ -83,6 +83,16 @@ impl ObjectFileStore {
         Self::s3_build(builder, settings)
     }
 
+    /// Asks the store for a listing it does not need, so a wrong bucket, endpoint or key
+    /// stops start-up instead of failing the first upload.
+    pub async fn check(&self) -> Result<(), FileError> {
+        self.store
+            .list_with_delimiter(Some(&ObjectPath::from("im-start-up-check")))
+            .await
+            .map(|_| ())
+            .map_err(io_err)
+    }
+
     #[cfg(feature = "s3")]
     fn s3_build(
         mut builder: object_store::aws::AmazonS3Builder,

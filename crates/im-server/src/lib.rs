@@ -174,7 +174,7 @@ impl ImServerBuilder {
             .map_err(io_err("starting the consumer pool"))?;
 
         let files = FileProxy::new(
-            store.file_bytes(cfg)?,
+            store.file_bytes(cfg).await?,
             store.files.clone(),
             FilesConfig {
                 max_bytes: cfg.files.max_bytes,
@@ -354,7 +354,7 @@ impl Stores {
 
     /// Where uploaded bytes live: `files.dir` (`<data_dir>/files` by default), through
     /// `object_store` when built with it, or an S3-compatible bucket (`[files.s3]`).
-    fn file_bytes(&self, cfg: &Config) -> Result<Arc<dyn FileStore>, ServerError> {
+    async fn file_bytes(&self, cfg: &Config) -> Result<Arc<dyn FileStore>, ServerError> {
         match cfg.files.backend {
             FilesBackend::Dir => {
                 let dir = cfg.files_dir();
@@ -373,7 +373,9 @@ impl Stores {
                     region: s3.region.clone(),
                     allow_http: s3.allow_http,
                 };
-                Ok(Arc::new(im_files::ObjectFileStore::s3(&settings)?))
+                let bytes = im_files::ObjectFileStore::s3(&settings)?;
+                bytes.check().await?;
+                Ok(Arc::new(bytes))
             }
             #[cfg(not(feature = "s3"))]
             FilesBackend::S3 => Err(ServerError::Unsupported(

@@ -238,3 +238,34 @@ async fn upload_range_download_and_sweep_across_nodes_on_s3() {
         .collect();
     assert!(failed.is_empty(), "moto answered with errors: {failed:#?}");
 }
+
+#[test]
+fn a_bucket_that_does_not_exist_stops_start_up() {
+    let moto = MotoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = moto.endpoint();
+    let out = Command::new(env!("CARGO_BIN_EXE_im-server"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .envs([
+            ("IM_FILES__BACKEND", "s3"),
+            ("IM_FILES__S3__BUCKET", "no-such-bucket"),
+            ("IM_FILES__S3__ENDPOINT", endpoint.as_str()),
+            ("IM_FILES__S3__REGION", MOTO_REGION),
+            ("IM_FILES__S3__ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", MOTO_KEY_ID),
+            ("AWS_SECRET_ACCESS_KEY", MOTO_SECRET),
+            ("IM_LOG", "warn"),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(out.stdout.is_empty(), "it never listened");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("no-such-bucket") || stderr.contains("NoSuchBucket"),
+        "{stderr}"
+    );
+}
