@@ -176,7 +176,8 @@ impl ReplaySource for PgStore {
 #[async_trait]
 impl LogReader for PgStore {
     async fn head(&self) -> Result<Position, LogReadError> {
-        PgStore::head(self)
+        let me = self.clone();
+        self.on_own_runtime(async move { PgStore::head(&me).await })
             .await
             .map_err(|e| LogReadError(e.to_string()))
     }
@@ -187,8 +188,9 @@ impl LogReader for PgStore {
         up_to: Position,
         limit: usize,
     ) -> Result<Vec<LogEntry>, LogReadError> {
-        async {
-            let c = self.client().await?;
+        let me = self.clone();
+        self.on_own_runtime(async move {
+            let c = me.client().await?;
             let stmt = c
                 .prepare_cached(
                     "SELECT pos, topic, record FROM (
@@ -209,7 +211,7 @@ impl LogReader for PgStore {
                 }
             }
             Ok::<_, StoreError>(out)
-        }
+        })
         .await
         .map_err(|e| LogReadError(e.to_string()))
     }

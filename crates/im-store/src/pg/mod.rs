@@ -71,6 +71,10 @@ struct Inner {
     pool: Pool,
     writer: flume::Sender<writer::Op>,
     listener: Arc<OnceLock<Arc<dyn CommitListener>>>,
+    /// The runtime the store was opened on. Reads for the log follower run here: a pooled
+    /// connection is driven by the runtime that opened it, and the follower's own runtime
+    /// may block on a full delivery queue, which would stall other tasks' queries.
+    runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -121,6 +125,7 @@ impl PgStore {
                 pool,
                 writer,
                 listener,
+                runtime: tokio::runtime::Handle::current(),
             }),
         })
     }
@@ -129,6 +134,18 @@ impl PgStore {
     /// the first message is appended; later calls are ignored.
     pub fn set_commit_listener(&self, listener: Arc<dyn CommitListener>) {
         let _ = self.inner.listener.set(listener);
+    }
+
+    /// Runs `work` on the store's runtime (see `Inner::runtime`).
+    pub(crate) async fn on_own_runtime<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.inner
+            .runtime
+            .spawn(work)
+            .await
+            .map_err(|e| StoreError::Commit(format!("a store task failed: {e}")))?
     }
 
     /// The highest committed position in the whole deployment: every position at or below it
