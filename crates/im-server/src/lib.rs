@@ -252,9 +252,7 @@ impl ImServerBuilder {
             groups.insert(name, group);
         }
 
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(io_err(format!("binding {}", cfg.listen)))?;
+        let listener = listen(cfg.listen).map_err(io_err(format!("binding {}", cfg.listen)))?;
         let auth = self.authenticator.unwrap_or_else(|| users.clone());
         let readiness = ready::Readiness::new(
             store.reader.clone(),
@@ -383,6 +381,24 @@ impl Stores {
             )),
         }
     }
+}
+
+/// Connections the kernel queues before `accept`. tokio's default (1,024) overflowed when
+/// the 5,000 clients of a dead node reconnected at once, each dropped attempt costing its
+/// client a second; the kernel caps this at `net.core.somaxconn`.
+const ACCEPT_BACKLOG: u32 = 8192;
+
+/// Binds the listener with a backlog large enough for a reconnect storm.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As tokio's own bind does: a restarted node gets its port back at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
 }
 
 /// The bus the configuration chose, for node `node`.
