@@ -101,6 +101,7 @@ pub fn run(options: &Options) -> Result<()> {
         for entry in map.values_mut() {
             entry["when"] = serde_json::json!(when);
             entry["command"] = serde_json::json!(command);
+            entry["machine"] = serde_json::json!(machine());
         }
     }
     if options.quick {
@@ -132,17 +133,18 @@ fn read_load_json(root: &Path) -> Value {
 
 /// Writes the load table into `docs/BENCHMARKS.md` and the results into `docs/BENCHMARKS.json`.
 fn write_load_docs(root: &Path, all: &Value) -> Result<()> {
-    let mut header = format!(
-        "Machine: {}. Server and generator are built in release mode; the generator, `xtask \
-         loadgen`, runs as separate processes on the same machine. Figures are medians over the \
-         runs. Each scenario's latest run:\n",
-        machine()
+    let mut header = String::from(
+        "Server and generator are built in release mode; the generator, `xtask loadgen`, runs as \
+         separate processes on the same machine. Figures are medians over the runs. Each \
+         scenario's latest run, and the machine it ran on (figures are comparable only within \
+         one machine, best within one run):\n",
     );
     if let Some(map) = all.as_object() {
         for (name, entry) in map {
             let when = entry["when"].as_str().unwrap_or("unknown date");
             let cmd = entry["command"].as_str().unwrap_or("cargo xtask bench");
-            header.push_str(&format!("\n- {name}: {when}, `{cmd}`"));
+            let on = entry["machine"].as_str().unwrap_or("an unrecorded machine");
+            header.push_str(&format!("\n- {name}: {when} on {on}, `{cmd}`"));
         }
     }
     let table = crate::loadbench::render(all, &header);

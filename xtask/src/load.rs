@@ -96,7 +96,12 @@ impl Args {
     }
 
     fn pids(&self) -> Vec<u32> {
-        self.get("pids")
+        self.pid_list("pids")
+    }
+
+    /// A comma-separated list of process ids.
+    fn pid_list(&self, key: &str) -> Vec<u32> {
+        self.get(key)
             .unwrap_or("")
             .split(',')
             .filter_map(|p| p.parse().ok())
@@ -119,6 +124,7 @@ pub fn main(args: &[String]) -> Result<()> {
             "fanout" => fanout(&args).await,
             "direct" => direct(&args).await,
             "resume" => resume(&args).await,
+            "failover" => failover(&args).await,
             other => Err(format!("unknown scenario `{other}`")),
         }
     })?;
@@ -179,6 +185,28 @@ fn postgres_pids(db: &str) -> Vec<u32> {
                     || SHARED.iter().any(|s| title.contains(s)))
         })
         .collect()
+}
+
+/// User plus system CPU seconds of each of the given processes.
+fn cpu_by_pid(pids: &[u32]) -> std::collections::HashMap<u32, f64> {
+    pids.iter().map(|&p| (p, cpu_secs(&[p]))).collect()
+}
+
+/// CPU seconds spent between two [`cpu_by_pid`] samples by the processes alive at the second
+/// (a process that started in between counts whole).
+fn cpu_since(
+    before: &std::collections::HashMap<u32, f64>,
+    after: &std::collections::HashMap<u32, f64>,
+) -> f64 {
+    after
+        .iter()
+        .map(|(p, t)| t - before.get(p).copied().unwrap_or(0.0))
+        .sum()
+}
+
+/// Average cores busy: CPU seconds over a wall-clock span, to two decimals.
+fn cores(cpu: f64, span: Duration) -> f64 {
+    (cpu / span.as_secs_f64().max(1e-9) * 100.0).round() / 100.0
 }
 
 /// User plus system CPU seconds of the given processes.
@@ -732,12 +760,19 @@ async fn idle_part(args: &Args) -> Result<()> {
 // ----- fanout -----
 
 /// One group (or nchan channel) with K online members, M messages posted at a steady rate.
+///
+/// `--addr` may list the nodes of one deployment: the accounts and the group are made on the
+/// first, member i's stream listens on node i mod n, and poster p posts to node p mod n, so
+/// most deliveries cross nodes. All K streams are held by this one process (each may hold
+/// 20,000 files; `idle` spreads larger counts over processes).
 async fn fanout(args: &Args) -> Result<Value> {
-    let addr = args.addr()?;
+    let addrs = Arc::new(args.addrs()?);
+    let addr = addrs[0];
     let target = args.target()?;
     let k = args.num("k", 5_000)? as usize;
     let m = args.num("m", 200)?;
     let rate = args.num("rate", 100)?.max(1);
+    let pids = Arc::new(args.pids());
     let (tokens, group) = match target {
         Target::Ours => {
             let users = accounts(addr, "fan", k).await?;
@@ -795,12 +830,13 @@ async fn fanout(args: &Args) -> Result<Value> {
     };
     let tokens = Arc::new(tokens);
     repeat(args.num("runs", 3)?, |_| {
-        let tokens = tokens.clone();
+        let (tokens, addrs, pids) = (tokens.clone(), addrs.clone(), pids.clone());
         async move {
             let quit = Arc::new(AtomicU64::new(0));
             let last = Arc::new(AtomicU64::new(0));
             let mut streams = Vec::with_capacity(k);
             for i in 0..k {
+                let addr = addrs[i % addrs.len()];
                 let (path, headers) = match target {
                     Target::Ours => ("/api/v1/events", vec![("authorization", format!("Bearer {}", tokens[i]))]),
                     Target::Nchan => ("/sub", vec![]),
@@ -815,10 +851,11 @@ async fn fanout(args: &Args) -> Result<Value> {
             }
             // Post at a steady rate from a few keep-alive connections.
             let first_post = now_us();
+            let (cpu_before, own_before, machine_before) = (cpu_secs(&pids), own_cpu(), machine_ticks());
             let posters = 4usize;
             let mut conns = Vec::new();
             for p in 0..posters {
-                conns.push(Conn::open(addr, Some(source(p))).await?);
+                conns.push(Conn::open(addrs[p % addrs.len()], Some(source(p))).await?);
             }
             let conns: Vec<_> = conns.into_iter().map(|c| Arc::new(tokio::sync::Mutex::new(c))).collect();
             let owner = tokens.first().cloned();
@@ -860,6 +897,8 @@ async fn fanout(args: &Args) -> Result<Value> {
             }
             grace.abort();
             let deliveries: u64 = tallies.iter().map(Tally::received).sum();
+            let (cpu, own) = (cpu_secs(&pids) - cpu_before, own_cpu() - own_before);
+            let busy = busy_cores(machine_before);
             let span = last.load(Ordering::Relaxed).saturating_sub(first_post).max(1) as f64 / 1e6;
             let mut v = verdict(&tallies);
             v["metrics"] = json!({
@@ -868,7 +907,12 @@ async fn fanout(args: &Args) -> Result<Value> {
                 "latency_p50_ms": latency_json(&hist)["p50_ms"],
                 "latency_p99_ms": latency_json(&hist)["p99_ms"],
                 "latency_max_ms": latency_json(&hist)["max_ms"],
+                "generator_cpu_secs_per_1000": per_1000(own, deliveries),
+                "busy_cores": busy,
             });
+            if !pids.is_empty() {
+                v["metrics"]["cpu_secs_per_1000"] = json!(per_1000(cpu, deliveries));
+            }
             Ok(v)
         }
     })
@@ -882,18 +926,25 @@ async fn fanout(args: &Args) -> Result<Value> {
 ///
 /// `--addr` may list the nodes of one deployment: pair i's sender posts to node i mod n and
 /// its receiver listens on node i + 1 mod n. With `--db NAME`, PostgreSQL's CPU for that
-/// database is reported too.
+/// database is reported too, and with `--bus-pids`, the CPU of those processes (the bus's
+/// server).
 async fn direct(args: &Args) -> Result<Value> {
     let addrs = Arc::new(args.addrs()?);
     let pairs = args.num("pairs", 500)? as usize;
     let secs = args.num("secs", 10)?;
     let pids = args.pids();
+    let bus = args.pid_list("bus-pids");
     let db = args.get("db").map(str::to_owned);
     let users = Arc::new(accounts(addrs[0], "pair", pairs * 2).await?);
     repeat(args.num("runs", 3)?, |_| {
-        let (addrs, users, pids, db) = (addrs.clone(), users.clone(), pids.clone(), db.clone());
+        let (addrs, users, db) = (addrs.clone(), users.clone(), db.clone());
+        let (pids, bus) = (pids.clone(), bus.clone());
         async move {
-            let watch = Watch { server: pids, db };
+            let watch = Watch {
+                server: pids,
+                db,
+                bus,
+            };
             let open = phase(&addrs, &users, pairs, secs, None, &watch).await?;
             let rate = (open["metrics"]["msgs_per_sec"].as_f64().unwrap_or(1.0) / 2.0).max(1.0);
             let fixed = phase(&addrs, &users, pairs, secs, Some(rate), &watch).await?;
@@ -908,9 +959,15 @@ async fn direct(args: &Args) -> Result<Value> {
                 "fixed_p50_ms": fixed["metrics"]["p50_ms"],
                 "fixed_p99_ms": fixed["metrics"]["p99_ms"],
             }});
-            if watch.db.is_some() {
-                v["metrics"]["db_cpu_secs_per_1000"] =
-                    open["metrics"]["db_cpu_secs_per_1000"].clone();
+            for key in [
+                "db_cpu_secs_per_1000",
+                "bus_cpu_secs_per_1000",
+                "busy_cores",
+                "generator_cpu_secs_per_1000",
+            ] {
+                if let Some(x) = open["metrics"].get(key) {
+                    v["metrics"][key] = x.clone();
+                }
             }
             if !ok {
                 v["problem"] = open
@@ -931,6 +988,38 @@ struct Watch {
     server: Vec<u32>,
     /// The PostgreSQL database the nodes use, if they do.
     db: Option<String>,
+    /// The bus's server processes (Redis), if any.
+    bus: Vec<u32>,
+}
+
+/// This process's own CPU seconds (the generator's).
+fn own_cpu() -> f64 {
+    cpu_secs(&[std::process::id()])
+}
+
+/// Average cores busy machine-wide since `before` (a [`machine_ticks`] reading).
+fn busy_cores(before: (u64, u64)) -> f64 {
+    let now = machine_ticks();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let busy = (now.0 - before.0) as f64 / (now.1 - before.1).max(1) as f64;
+    (busy * cores * 100.0).round() / 100.0
+}
+
+/// Busy and total CPU time of the whole machine so far, in ticks (`/proc/stat`).
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...: idle and iowait are not busy.
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (total - idle.min(total), total)
 }
 
 /// CPU seconds per 1,000 messages, to three decimals.
@@ -952,6 +1041,9 @@ async fn phase(
     let capacity = 2_000_000 / pairs.max(1) + 1000;
     let quit = Arc::new(AtomicU64::new(0));
     let last = Arc::new(AtomicU64::new(0));
+    // What each receiver is owed, known once its sender has stopped.
+    let owed: Arc<Vec<AtomicU64>> =
+        Arc::new((0..pairs).map(|_| AtomicU64::new(u64::MAX)).collect());
     let mut receivers = Vec::new();
     for p in 0..pairs {
         let token = users[2 * p + 1].0.clone();
@@ -968,11 +1060,14 @@ async fn phase(
             capacity,
             quit.clone(),
             last.clone(),
+            (owed.clone(), p),
         )));
     }
     let db_pids = watch.db.as_deref().map(postgres_pids).unwrap_or_default();
     let cpu_before = cpu_secs(&watch.server);
     let db_cpu_before = cpu_secs(&db_pids);
+    let bus_cpu_before = cpu_secs(&watch.bus);
+    let (own_before, machine_before) = (own_cpu(), machine_ticks());
     let deadline = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
     let mut senders = Vec::new();
@@ -1013,12 +1108,17 @@ async fn phase(
         }));
     }
     let mut acked = Vec::new();
-    for s in senders {
-        acked.push(s.await.map_err(err)??);
+    for (p, s) in senders.into_iter().enumerate() {
+        let n = s.await.map_err(err)??;
+        owed[p].store(n, Ordering::Relaxed);
+        acked.push(n);
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_secs(&watch.server) - cpu_before;
     let db_cpu = cpu_secs(&db_pids) - db_cpu_before;
+    let bus_cpu = cpu_secs(&watch.bus) - bus_cpu_before;
+    let own = own_cpu() - own_before;
+    let busy = busy_cores(machine_before);
     quit.store(1, Ordering::Relaxed);
     let mut tallies = Vec::new();
     let mut hist = histogram();
@@ -1038,19 +1138,26 @@ async fn phase(
         "p99_ms": latency_json(&hist)["p99_ms"],
         "cpu_secs_per_1000": per_1000(cpu, total),
     });
+    v["metrics"]["busy_cores"] = json!(busy);
+    v["metrics"]["generator_cpu_secs_per_1000"] = json!(per_1000(own, total));
     if watch.db.is_some() {
         v["metrics"]["db_cpu_secs_per_1000"] = json!(per_1000(db_cpu, total));
+    }
+    if !watch.bus.is_empty() {
+        v["metrics"]["bus_cpu_secs_per_1000"] = json!(per_1000(bus_cpu, total));
     }
     Ok(v)
 }
 
-/// Like [`receive`], for a sender whose count is known only at the end: stops once quit is
-/// set and nothing arrived for a while.
+/// Like [`receive`], for a sender whose count is known only at the end (`owed`, this
+/// receiver's entry in a table, `u64::MAX` until then): stops once quit is set and nothing
+/// arrived for 250 ms after everything owed did, or for 2 s if something is still missing.
 async fn receive_any(
     mut body: Incoming,
     capacity: usize,
     quit: Arc<AtomicU64>,
     last: Arc<AtomicU64>,
+    (owed, me): (Arc<Vec<AtomicU64>>, usize),
 ) -> (Tally, Histogram<u64>) {
     let mut parser = Parser::new();
     let mut tally = Tally::new(capacity);
@@ -1062,7 +1169,8 @@ async fn receive_any(
             _ = tokio::time::sleep(Duration::from_millis(250)) => {
                 if quit.load(Ordering::Relaxed) > 0 {
                     idle_rounds += 1;
-                    if idle_rounds >= 8 { break }
+                    let all_here = tally.received() >= owed[me].load(Ordering::Relaxed);
+                    if idle_rounds >= 8 || all_here { break }
                 }
                 continue;
             }
@@ -1176,6 +1284,457 @@ async fn resume(args: &Args) -> Result<Value> {
         }
     })
     .await
+}
+
+// ----- failover -----
+
+/// R clients hold their streams on one node while messages to them keep flowing; the node is
+/// killed (`kill -9`), and each client reconnects to a surviving node with `Last-Event-ID`
+/// after the `retry:` hint, as a browser's `EventSource` does.
+///
+/// `--addr` lists the nodes; the last is the one killed and `--kill` is its process id.
+/// Client i reconnects to surviving node i mod (n - 1). `--senders` users post to the
+/// surviving nodes (sender j to node j mod (n - 1)), `--rate` messages per second in all,
+/// each to its next client in turn (client i hears only from sender i mod S), with a
+/// `client_id`, retried after a 503. Traffic runs `--before` seconds before the kill and
+/// `--after` seconds after it. Reported, from the kill: when every client's new stream had
+/// opened, when every client had every message acknowledged before the kill, when every
+/// client had every message acknowledged before its new stream opened (the backlog of the
+/// outage too), and when every client had received a message sent after its new stream
+/// opened (live delivery again).
+/// Every acknowledged message must arrive exactly once over the two streams.
+async fn failover(args: &Args) -> Result<Value> {
+    let addrs = args.addrs()?;
+    let (&victim, survivors) = addrs.split_last().ok_or("--addr is required")?;
+    if survivors.is_empty() {
+        return Err("failover needs two nodes or more in --addr (the last is killed)".into());
+    }
+    let pid = args.num("kill", 0)?;
+    if pid == 0 {
+        return Err("failover needs --kill PID, the process of the last --addr".into());
+    }
+    let r = (args.num("r", 5_000)? as usize).max(1);
+    let plan = Failover {
+        victim,
+        survivors: survivors.to_vec(),
+        pid,
+        r,
+        senders: (args.num("senders", 250)? as usize).clamp(1, r),
+        rate: args.num("rate", 5_000)?.max(1) as f64,
+        before: Duration::from_secs(args.num("before", 5)?),
+        after: Duration::from_secs(args.num("after", 15)?),
+        drain: Duration::from_secs(args.num("drain", 30)?),
+        db: args.get("db").map(str::to_owned),
+    };
+    let users = accounts(survivors[0], "fo", r + plan.senders).await?;
+    // One run: a node dies only once. `cargo xtask bench` repeats it on fresh nodes.
+    repeat(1, |_| failover_run(&plan, &users)).await
+}
+
+/// The parameters of one `failover` run.
+struct Failover {
+    victim: SocketAddr,
+    survivors: Vec<SocketAddr>,
+    pid: u64,
+    r: usize,
+    senders: usize,
+    rate: f64,
+    before: Duration,
+    after: Duration,
+    /// How long the clients may take to receive everything once the senders stop.
+    drain: Duration,
+    /// The PostgreSQL database the nodes use, whose CPU is reported before and after the kill.
+    db: Option<String>,
+}
+
+/// What every client task of `failover` shares.
+struct Clients {
+    /// When the node was killed (µs since the epoch; 0 before).
+    killed_at: AtomicU64,
+    /// What each client is owed: `u64::MAX` until the senders stop, then the count of its
+    /// acknowledged messages.
+    owed: Vec<AtomicU64>,
+    /// Set when the drain time is over: every client stops where it is.
+    give_up: std::sync::atomic::AtomicBool,
+}
+
+impl Clients {
+    fn done(&self, i: usize, log: &ClientLog) -> bool {
+        if self.give_up.load(Ordering::Relaxed) {
+            return true;
+        }
+        let owed = self.owed[i].load(Ordering::Relaxed);
+        owed != u64::MAX && log.received.iter().take(owed as usize).all(|&t| t > 0)
+    }
+}
+
+/// What one client saw, per sequence number: when the message was sent (its stamp) and when
+/// it was first received, in µs since the epoch (0: never).
+struct ClientLog {
+    tally: Tally,
+    sent: Vec<u64>,
+    received: Vec<u64>,
+    /// When its stream on a surviving node opened (0: it never reconnected).
+    reconnected: u64,
+    /// The last `retry:` hint the server gave.
+    retry_ms: u64,
+    /// Latency of the deliveries before the kill.
+    hist: Histogram<u64>,
+}
+
+/// One client of `failover`: a stream on the victim, then on `survivor`, resuming from the
+/// last id it saw. Reports on `opened` once its first stream is open (or could not open).
+async fn failover_client(
+    i: usize,
+    token: String,
+    (victim, survivor): (SocketAddr, SocketAddr),
+    capacity: usize,
+    shared: Arc<Clients>,
+    opened: tokio::sync::mpsc::Sender<Result<()>>,
+    gate: Arc<tokio::sync::Semaphore>,
+) -> ClientLog {
+    let mut log = ClientLog {
+        tally: Tally::new(capacity),
+        sent: vec![0; capacity],
+        received: vec![0; capacity],
+        reconnected: 0,
+        retry_ms: 0,
+        hist: histogram(),
+    };
+    let mut last_id: Option<u64> = None;
+    let mut addr = victim;
+    let mut opened = Some(opened);
+    loop {
+        let mut headers = vec![("authorization", format!("Bearer {token}"))];
+        if let Some(id) = last_id {
+            headers.push(("last-event-id", id.to_string()));
+        }
+        // Only the first opens are paced; the reconnects come all at once, as they would.
+        let permit = match opened {
+            Some(_) => gate.clone().acquire_owned().await.ok(),
+            None => None,
+        };
+        let body = open_stream(addr, Some(source(i)), "/api/v1/events", &headers).await;
+        drop(permit);
+        let mut body = match (body, opened.take()) {
+            (Ok(body), Some(tx)) => {
+                let _ = tx.send(Ok(())).await;
+                body
+            }
+            (Ok(body), None) => {
+                if log.reconnected == 0 {
+                    log.reconnected = now_us();
+                }
+                body
+            }
+            (Err(e), Some(tx)) => {
+                let _ = tx.send(Err(e)).await;
+                return log;
+            }
+            (Err(_), None) => {
+                if shared.done(i, &log) {
+                    return log;
+                }
+                tokio::time::sleep(Duration::from_millis(log.retry_ms.max(100))).await;
+                continue;
+            }
+        };
+        let mut parser = Parser::new();
+        loop {
+            if shared.done(i, &log) {
+                return log;
+            }
+            let frame = tokio::select! {
+                f = body.frame() => f,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+            };
+            let Some(Ok(frame)) = frame else { break };
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            for item in parser.feed(data) {
+                let e = match item {
+                    Item::Retry(ms) => {
+                        log.retry_ms = ms;
+                        continue;
+                    }
+                    Item::Event(e) => e,
+                    Item::Comment(_) => continue,
+                };
+                if let Some(id) = e.id.as_deref().and_then(|i| i.parse().ok()) {
+                    last_id = Some(id);
+                }
+                if e.event != "message" {
+                    continue;
+                }
+                let m: Value = serde_json::from_str(&e.data).unwrap_or(Value::Null);
+                let Some((ts, seq)) = m["body"]["text"].as_str().and_then(parse_stamp) else {
+                    continue;
+                };
+                let now = now_us();
+                log.tally.record(seq);
+                if let Some(got) = log.received.get_mut(seq as usize).filter(|t| **t == 0) {
+                    *got = now;
+                    log.sent[seq as usize] = ts;
+                }
+                let killed_at = shared.killed_at.load(Ordering::Relaxed);
+                if killed_at == 0 || now < killed_at {
+                    let _ = log.hist.record(now.saturating_sub(ts).max(1));
+                }
+            }
+        }
+        // The stream ended (its node died): wait the retry hint, then resume elsewhere.
+        if shared.done(i, &log) {
+            return log;
+        }
+        tokio::time::sleep(Duration::from_millis(log.retry_ms)).await;
+        addr = survivor;
+    }
+}
+
+/// One sender of `failover`: posts to its clients (`(client index, user id)`) in turn every
+/// `interval` until `stop`; returns the acknowledgement times of each client's messages, in
+/// sequence order.
+async fn failover_sender(
+    j: usize,
+    token: String,
+    addr: SocketAddr,
+    mine: Vec<(usize, u64)>,
+    interval: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Vec<(usize, Vec<u64>)>> {
+    let mut c = Conn::open(addr, Some(source(j + 3))).await?;
+    let mut acks: Vec<Vec<u64>> = vec![Vec::new(); mine.len()];
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut turn = 0;
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let slot = turn % mine.len();
+        turn += 1;
+        let (client, to) = mine[slot];
+        let seq = acks[slot].len();
+        let body = json!({"to": {"user": to}, "kind": "text", "body": {"text": stamp(seq as u64)},
+                          "client_id": format!("fo-{client}-{seq}")});
+        let body = Bytes::from(body.to_string());
+        loop {
+            let (s, _) = c
+                .call(
+                    Method::POST,
+                    "/api/v1/messages",
+                    Some(&token),
+                    "application/json",
+                    body.clone(),
+                )
+                .await?;
+            match s {
+                StatusCode::CREATED | StatusCode::OK => break,
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                other => return Err(format!("post: {other}")),
+            }
+        }
+        acks[slot].push(now_us());
+    }
+    Ok(mine.into_iter().map(|(c, _)| c).zip(acks).collect())
+}
+
+/// The kernel's count of connections dropped because a listen queue was full
+/// (`TcpExt: ListenOverflows` in `/proc/net/netstat`, machine-wide).
+fn listen_overflows() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "ListenOverflows")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Seconds from `from` to `to` (µs), to three decimals.
+fn secs_between(from: u64, to: u64) -> f64 {
+    (to.saturating_sub(from) as f64 / 1e3).round() / 1e3
+}
+
+/// One `failover` run: the clients' streams open on the victim, traffic starts, the victim is
+/// killed, traffic goes on, and the clients' logs are judged.
+async fn failover_run(plan: &Failover, users: &[(String, u64)]) -> Result<Value> {
+    let r = plan.r;
+    let total = plan.before + plan.after + Duration::from_secs(10);
+    let capacity = (plan.rate / r as f64 * total.as_secs_f64() * 2.0) as usize + 100;
+    let shared = Arc::new(Clients {
+        killed_at: AtomicU64::new(0),
+        owed: (0..r).map(|_| AtomicU64::new(u64::MAX)).collect(),
+        give_up: Default::default(),
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::channel(r);
+    let gate = Arc::new(tokio::sync::Semaphore::new(1024));
+    let mut clients = Vec::with_capacity(r);
+    for (i, (token, _)) in users[..r].iter().enumerate() {
+        let survivor = plan.survivors[i % plan.survivors.len()];
+        clients.push(tokio::spawn(failover_client(
+            i,
+            token.clone(),
+            (plan.victim, survivor),
+            capacity,
+            shared.clone(),
+            tx.clone(),
+            gate.clone(),
+        )));
+    }
+    drop(tx);
+    for _ in 0..r {
+        rx.recv().await.ok_or("a client ended before opening")??;
+    }
+    eprintln!("loadgen: {r} streams open on {}", plan.victim);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let interval = Duration::from_secs_f64(plan.senders as f64 / plan.rate);
+    let mut senders = Vec::with_capacity(plan.senders);
+    for j in 0..plan.senders {
+        let mine: Vec<(usize, u64)> = (j..r)
+            .step_by(plan.senders)
+            .map(|c| (c, users[c].1))
+            .collect();
+        senders.push(tokio::spawn(failover_sender(
+            j,
+            users[r + j].0.clone(),
+            plan.survivors[j % plan.survivors.len()],
+            mine,
+            interval,
+            stop.clone(),
+        )));
+    }
+    let started = Instant::now();
+    let db_cpu = || cpu_by_pid(&plan.db.as_deref().map(postgres_pids).unwrap_or_default());
+    let db_cpu_start = db_cpu();
+    tokio::time::sleep(plan.before).await;
+    let db_cpu_kill = db_cpu();
+    let overflows_before = listen_overflows();
+    let killed_at = now_us();
+    shared.killed_at.store(killed_at, Ordering::Relaxed);
+    let status = tokio::process::Command::new("kill")
+        .args(["-KILL", &plan.pid.to_string()])
+        .status()
+        .await
+        .map_err(err)?;
+    if !status.success() {
+        return Err(format!("kill -KILL {} failed: {status}", plan.pid));
+    }
+    eprintln!("loadgen: killed {} ({})", plan.victim, plan.pid);
+    tokio::time::sleep(plan.after).await;
+    let overflows = listen_overflows().saturating_sub(overflows_before);
+    let db_cpu_end = db_cpu();
+    stop.store(true, Ordering::Relaxed);
+    let mut acks: Vec<Vec<u64>> = vec![Vec::new(); r];
+    for s in senders {
+        for (c, times) in s.await.map_err(err)?? {
+            acks[c] = times;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    for (owed, times) in shared.owed.iter().zip(&acks) {
+        owed.store(times.len() as u64, Ordering::Relaxed);
+    }
+    let deadline = tokio::spawn({
+        let (shared, drain) = (shared.clone(), plan.drain);
+        async move {
+            tokio::time::sleep(drain).await;
+            shared.give_up.store(true, Ordering::Relaxed);
+        }
+    });
+    let mut logs = Vec::with_capacity(r);
+    for c in clients {
+        logs.push(c.await.map_err(err)?);
+    }
+    deadline.abort();
+
+    let mut hist = histogram();
+    let (mut owed_at_kill, mut clients_owed, mut replayed) = (0u64, 0u64, 0u64);
+    let (mut caught, mut live, mut reconnected) = (Vec::new(), Vec::new(), Vec::new());
+    let mut caught_up = Vec::new();
+    let (mut never_reconnected, mut never_live) = (0u64, 0u64);
+    let mut tallies = Vec::with_capacity(r);
+    for (log, times) in logs.iter_mut().zip(&acks) {
+        hist.add(&log.hist).map_err(err)?;
+        let n = times.len().min(capacity);
+        // Acknowledged before the kill: owed however the node died.
+        let before = times.partition_point(|&t| t < killed_at).min(n);
+        let late: Vec<u64> = log.received[..before]
+            .iter()
+            .copied()
+            .filter(|&t| t >= killed_at)
+            .collect();
+        owed_at_kill += late.len() as u64;
+        clients_owed += u64::from(!late.is_empty());
+        caught.push(secs_between(
+            killed_at,
+            late.into_iter().max().unwrap_or(killed_at),
+        ));
+        if log.reconnected == 0 {
+            never_reconnected += 1;
+        } else {
+            reconnected.push(secs_between(killed_at, log.reconnected));
+            let back = log.reconnected;
+            // Caught up: everything acknowledged before the new stream opened has arrived.
+            let owed = times.partition_point(|&t| t < back).min(n);
+            let done = log.received[..owed].iter().copied().max().unwrap_or(back);
+            caught_up.push(secs_between(killed_at, done.max(back)));
+            let first_live = (0..n)
+                .filter(|&s| log.sent[s] > back && log.received[s] > 0)
+                .map(|s| log.received[s])
+                .min();
+            match first_live {
+                Some(t) => live.push(secs_between(killed_at, t)),
+                None => never_live += 1,
+            }
+            replayed += (0..n)
+                .filter(|&s| log.sent[s] != 0 && log.sent[s] < back && log.received[s] >= back)
+                .count() as u64;
+        }
+        // Only acknowledged messages were owed.
+        let mut tally = log.tally.clone();
+        tally.seen.truncate(n);
+        tallies.push(tally);
+    }
+    let total: u64 = acks.iter().map(|a| a.len() as u64).sum();
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let retry_ms = logs.iter().map(|l| l.retry_ms).max().unwrap_or(0);
+    let mut v = verdict(&tallies);
+    if v["ok"] == json!(true) && (never_reconnected > 0 || never_live > 0) {
+        v["ok"] = json!(false);
+        v["problem"] = json!(format!(
+            "{never_reconnected} clients never reconnected, {never_live} never got a live \
+             message after reconnecting"
+        ));
+    }
+    let msgs_per_sec = total as f64 / elapsed;
+    v["metrics"] = json!({
+        "clients": r,
+        "messages": total,
+        "msgs_per_sec": msgs_per_sec.round(),
+        "secs_between_messages_per_client": (r as f64 / msgs_per_sec.max(1e-9) * 100.0).round() / 100.0,
+        "retry_ms": retry_ms,
+        "listen_overflows_after_kill": overflows,
+        "db_cores_before_kill": cores(cpu_since(&db_cpu_start, &db_cpu_kill), plan.before),
+        "db_cores_after_kill": cores(cpu_since(&db_cpu_kill, &db_cpu_end), plan.after),
+        "latency_p99_before_kill_ms": latency_json(&hist)["p99_ms"],
+        "owed_at_kill": owed_at_kill,
+        "clients_owed_at_kill": clients_owed,
+        "replayed": replayed,
+        "reconnected_p50_secs": median(&mut reconnected.clone()),
+        "reconnected_secs": max(&reconnected),
+        "acked_caught_up_secs": max(&caught),
+        "caught_up_p50_secs": median(&mut caught_up.clone()),
+        "caught_up_secs": max(&caught_up),
+        "live_p50_secs": median(&mut live.clone()),
+        "live_secs": max(&live),
+    });
+    Ok(v)
 }
 
 #[cfg(test)]

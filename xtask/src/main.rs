@@ -27,7 +27,8 @@ commands:
   bench [SCENARIO...] [--quick]
                      run benchmarks and update docs/BENCHMARKS.md; SCENARIO is micro (criterion),
                      idle, fanout, direct, resume (load, side by side with nchan) or cluster
-                     (direct chat on SQLite, PostgreSQL, and two PostgreSQL nodes); default: all.
+                     (direct chat on SQLite and on PostgreSQL + Redis with 1-3 nodes, fan-out to
+                     5,000 over 2 nodes, clients of a killed node caught up); default: all.
                      --quick: small sizes, our server only, docs/ untouched (CI smoke run)
                      --render: rewrite the load table from docs/BENCHMARKS.json, run nothing
   balance LISTEN NODE...
