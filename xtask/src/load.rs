@@ -307,6 +307,21 @@ impl Conn {
         Ok((status, body))
     }
 
+    /// Posts an already encoded message body; the status alone (the generators time the
+    /// delivery, not the answer's body).
+    async fn post_message(&mut self, token: &str, body: Bytes) -> Result<StatusCode> {
+        let (status, _) = self
+            .call(
+                Method::POST,
+                "/api/v1/messages",
+                Some(token),
+                "application/json",
+                body,
+            )
+            .await?;
+        Ok(status)
+    }
+
     async fn json(
         &mut self,
         path: &str,
@@ -1089,14 +1104,8 @@ async fn phase(
                 }
                 let body =
                     json!({"to": {"user": to}, "kind": "text", "body": {"text": stamp(acked)}});
-                let (s, _) = c
-                    .call(
-                        Method::POST,
-                        "/api/v1/messages",
-                        Some(&token),
-                        "application/json",
-                        Bytes::from(body.to_string()),
-                    )
+                let s = c
+                    .post_message(&token, Bytes::from(body.to_string()))
                     .await?;
                 if s == StatusCode::CREATED {
                     acked += 1;
@@ -1518,16 +1527,7 @@ async fn failover_sender(
                           "client_id": format!("fo-{client}-{seq}")});
         let body = Bytes::from(body.to_string());
         loop {
-            let (s, _) = c
-                .call(
-                    Method::POST,
-                    "/api/v1/messages",
-                    Some(&token),
-                    "application/json",
-                    body.clone(),
-                )
-                .await?;
-            match s {
+            match c.post_message(&token, body.clone()).await? {
                 StatusCode::CREATED | StatusCode::OK => break,
                 StatusCode::SERVICE_UNAVAILABLE => {
                     tokio::time::sleep(Duration::from_millis(50)).await

@@ -18,8 +18,7 @@ async fn in_memory() {
 async fn postgres_notify() {
     // NOTIFY reaches the listeners of one database: a deployment is a database.
     let dbs = [TempDatabase::create().await, TempDatabase::create().await];
-    contract(|space| Arc::new(im_store::PgBus::new(dbs[space].url()).unwrap()) as Arc<dyn Bus>)
-        .await;
+    contract(|space| Arc::new(im_store::PgBus::new(dbs[space].url())) as Arc<dyn Bus>).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

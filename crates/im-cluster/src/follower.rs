@@ -90,9 +90,9 @@ enum Signal {
 /// Applies the ordered log to this node's memory, in position order, exactly once.
 ///
 /// It runs on its own thread (`im-follower`), so appliers may block on delivery queues.
-/// Entries come three ways: offered by this node's writer after its commits, read from the
-/// store after a wake-up from the bus, and read from the store when the periodic poll finds
-/// the head ahead. An offer that does not start right after what was applied first fills the
+/// Entries come three ways: offered (by this node's writer after its commits, or from the
+/// bus when another node's commit frame carries them), read from the store after a bare
+/// wake-up, and read from the store when the periodic poll finds the head ahead. An offer that does not start right after what was applied first fills the
 /// gap from the store.
 pub struct Follower {
     signals: flume::Sender<Signal>,
@@ -151,8 +151,9 @@ impl Follower {
         }))
     }
 
-    /// Hands over entries this node just committed, in position order. Never blocks: if the
-    /// queue is full they are dropped and read back from the store.
+    /// Hands over committed entries, in position order: this node's own after each commit,
+    /// or another node's from the bus. Never blocks: if the queue is full they are dropped
+    /// and read back from the store.
     pub fn offer(&self, entries: Vec<LogEntry>) {
         if let Err(flume::TrySendError::Full(Signal::Offer(e))) =
             self.signals.try_send(Signal::Offer(entries))

@@ -413,7 +413,7 @@ fn open_bus(cfg: &Config, node: NodeId) -> Result<Arc<dyn Bus>, ServerError> {
     Ok(match cfg.bus_kind() {
         BusKind::Local => Arc::new(LocalBus),
         #[cfg(feature = "postgres")]
-        BusKind::Postgres => Arc::new(im_store::PgBus::new(&cfg.postgres.url)?),
+        BusKind::Postgres => Arc::new(im_store::PgBus::new(&cfg.postgres.url)),
         #[cfg(not(feature = "postgres"))]
         BusKind::Postgres => return Err(missing("postgres")),
         #[cfg(feature = "redis")]

@@ -11,7 +11,7 @@ use im_testkit::bus::{Heard, start};
 async fn commits_wake_other_nodes() {
     let db = TempDatabase::create().await;
     let store = PgStore::open(PgConfig::new(db.url())).await.unwrap();
-    let there = PgBus::new(db.url()).unwrap();
+    let there = PgBus::new(db.url());
     let mut heard_there = start(&there).await;
 
     // A commit anywhere is announced with its head.

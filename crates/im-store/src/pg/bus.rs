@@ -38,15 +38,15 @@ impl std::fmt::Debug for PgBus {
 
 impl PgBus {
     /// Starts the publisher task on the current runtime. `url` is the cluster's database.
-    pub fn new(url: &str) -> Result<Self, StoreError> {
+    pub fn new(url: &str) -> Self {
         let (out, rx) = flume::bounded::<String>(4096);
         let url = url.to_owned();
         tokio::spawn(publish(url.clone(), rx));
-        Ok(Self {
+        Self {
             url,
             out,
             connected: Arc::new(AtomicBool::new(false)),
-        })
+        }
     }
 }
 
