@@ -538,6 +538,14 @@ function wireStaticHandlers() {
     await im.logout();
     location.reload();
   });
+  $('logout-all').addEventListener('click', async () => {
+    try {
+      await im.logoutAll();
+      location.reload();
+    } catch (e) {
+      showError(e);
+    }
+  });
   for (const t of ['chats', 'friends', 'groups']) $(`tab-btn-${t}`).addEventListener('click', () => selectTab(t));
   $('add-friend').addEventListener('submit', async (ev) => {
     ev.preventDefault();

@@ -196,6 +196,45 @@ export class ImClient {
   async logout() {
     this.disconnect();
     await this.call('POST', '/auth/logout').catch(() => {});
+    this._forget();
+  }
+
+  /**
+   * Logs out everywhere: every session of this account ends (other tabs and devices too,
+   * whose clients emit 'logout'), this one included.
+   */
+  async logoutAll() {
+    this.disconnect();
+    await this.call('POST', '/auth/logout-all');
+    this._forget();
+  }
+
+  /**
+   * This account's sessions, oldest first:
+   * [{id, created_at, last_seen_at, expires_at, user_agent, current}].
+   */
+  async sessions() {
+    return (await this.call('GET', '/auth/sessions')).sessions;
+  }
+
+  /** Ends one of this account's sessions; ending the current one is a logout. */
+  async endSession(id) {
+    const current = (await this.sessions()).some((s) => s.id === id && s.current);
+    if (current) this.disconnect();
+    await this.call('DELETE', `/auth/sessions/${encodeURIComponent(id)}`);
+    if (current) this._forget();
+  }
+
+  /** Changes the password; this session stays, every other one ends. */
+  changePassword(currentPassword, newPassword) {
+    return this.call('POST', '/auth/password', {
+      current_password: currentPassword,
+      new_password: newPassword,
+    });
+  }
+
+  /** Forgets who is logged in and what the stream saw (the session is gone). */
+  _forget() {
     this.user = null;
     this._lastId = null;
     this._seen.clear();

@@ -292,6 +292,25 @@ try {
   await test('no console errors on either side', async () => {
     assertEq(consoleErrors, [], 'console errors');
   });
+
+  // Last: it logs alice out. A refused stream logs a 401 in the console, which is expected here.
+  await test('"Log out everywhere" in one browser ends the session of another', async () => {
+    const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
+    const other = await context.newPage();
+    other.setDefaultTimeout(TIMEOUT);
+    await other.goto(server.url);
+    await other.getByLabel('Username').fill('alice');
+    await other.getByLabel('Password').fill('alice-password');
+    await other.getByRole('button', { name: 'Log in' }).click();
+    await other.locator('#me-name', { hasText: 'alice' }).waitFor();
+    await alice.getByRole('button', { name: 'Log out everywhere' }).click();
+    await alice.locator('#auth').waitFor();
+    // The other browser's stream ends; its client finds no session and shows the login form.
+    await other.locator('#auth').waitFor();
+    const status = await other.evaluate(async () => (await fetch('/api/v1/me')).status);
+    assertEq(status, 401, 'the other browser\'s next call');
+    await context.close();
+  });
 } finally {
   await browser.close();
   server.child.kill('SIGTERM');

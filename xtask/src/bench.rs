@@ -459,7 +459,7 @@ fn splice(existing: Option<&str>, section: &str) -> Result<String> {
 }
 
 /// Replaces the text between two markers (or appends a marked block).
-fn splice_between(
+pub(crate) fn splice_between(
     existing: Option<&str>,
     start_mark: &str,
     end_mark: &str,
@@ -493,7 +493,7 @@ fn splice_between(
 }
 
 /// Writes `text` to `path` through a temporary file, so a failure never leaves half a file.
-fn write_atomically(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_atomically(path: &Path, text: &str) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -505,7 +505,7 @@ fn write_atomically(path: &Path, text: &str) -> Result<()> {
 }
 
 /// The current time as `YYYY-MM-DD HH:MM UTC`.
-fn utc_now() -> String {
+pub(crate) fn utc_now() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -525,7 +525,7 @@ fn format_utc(secs: u64) -> String {
 }
 
 /// Year, month and day of the day `days` after 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -539,7 +539,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 /// Cores, memory and CPU model, e.g. `2 cores, 7.8 GiB RAM, AMD EPYC 7B13`.
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cores = std::thread::available_parallelism()
         .map(|n| format!("{n} cores"))
         .unwrap_or_else(|_| "unknown cores".into());

@@ -77,6 +77,17 @@ pub fn run() -> Result<()> {
         "the end-to-end tests on PostgreSQL",
     )?;
     browser_tests(&root)?;
+    // A short pass over every fuzz target; `cargo xtask fuzz` is the long one.
+    crate::fuzz::run(&crate::fuzz::Options {
+        seconds: 10,
+        targets: Vec::new(),
+    })?;
+    // Half a minute of the soak's traffic, so the command cannot rot; the hour is run by hand.
+    banner("soak smoke run: cargo xtask soak --seconds 30");
+    crate::soak::run(&crate::soak::Options {
+        duration: std::time::Duration::from_secs(30),
+        ..crate::soak::Options::default()
+    })?;
     banner("benchmark smoke run: cargo xtask bench --quick");
     crate::bench::run(&crate::bench::Options {
         quick: true,

@@ -143,7 +143,8 @@ pub fn main(args: &[String]) -> Result<()> {
 
 // ----- time and process stats -----
 
-fn now_us() -> u64 {
+/// Microseconds since the epoch: stamps travel between tasks and must compare across them.
+pub(crate) fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
@@ -153,18 +154,21 @@ fn now_us() -> u64 {
 /// Memory of the given processes together, in KiB: the proportional set size, so pages that
 /// several processes share (nginx's workers and its shared memory) are counted once.
 fn rss_kib(pids: &[u32]) -> u64 {
-    let field = |path: String, name: &str| -> Option<u64> {
-        let text = std::fs::read_to_string(path).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-    };
     pids.iter()
         .filter_map(|p| {
-            field(format!("/proc/{p}/smaps_rollup"), "Pss:")
-                .or_else(|| field(format!("/proc/{p}/status"), "VmRSS:"))
+            proc_field(&format!("/proc/{p}/smaps_rollup"), "Pss:")
+                .or_else(|| proc_field(&format!("/proc/{p}/status"), "VmRSS:"))
         })
         .sum()
+}
+
+/// The number after `name` in a `/proc` file of `Name: value [kB]` lines (`VmRSS:`,
+/// `Threads:`), so every reader of process figures parses them one way.
+pub(crate) fn proc_field(path: &str, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
 }
 
 /// PostgreSQL's processes working for database `db`, by their process titles: the backends
@@ -210,7 +214,7 @@ fn cores(cpu: f64, span: Duration) -> f64 {
 }
 
 /// User plus system CPU seconds of the given processes.
-fn cpu_secs(pids: &[u32]) -> f64 {
+pub(crate) fn cpu_secs(pids: &[u32]) -> f64 {
     let ticks: u64 = pids
         .iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
@@ -224,13 +228,15 @@ fn cpu_secs(pids: &[u32]) -> f64 {
     ticks as f64 / 100.0
 }
 
-fn histogram() -> Histogram<u64> {
+/// An empty latency histogram with the bounds every generator records in.
+pub(crate) fn histogram() -> Histogram<u64> {
     // 1 µs to 60 s at 3 significant digits.
     Histogram::new_with_bounds(1, 60_000_000, 3)
         .unwrap_or_else(|_| Histogram::new(3).expect("histogram"))
 }
 
-fn latency_json(h: &Histogram<u64>) -> Value {
+/// A histogram's count and percentiles in milliseconds, as every result reports them.
+pub(crate) fn latency_json(h: &Histogram<u64>) -> Value {
     let ms = |v: u64| (v as f64 / 1000.0 * 100.0).round() / 100.0;
     json!({
         "count": h.len(),
@@ -243,12 +249,26 @@ fn latency_json(h: &Histogram<u64>) -> Value {
 // ----- HTTP -----
 
 /// The source addresses connections are spread over, so ephemeral ports do not run out.
-fn source(i: usize) -> IpAddr {
+pub(crate) fn source(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % 8) as u8))
 }
 
+/// A connected socket with `TCP_NODELAY`, from `src` if given.
 async fn tcp(addr: SocketAddr, src: Option<IpAddr>) -> Result<TcpStream> {
+    tcp_with(addr, src, None).await
+}
+
+/// Like [`tcp`], with the receive buffer set to `recv_buffer` bytes before connecting (the
+/// window a reader offers is fixed then), so a slow reader's backlog stays with the server.
+pub(crate) async fn tcp_with(
+    addr: SocketAddr,
+    src: Option<IpAddr>,
+    recv_buffer: Option<u32>,
+) -> Result<TcpStream> {
     let sock = TcpSocket::new_v4().map_err(err)?;
+    if let Some(bytes) = recv_buffer {
+        sock.set_recv_buffer_size(bytes).map_err(err)?;
+    }
     if let Some(ip) = src {
         sock.bind(SocketAddr::new(ip, 0)).map_err(err)?;
     }
@@ -261,13 +281,14 @@ async fn tcp(addr: SocketAddr, src: Option<IpAddr>) -> Result<TcpStream> {
 }
 
 /// One keep-alive HTTP/1.1 connection.
-struct Conn {
+pub(crate) struct Conn {
     send: SendRequest<Full<Bytes>>,
     host: String,
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr, src: Option<IpAddr>) -> Result<Self> {
+    /// Connects and handshakes; the connection task runs until the `Conn` is dropped.
+    pub(crate) async fn open(addr: SocketAddr, src: Option<IpAddr>) -> Result<Self> {
         let io = TokioIo::new(tcp(addr, src).await?);
         let (send, conn) = hyper::client::conn::http1::handshake(io)
             .await
@@ -281,7 +302,8 @@ impl Conn {
         })
     }
 
-    async fn call(
+    /// One request; the status and the whole body, or a transport error.
+    pub(crate) async fn call(
         &mut self,
         method: Method,
         path: &str,
@@ -322,7 +344,8 @@ impl Conn {
         Ok(status)
     }
 
-    async fn json(
+    /// POSTs `body` as JSON; the status and the answer parsed (`Null` if it is not JSON).
+    pub(crate) async fn json(
         &mut self,
         path: &str,
         token: Option<&str>,
@@ -345,7 +368,7 @@ impl Conn {
 }
 
 /// Opens an SSE stream and returns its body once the response head arrived.
-async fn open_stream(
+pub(crate) async fn open_stream(
     addr: SocketAddr,
     src: Option<IpAddr>,
     path: &str,
@@ -419,7 +442,11 @@ fn parking<T>(v: T) -> std::sync::Mutex<T> {
 }
 
 /// Registers and logs in `names`; returns their tokens and ids.
-async fn accounts(addr: SocketAddr, prefix: &str, n: usize) -> Result<Vec<(String, u64)>> {
+pub(crate) async fn accounts(
+    addr: SocketAddr,
+    prefix: &str,
+    n: usize,
+) -> Result<Vec<(String, u64)>> {
     let prefix = prefix.to_owned();
     for_each_conn(addr, n, 32, move |i, mut conn| {
         let name = format!("{prefix}{i}");
@@ -485,6 +512,12 @@ impl Tally {
     pub fn complete(&self) -> bool {
         self.missing() == 0 && self.duplicates == 0 && self.unexpected == 0
     }
+
+    /// Expects only `0..owed`: a sender's count is known at the end, and only what it had
+    /// acknowledged was owed.
+    pub fn truncate(&mut self, owed: usize) {
+        self.seen.truncate(owed);
+    }
 }
 
 /// Sums tallies into the JSON verdict every scenario carries.
@@ -504,11 +537,12 @@ pub fn verdict(tallies: &[Tally]) -> Value {
 }
 
 /// The payload text: send time and sequence number, so receivers measure latency.
-fn stamp(seq: u64) -> String {
+pub(crate) fn stamp(seq: u64) -> String {
     format!("{} {seq}", now_us())
 }
 
-fn parse_stamp(text: &str) -> Option<(u64, u64)> {
+/// The send time and sequence number of a [`stamp`], if `text` is one.
+pub(crate) fn parse_stamp(text: &str) -> Option<(u64, u64)> {
     let (ts, seq) = text.trim().split_once(' ')?;
     Some((ts.parse().ok()?, seq.parse().ok()?))
 }
@@ -567,7 +601,8 @@ async fn receive(
     (tally, hist)
 }
 
-fn median(values: &mut [f64]) -> f64 {
+/// The middle value (the upper one of an even count), 0 for none: robust against one odd run.
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     if values.is_empty() {
         0.0
@@ -1008,7 +1043,7 @@ struct Watch {
 }
 
 /// This process's own CPU seconds (the generator's).
-fn own_cpu() -> f64 {
+pub(crate) fn own_cpu() -> f64 {
     cpu_secs(&[std::process::id()])
 }
 
@@ -1134,7 +1169,7 @@ async fn phase(
     for (r, n) in receivers.into_iter().zip(&acked) {
         let (mut t, h) = r.await.map_err(err)?;
         // Only acknowledged messages were owed.
-        t.seen.truncate(*n as usize);
+        t.truncate(*n as usize);
         hist.add(&h).map_err(err)?;
         tallies.push(t);
     }
@@ -1698,7 +1733,7 @@ async fn failover_run(plan: &Failover, users: &[(String, u64)]) -> Result<Value>
         }
         // Only acknowledged messages were owed.
         let mut tally = log.tally.clone();
-        tally.seen.truncate(n);
+        tally.truncate(n);
         tallies.push(tally);
     }
     let total: u64 = acks.iter().map(|a| a.len() as u64).sum();

@@ -75,10 +75,12 @@ fn size(scenario: &str, quick: bool, key: &str) -> String {
 }
 
 /// A process we started; killed when dropped.
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
-    addr: SocketAddr,
-    pids: Vec<u32>,
+    /// Where it listens.
+    pub(crate) addr: SocketAddr,
+    /// Its process ids (nginx: the master and its workers).
+    pub(crate) pids: Vec<u32>,
     _dir: PathBuf,
 }
 
@@ -101,7 +103,8 @@ impl Drop for Proc {
     }
 }
 
-fn temp_dir(name: &str) -> Result<PathBuf> {
+/// A fresh, empty directory for one started process, removed with its [`Proc`].
+pub(crate) fn temp_dir(name: &str) -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("web-im-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -115,13 +118,14 @@ fn temp_dir(name: &str) -> Result<PathBuf> {
 /// on it); without, in SQLite in its data dir.
 fn start_server(bin: &Path, node: &str, shared: Option<&Shared>) -> Result<Proc> {
     let dir = temp_dir(node)?;
-    let mut cmd = Command::new(bin);
-    cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir)
-        .env("IM_ARGON2__MEMORY_KIB", "8")
+    let mut cmd = server_command(bin, &dir);
+    cmd.env("IM_ARGON2__MEMORY_KIB", "8")
         .env("IM_ARGON2__ITERATIONS", "1")
         .env("IM_DIRECT_MESSAGES", "anyone")
         .env("IM_MAX_JSON_BYTES", "1048576")
+        // The scenarios measure capacity: thousands of accounts from one address, and
+        // senders far over a person's pace.
+        .env("IM_RATE_LIMITS__ENABLED", "false")
         .env("IM_LOG", "warn");
     if let Some(shared) = shared {
         cmd.env("IM_STORE", "postgres")
@@ -135,11 +139,26 @@ fn start_server(bin: &Path, node: &str, shared: Option<&Shared>) -> Result<Proc>
             Bus::Notify | Bus::Local => cmd.env("IM_BUS", "postgres"),
         };
     }
+    spawn_server(cmd, dir)
+}
+
+/// `bin` (the release `im-server`) on a free loopback port with its data in `dir`, to be
+/// given its settings and then [`spawn_server`]ed.
+pub(crate) fn server_command(bin: &Path, dir: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--listen", "127.0.0.1:0", "--data-dir"]).arg(dir);
+    cmd
+}
+
+/// Starts a [`server_command`] and waits for the line that says where it listens; the
+/// [`Proc`] stops it and removes `dir` when dropped.
+pub(crate) fn spawn_server(mut cmd: Command, dir: PathBuf) -> Result<Proc> {
+    let bin = cmd.get_program().to_owned();
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        .map_err(|e| format!("cannot start {}: {e}", bin.to_string_lossy()))?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let pid = child.id();
     // From here on, a failure still stops the child (and removes its dir).
@@ -452,9 +471,7 @@ pub fn run(scenarios: &[&str], quick: bool) -> Result<Value> {
         &root,
         &["build", "--release", "-p", "im-server", "-p", "xtask"],
     )?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let target_dir = target_dir(&root);
     let bins = Bins {
         server: target_dir.join("release/im-server"),
         generator: target_dir.join("release/xtask"),
@@ -503,6 +520,14 @@ pub fn run(scenarios: &[&str], quick: bool) -> Result<Value> {
     )
     .map_err(|e| e.to_string())?;
     Ok(out)
+}
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR`, else `target/` in the workspace, where the
+/// release binaries and the results go.
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
 }
 
 /// The release binaries a load run uses.

@@ -5,15 +5,22 @@
 //! - `cargo xtask bench [SCENARIO...] [--quick]` runs the criterion micro-benchmarks and the
 //!   load scenarios (against Web-IM and nchan) and writes the figures into `docs/BENCHMARKS.md`.
 //!
+//! - `cargo xtask fuzz [TARGET...] [--seconds N]` runs the libFuzzer targets of `fuzz/`.
+//!
+//! - `cargo xtask soak [--minutes N]` drives mixed traffic at a release server and reports
+//!   whether its memory and open files stay flat.
+//!
 //! Nothing here is needed at runtime.
 
 mod balance;
 mod bench;
 mod ci;
+mod fuzz;
 mod load;
 mod loadbench;
 mod moto;
 mod services;
+mod soak;
 mod util;
 
 use std::process::ExitCode;
@@ -31,6 +38,16 @@ commands:
                      5,000 over 2 nodes, clients of a killed node caught up); default: all.
                      --quick: small sizes, our server only, docs/ untouched (CI smoke run)
                      --render: rewrite the load table from docs/BENCHMARKS.json, run nothing
+  fuzz [TARGET...] [--seconds N]
+                     build the fuzz targets of fuzz/ (libFuzzer, stable toolchain) and run each
+                     for N seconds (default 300): sse_parser, range, file_name, multipart,
+                     draft_json; a crash input is left in fuzz/artifacts/TARGET/
+  soak [--minutes N | --seconds N] [--users N] [--rate R] [--record]
+                     run the release server on SQLite under steady mixed traffic (direct chat,
+                     groups, uploads, stream reconnects, slow readers) for N minutes (default
+                     60; 50 users, 50 messages/s), sampling its RSS, open files, threads and
+                     latency; writes target/soak/soak-TIME.json and judges whether memory and
+                     open files stayed flat. --record: write the result into docs/BENCHMARKS.md
   balance LISTEN NODE...
                      a round-robin TCP load balancer, to try a cluster on one machine
                      (README, section Cluster); each connection goes to the next live node
@@ -55,6 +72,14 @@ fn main() -> ExitCode {
         }
         "bench" => match bench::Options::parse(rest) {
             Ok(options) => bench::run(&options),
+            Err(e) => return usage_error(&e),
+        },
+        "fuzz" => match fuzz::Options::parse(rest) {
+            Ok(options) => fuzz::run(&options),
+            Err(e) => return usage_error(&e),
+        },
+        "soak" => match soak::Options::parse(rest) {
+            Ok(options) => soak::run(&options),
             Err(e) => return usage_error(&e),
         },
         "loadgen" => load::main(rest),

@@ -10,6 +10,7 @@
 
 mod change;
 mod detect;
+pub mod multipart;
 mod name;
 #[cfg(feature = "object-store")]
 mod object;
@@ -36,6 +37,7 @@ use im_classifier::KindSpec;
 use im_cluster::{Applier, Logged, Position, Progress};
 use im_protocol::record::Versioned;
 use im_protocol::{ApiError, ErrorCode, UserId, now_millis};
+use multipart::{Event, Limits, Multipart, MultipartError, Parser, ReadError};
 use parking_lot::RwLock;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -54,9 +56,15 @@ pub enum FileError {
     /// The request is not `multipart/form-data`.
     #[error("send the file as multipart/form-data")]
     NotMultipart,
-    /// The multipart body is malformed or has no `file` field.
+    /// The multipart body has no `file` field, or could not be read.
     #[error("bad upload: {0}")]
     BadUpload(String),
+    /// The multipart body broke one of its caps (413) or is malformed (400).
+    #[error(transparent)]
+    Multipart(#[from] MultipartError),
+    /// No part of the body arrived for the server's body timeout.
+    #[error("the upload stalled: no part of the body arrived in time")]
+    BodyTimeout,
     /// The file id is not one the sender uploaded.
     #[error("no file {0} of yours")]
     UnknownFile(u64),
@@ -87,6 +95,10 @@ impl From<FileError> for ApiError {
             FileError::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
             FileError::NotMultipart => ErrorCode::UnsupportedMediaType,
             FileError::BadUpload(_) => ErrorCode::InvalidRequest,
+            FileError::Multipart(m) if m.is_too_large() => ErrorCode::PayloadTooLarge,
+            FileError::Multipart(MultipartError::BadBoundary) => ErrorCode::UnsupportedMediaType,
+            FileError::Multipart(_) => ErrorCode::InvalidRequest,
+            FileError::BodyTimeout => ErrorCode::RequestTimeout,
             FileError::UnknownFile(_) => ErrorCode::UnknownFile,
             FileError::Expired(_) => ErrorCode::FileExpired,
             FileError::NotAnImage(_) => ErrorCode::InvalidBody,
@@ -105,6 +117,10 @@ impl From<FileError> for ApiError {
 /// upload commits its bytes a moment before it records them.
 pub const IN_FLIGHT: Duration = Duration::from_secs(600);
 
+/// The default per-user quota: 1 GiB of live files, so that one account cannot fill the
+/// disk unless the operator chooses no limit.
+pub const DEFAULT_QUOTA: u64 = 1 << 30;
+
 /// File proxy settings.
 #[derive(Debug, Clone, Copy)]
 pub struct FilesConfig {
@@ -114,7 +130,7 @@ pub struct FilesConfig {
     pub ttl: Duration,
     /// How often expired files are swept.
     pub sweep_every: Duration,
-    /// Bytes of live files one user may hold; `None` for no limit.
+    /// Bytes of live files one user may hold; `None` for no limit. 1 GiB by default.
     pub quota: Option<u64>,
     /// Stored bytes without metadata are deleted only once they are this old, so that in a
     /// cluster an upload another node has just committed, and is about to record, is spared.
@@ -127,7 +143,7 @@ impl Default for FilesConfig {
             max_bytes: 25 * 1024 * 1024,
             ttl: Duration::from_secs(24 * 3600),
             sweep_every: Duration::from_secs(60),
-            quota: None,
+            quota: Some(DEFAULT_QUOTA),
             orphan_grace: Duration::from_secs(3600),
         }
     }
@@ -311,7 +327,9 @@ impl FileProxy {
     }
 
     /// Streams one multipart upload (`content_type` is the request's header) into the
-    /// store. Only the `file` field is kept.
+    /// store, under the caps of [`multipart::Limits::upload`]. Only the first `file` part is
+    /// kept, and nothing after it is read. A body error that is (or is caused by) an
+    /// `io::Error` of kind `TimedOut` is reported as [`FileError::BodyTimeout`].
     pub async fn upload_multipart<S, E>(
         &self,
         owner: UserId,
@@ -322,28 +340,33 @@ impl FileProxy {
         S: Stream<Item = Result<Bytes, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
-        let mime = content_type.split(';').next().unwrap_or("").trim();
-        if !mime.eq_ignore_ascii_case("multipart/form-data") {
-            return Err(FileError::NotMultipart);
-        }
-        let boundary = multer::parse_boundary(content_type).map_err(|_| FileError::NotMultipart)?;
-        let mut multipart = multer::Multipart::new(body, boundary);
-        while let Some(mut field) = multipart.next_field().await.map_err(bad_upload)? {
-            if field.name() != Some("file") {
-                continue;
+        let boundary = multipart::boundary(content_type).map_err(|_| FileError::NotMultipart)?;
+        let limits = Limits::upload(self.config.max_bytes);
+        let parser = Parser::new(&boundary, limits).map_err(|_| FileError::NotMultipart)?;
+        let mut body = Multipart::new(body, parser);
+        loop {
+            match body.next().await? {
+                Event::Part(part) if part.name.as_deref() == Some(limits.file_field) => {
+                    let name = sanitize(part.filename.as_deref().unwrap_or("file"));
+                    return self.store_stream(owner, name, &mut body).await;
+                }
+                // Other parts' bytes are counted by the parser and dropped.
+                Event::Part(_) | Event::Data(_) | Event::PartEnd => {}
+                Event::End => return Err(FileError::BadUpload("no `file` field".into())),
             }
-            let name = sanitize(field.file_name().unwrap_or("file"));
-            return self.store_stream(owner, name, &mut field).await;
         }
-        Err(FileError::BadUpload("no `file` field".into()))
     }
 
-    async fn store_stream(
+    async fn store_stream<S, E>(
         &self,
         owner: UserId,
         name: String,
-        field: &mut multer::Field<'static>,
-    ) -> Result<Arc<FileMeta>, FileError> {
+        body: &mut Multipart<S>,
+    ) -> Result<Arc<FileMeta>, FileError>
+    where
+        S: Stream<Item = Result<Bytes, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let limit = self.config.max_bytes;
         let mut reserved = Reservation {
             usage: &self.usage,
@@ -356,7 +379,14 @@ impl FileProxy {
         let mut head = Vec::with_capacity(detect::SNIFF_LEN);
         let mut size = 0u64;
         let result: Result<(), FileError> = async {
-            while let Some(chunk) = field.chunk().await.map_err(bad_upload)? {
+            loop {
+                let chunk = match body.next().await? {
+                    Event::Data(chunk) => chunk,
+                    Event::PartEnd => break,
+                    Event::Part(_) | Event::End => {
+                        return Err(MultipartError::Malformed("a part without its end").into());
+                    }
+                };
                 size += chunk.len() as u64;
                 if size > limit {
                     return Err(FileError::TooLarge(limit));
@@ -566,13 +596,31 @@ impl FileProxy {
     }
 }
 
-fn bad_upload(e: multer::Error) -> FileError {
-    match e {
-        multer::Error::StreamReadFailed(inner) => {
-            FileError::BadUpload(format!("reading the body: {inner}"))
+impl From<ReadError> for FileError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Multipart(m) => FileError::Multipart(m),
+            ReadError::Body(inner) if timed_out(&*inner) => FileError::BodyTimeout,
+            ReadError::Body(inner) => FileError::BadUpload(format!("reading the body: {inner}")),
         }
-        other => FileError::BadUpload(other.to_string()),
     }
+}
+
+/// Whether a body error is, or was caused by, a timeout: the server's body timeout reaches
+/// this crate only as an `io::Error` of kind `TimedOut` somewhere in the chain.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        next = match err.downcast_ref::<std::io::Error>() {
+            Some(io) if io.kind() == std::io::ErrorKind::TimedOut => return true,
+            // An `io::Error`'s `source` skips the error it wraps.
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    false
 }
 
 /// The fields a client may send in an `image` or `file` body; the server overwrites all but
@@ -635,5 +683,25 @@ impl Handler for AttachFiles {
         let id = msg.body["file_id"].as_u64().unwrap_or(0);
         msg.body = self.0.attachment(msg.from, id, image)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_errors_answer_with_their_status() {
+        let status = |e: FileError| ApiError::from(e).status;
+        let timeout = std::io::Error::new(std::io::ErrorKind::TimedOut, "idle");
+        assert_eq!(status(ReadError::Body(Box::new(timeout)).into()), 408);
+        let nested = std::io::Error::other(std::io::Error::new(std::io::ErrorKind::TimedOut, "x"));
+        assert_eq!(status(ReadError::Body(Box::new(nested)).into()), 408);
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert_eq!(status(ReadError::Body(Box::new(reset)).into()), 400);
+        assert_eq!(status(MultipartError::TooManyParts(16).into()), 413);
+        assert_eq!(status(MultipartError::Incomplete.into()), 400);
+        assert_eq!(status(MultipartError::BadBoundary.into()), 415);
+        assert_eq!(FilesConfig::default().quota, Some(1 << 30));
     }
 }

@@ -63,6 +63,10 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// 416: the `Range` lies outside the file.
     RangeNotSatisfiable,
+    /// 408: the request (its headers or its body) did not arrive in time.
+    RequestTimeout,
+    /// 429: too many requests of this kind; retry after the `Retry-After` header.
+    RateLimited,
     /// 422: a handler rejected the message's content.
     Rejected,
     /// 503: queues are full; retry after the `Retry-After` header.
@@ -105,6 +109,8 @@ impl ErrorCode {
             PayloadTooLarge => "payload_too_large",
             UnsupportedMediaType => "unsupported_media_type",
             RangeNotSatisfiable => "range_not_satisfiable",
+            RequestTimeout => "request_timeout",
+            RateLimited => "rate_limited",
             Rejected => "rejected",
             Overloaded => "overloaded",
             Internal => "internal",
@@ -126,6 +132,8 @@ impl ErrorCode {
             PayloadTooLarge => 413,
             UnsupportedMediaType => 415,
             RangeNotSatisfiable => 416,
+            RequestTimeout => 408,
+            RateLimited => 429,
             Rejected => 422,
             Internal => 500,
             Overloaded => 503,
@@ -145,6 +153,8 @@ pub struct ApiError {
     pub code: Cow<'static, str>,
     /// Text for a human.
     pub message: Cow<'static, str>,
+    /// Seconds the client should wait before trying again (`Retry-After`); 429 and 503 set it.
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -154,6 +164,7 @@ impl ApiError {
             status: code.status(),
             code: Cow::Borrowed(code.as_str()),
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -167,7 +178,14 @@ impl ApiError {
             status,
             code: code.into(),
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, telling the client to wait `secs` seconds before trying again.
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// The JSON body `{"error":{"code","message"}}` of api-v1.md.

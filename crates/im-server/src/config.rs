@@ -79,10 +79,16 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Event stream tuning.
     pub sse: SseConfig,
+    /// Connection caps and timeouts (`[limits]`).
+    pub limits: LimitsSection,
     /// Dispatcher sizing.
     pub workers: WorkerConfig,
     /// Password hashing cost.
     pub argon2: Argon2Config,
+    /// `[sessions]`: when login sessions expire.
+    pub sessions: SessionsSection,
+    /// `[rate_limits]`: login, registration, message and upload rates.
+    pub rate_limits: RateLimitsSection,
     /// The file proxy.
     pub files: FilesSection,
     /// `IM_*` variables that name no setting; ignored, and logged at start-up so a typo is
@@ -191,15 +197,59 @@ pub struct PostgresSection {
 pub struct SseConfig {
     /// Seconds between keep-alive comments (at most 20 for proxies).
     pub keepalive_secs: u64,
-    /// Frames queued per session before a slow session is closed.
+    /// Bytes queued per stream (frames plus 48 each) before a slow stream is cut off and
+    /// resumes from the store, as Centrifugo's `client_queue_max_size`. 0 means no limit.
+    pub mailbox_bytes: usize,
+    /// Frames queued per stream, an extra cap beside `mailbox_bytes` (this was the only
+    /// limit before `mailbox_bytes`; old configs that set it keep working). 0 means none.
     pub mailbox: usize,
+    /// Bytes buffered for all streams of this node together (queued frames and replay pages
+    /// not yet written); a delivery that would pass it cuts off that stream. 0 means no cap.
+    pub buffer_bytes: usize,
     /// Most messages replayed on resume before `resync` is sent instead.
     pub resume_limit: usize,
+    /// Messages read from the store and written per page of a replay.
+    pub replay_page: usize,
+    /// A replay page ends with the message that brings its stored records to this size.
+    pub replay_page_bytes: usize,
     /// The `retry:` hint in milliseconds.
     pub retry_ms: u64,
     /// Open streams one user may hold on a node; opening one more closes that user's oldest
     /// (so a user with many tabs keeps working). 0 means no limit.
     pub max_streams_per_user: usize,
+}
+
+/// `[limits]`: what one connection may cost, and how many there may be.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Open connections at most; 0 sizes it from the open-file limit (three quarters of it).
+    /// Over the cap a connection gets one 503 (`/healthz` and `/readyz` still answer).
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (and, on a fresh connection, its
+    /// first bytes); an idle keep-alive connection is closed after it too.
+    pub header_timeout_secs: u64,
+    /// Seconds a request body may go without a byte arriving; then 408 and the connection
+    /// closes.
+    pub body_timeout_secs: u64,
+    /// Bytes per second a body must average once past `body_timeout_secs` (each byte buys
+    /// `1/body_min_rate` s more), so a trickled body cannot hold a connection; 0 switches it off.
+    pub body_min_rate: u64,
+    /// Seconds a write may make no progress (a reader that stopped reading, an event stream
+    /// included) before the connection is closed.
+    pub write_timeout_secs: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_connections: 0,
+            header_timeout_secs: 30,
+            body_timeout_secs: 30,
+            body_min_rate: 500,
+            write_timeout_secs: 60,
+        }
+    }
 }
 
 /// `[workers]`: dispatcher sizing; 0 means one per core.
@@ -224,8 +274,105 @@ pub struct Argon2Config {
     pub memory_kib: u32,
     /// Passes.
     pub iterations: u32,
-    /// Hashes computed at once.
+    /// Hashing threads, each keeping one `memory_kib` buffer for the life of the process.
     pub concurrency: usize,
+    /// Hashes that may wait for a thread; past it, 503 `overloaded` with `Retry-After`.
+    pub queue: usize,
+}
+
+/// `[rate_limits]`: per address, account and user budgets (a token bucket each: a burst,
+/// refilled at a steady rate). Over budget, 429 `rate_limited` with `Retry-After`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitsSection {
+    /// Switches every rate limit off at once.
+    pub enabled: bool,
+    /// Proxies whose `X-Forwarded-For` names the client (nginx's `set_real_ip_from`); a
+    /// request from anywhere else is keyed on its peer address.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// `POST /auth/login` per client address.
+    pub login_per_address: RateSetting,
+    /// `POST /auth/login` per username tried, counted before any hashing.
+    pub login_per_account: RateSetting,
+    /// `POST /auth/register` per client address.
+    pub register_per_address: RateSetting,
+    /// `POST /messages` per user.
+    pub messages_per_user: RateSetting,
+    /// `POST /files` per user.
+    pub uploads_per_user: RateSetting,
+}
+
+/// One budget, named as Synapse names its `rc_*` settings; `per_second = 0` switches it off
+/// (a field left out is 0, so `IM_RATE_LIMITS__MESSAGES_PER_USER__PER_SECOND=0` alone works).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateSetting {
+    /// Steady rate the budget refills at.
+    pub per_second: f64,
+    /// Requests allowed at once after a quiet spell.
+    pub burst_count: u32,
+}
+
+impl RateSetting {
+    const fn new(per_second: f64, burst_count: u32) -> Self {
+        Self {
+            per_second,
+            burst_count,
+        }
+    }
+}
+
+impl RateLimitsSection {
+    /// Each limit with its setting.
+    fn budgets(&self) -> [(im_limits::Limit, RateSetting); 5] {
+        use im_limits::Limit;
+        [
+            (Limit::LoginPerAddress, self.login_per_address),
+            (Limit::LoginPerAccount, self.login_per_account),
+            (Limit::RegisterPerAddress, self.register_per_address),
+            (Limit::MessagesPerUser, self.messages_per_user),
+            (Limit::UploadsPerUser, self.uploads_per_user),
+        ]
+    }
+
+    /// Refuses a half-set budget (a field left out is 0), which would otherwise be off
+    /// without a word.
+    fn check(&self) -> Result<(), ConfigError> {
+        for (limit, r) in self.budgets() {
+            let valid = r.per_second.is_finite() && r.per_second >= 0.0;
+            if !valid || (r.per_second > 0.0) != (r.burst_count > 0) {
+                return Err(ConfigError::Invalid(format!(
+                    "rate_limits.{} needs both per_second > 0 and burst_count >= 1, or \
+                     per_second = 0 alone to switch it off",
+                    limit.name()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The in-memory limiter these settings describe (none at all when `enabled` is off).
+    pub fn memory_limiter(&self) -> im_limits::MemoryLimiter {
+        let on = self.enabled.then(|| self.budgets()).into_iter().flatten();
+        im_limits::MemoryLimiter::new(on.filter_map(|(limit, r)| {
+            Some((limit, im_limits::Rate::new(r.per_second, r.burst_count)?))
+        }))
+    }
+}
+
+impl Default for RateLimitsSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            trusted_proxies: Vec::new(),
+            // Generous: NATs and offices share addresses.
+            login_per_address: RateSetting::new(1.0, 20),
+            login_per_account: RateSetting::new(0.2, 10),
+            register_per_address: RateSetting::new(0.1, 5),
+            messages_per_user: RateSetting::new(10.0, 50),
+            uploads_per_user: RateSetting::new(1.0, 10),
+        }
+    }
 }
 
 impl BusKind {
@@ -260,8 +407,11 @@ impl Default for Config {
             presence_grace_ms: 5000,
             allowed_origins: Vec::new(),
             sse: SseConfig::default(),
+            limits: LimitsSection::default(),
             workers: WorkerConfig::default(),
             argon2: Argon2Config::default(),
+            sessions: SessionsSection::default(),
+            rate_limits: RateLimitsSection::default(),
             files: FilesSection::default(),
             ignored_env: Vec::new(),
         }
@@ -309,7 +459,8 @@ pub struct FilesSection {
     pub ttl_secs: u64,
     /// Seconds between sweeps of expired files.
     pub sweep_secs: u64,
-    /// Bytes of live files one user may hold; 0 means no limit.
+    /// Bytes of live files one user may hold; 0 means no limit. 1 GiB by default, so one
+    /// account cannot fill the disk.
     pub quota_bytes: u64,
     /// The bucket of the `s3` backend.
     pub s3: FilesS3Section,
@@ -323,7 +474,7 @@ impl Default for FilesSection {
             max_bytes: 25 * 1024 * 1024,
             ttl_secs: 24 * 3600,
             sweep_secs: 60,
-            quota_bytes: 0,
+            quota_bytes: im_files::DEFAULT_QUOTA,
             s3: FilesS3Section::default(),
         }
     }
@@ -333,8 +484,12 @@ impl Default for SseConfig {
     fn default() -> Self {
         Self {
             keepalive_secs: 15,
-            mailbox: 1024,
+            mailbox_bytes: 1024 * 1024,
+            mailbox: 0,
+            buffer_bytes: 256 * 1024 * 1024,
             resume_limit: 10_000,
+            replay_page: 100,
+            replay_page_bytes: 256 * 1024,
             retry_ms: 2000,
             max_streams_per_user: 16,
         }
@@ -352,6 +507,31 @@ impl Default for WorkerConfig {
     }
 }
 
+/// `[sessions]`: when login sessions expire, so a leaked token does not work forever.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionsSection {
+    /// Seconds a session may go unused (no request made with it) before it ends; 0 means
+    /// never.
+    pub idle_secs: u64,
+    /// Seconds a session lives after login however much it is used (and the cookie's
+    /// `Max-Age`); 0 means until logout.
+    pub lifetime_secs: u64,
+    /// Seconds between sweeps that end expired sessions (and their streams) on every node;
+    /// 0 counts as 1.
+    pub sweep_secs: u64,
+}
+
+impl Default for SessionsSection {
+    fn default() -> Self {
+        Self {
+            idle_secs: 30 * 24 * 3600,
+            lifetime_secs: 90 * 24 * 3600,
+            sweep_secs: 60,
+        }
+    }
+}
+
 impl Default for Argon2Config {
     fn default() -> Self {
         let d = im_users::HashParams::default();
@@ -359,6 +539,7 @@ impl Default for Argon2Config {
             memory_kib: d.memory_kib,
             iterations: d.iterations,
             concurrency: d.concurrency,
+            queue: d.queue,
         }
     }
 }
@@ -501,6 +682,7 @@ impl Config {
                 "files.backend = \"s3\" needs files.s3.bucket (IM_FILES__S3__BUCKET)".into(),
             ));
         }
+        self.rate_limits.check()?;
         Ok(())
     }
 
@@ -541,8 +723,11 @@ const KEYS: &[&str] = &[
     "presence_grace_ms",
     "allowed_origins",
     "sse",
+    "limits",
     "workers",
     "argon2",
+    "sessions",
+    "rate_limits",
     "files",
 ];
 
@@ -704,6 +889,30 @@ mod tests {
             Config::load(vec![], vars),
             Err(ConfigError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn rate_limits_switch_off_one_by_one_and_refuse_half_settings() {
+        let (_, c) = Config::load(vec![], vec![]).unwrap();
+        assert!(c.rate_limits.enabled);
+        assert_eq!(c.rate_limits.messages_per_user.burst_count, 50);
+        let vars = env(&[
+            ("IM_RATE_LIMITS__MESSAGES_PER_USER__PER_SECOND", "0"),
+            ("IM_RATE_LIMITS__TRUSTED_PROXIES", "[\"10.0.0.1\"]"),
+        ]);
+        let (_, c) = Config::load(vec![], vars).unwrap();
+        assert_eq!(c.rate_limits.messages_per_user.per_second, 0.0);
+        assert_eq!(c.rate_limits.uploads_per_user.burst_count, 10);
+        assert_eq!(c.rate_limits.trusted_proxies.len(), 1);
+        for bad in [
+            vec![("IM_RATE_LIMITS__UPLOADS_PER_USER__BURST_COUNT", "3")],
+            vec![("IM_RATE_LIMITS__UPLOADS_PER_USER__PER_SECOND", "-1")],
+        ] {
+            assert!(matches!(
+                Config::load(vec![], env(&bad)),
+                Err(ConfigError::Invalid(e)) if e.contains("uploads_per_user")
+            ));
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use im_files::FileBody;
@@ -10,6 +11,144 @@ use im_protocol::{ApiError, ErrorCode};
 use im_sse::SseStream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+/// The peer address of the connection a request came on (a request extension), for limits
+/// that key on the client's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+/// Every request body, as the routes see it: the connection's body with an idle timeout.
+pub type RequestBody = TimedBody<Incoming>;
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The connection failed or the client sent a malformed body.
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    /// The body stalled or trickled (`limits.body_timeout_secs`, `limits.body_min_rate`).
+    #[error("the request body arrived too slowly (idle timeout {0:?})")]
+    Idle(Duration),
+}
+
+impl From<BodyError> for std::io::Error {
+    fn from(e: BodyError) -> Self {
+        let kind = match e {
+            BodyError::Idle(_) => std::io::ErrorKind::TimedOut,
+            BodyError::Hyper(_) => std::io::ErrorKind::InvalidData,
+        };
+        std::io::Error::new(kind, e)
+    }
+}
+
+/// The pace a request body must keep (`[limits]`), applied to every request.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimits {
+    /// The longest wait for the next byte, and the grace before `min_rate` applies.
+    pub idle: Duration,
+    /// Bytes per second the body must average after the grace; 0 for no minimum.
+    pub min_rate: u64,
+}
+
+impl BodyLimits {
+    /// The limits of a configuration.
+    pub fn of(config: &crate::Config) -> Self {
+        Self {
+            idle: Duration::from_secs(config.limits.body_timeout_secs.max(1)),
+            min_rate: config.limits.body_min_rate,
+        }
+    }
+
+    /// Puts a body under these limits.
+    pub fn wrap<B>(self, inner: B) -> TimedBody<B> {
+        TimedBody {
+            inner,
+            limits: self,
+            started: None,
+            received: 0,
+            timer: None,
+            armed: false,
+        }
+    }
+}
+
+/// A request body that fails when no byte has arrived for the idle timeout, or when it
+/// arrives slower than the minimum rate (each byte buys `1/min_rate` s beyond the first idle
+/// period, as Apache's `mod_reqtimeout` does), so a client that trickles a body, or stops
+/// halfway, cannot hold a connection and a handler forever. The clocks run only while the
+/// body is waited on.
+pub struct TimedBody<B> {
+    inner: B,
+    limits: BodyLimits,
+    /// When the body was first waited on.
+    started: Option<Instant>,
+    received: u64,
+    /// Allocated on the first wait and reset afterwards; `armed` says whether it counts.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl<B> TimedBody<B> {
+    /// When the body fails if nothing more arrives.
+    fn deadline(&self, now: Instant) -> Instant {
+        let idle = now + self.limits.idle;
+        match (self.started, self.limits.min_rate) {
+            (Some(started), rate) if rate > 0 => {
+                let earned = Duration::from_secs_f64(self.received as f64 / rate as f64);
+                idle.min(started + self.limits.idle + earned)
+            }
+            _ => idle,
+        }
+    }
+}
+
+impl<B> HttpBody for TimedBody<B>
+where
+    B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        this.started.get_or_insert_with(Instant::now);
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.armed = false;
+            if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+                this.received += data.map_or(0, |d| d.len() as u64);
+            }
+            return Poll::Ready(frame.map(|f| f.map_err(BodyError::from)));
+        }
+        if !this.armed {
+            let deadline = this.deadline(Instant::now());
+            let timer = this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            timer.as_mut().reset(deadline);
+            this.armed = true;
+        }
+        let Some(timer) = this.timer.as_mut() else {
+            return Poll::Pending;
+        };
+        ready!(timer.as_mut().poll(cx));
+        Poll::Ready(Some(Err(BodyError::Idle(this.limits.idle))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// Every response body: a buffered one, an event stream or a file.
 pub type Body = Either<Full<Bytes>, Either<SseStream, FileBody>>;
@@ -51,13 +190,18 @@ pub fn empty(status: StatusCode) -> Response<Body> {
     res
 }
 
-/// The error body of api-v1.md, with `Retry-After` on 503 and `Allow` on 405.
+/// The error body of api-v1.md, with `Retry-After` on 429 and 503 and `Allow` on 405.
 pub fn error_response(err: &ApiError) -> Response<Body> {
     let status = StatusCode::from_u16(err.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut res = bytes_response(status, "application/json", Bytes::from(err.to_json()));
-    if status == StatusCode::SERVICE_UNAVAILABLE {
+    let retry = match (err.retry_after, status) {
+        (Some(secs), _) => Some(secs.max(1)),
+        (None, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) => Some(1),
+        (None, _) => None,
+    };
+    if let Some(secs) = retry {
         res.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     if status == StatusCode::UNAUTHORIZED {
         res.headers_mut()
@@ -71,7 +215,7 @@ pub fn error_response(err: &ApiError) -> Response<Body> {
 /// Reads a JSON body of at most `limit` bytes, with the status codes api-v1.md promises:
 /// 415 for another content type, 413 over the limit, 400 for bad JSON or a wrong shape.
 pub async fn read_json<T: DeserializeOwned>(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     limit: usize,
 ) -> Result<T, ApiError> {
     let is_json = req
@@ -108,6 +252,14 @@ pub async fn read_json<T: DeserializeOwned>(
                 .is_some()
             {
                 too_large()
+            } else if let Some(BodyError::Idle(idle)) = e.downcast_ref::<BodyError>() {
+                ApiError::new(
+                    ErrorCode::RequestTimeout,
+                    format!(
+                        "the body arrived too slowly (nothing for {} s, or under the minimum rate)",
+                        idle.as_secs()
+                    ),
+                )
             } else {
                 ApiError::new(
                     ErrorCode::InvalidRequest,
@@ -158,7 +310,7 @@ pub fn query_u64(query: Option<&str>, name: &str) -> Result<Option<u64>, ApiErro
 }
 
 /// A cookie's value from the `Cookie` header.
-pub fn cookie<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+pub fn cookie<'a>(req: &'a Request<RequestBody>, name: &str) -> Option<&'a str> {
     req.headers()
         .get_all(header::COOKIE)
         .iter()

@@ -6,11 +6,14 @@
 
 mod assets;
 pub mod config;
+mod conn;
 mod http;
 mod ready;
 mod routes;
 
 pub use config::{BusKind, Command, Config, ConfigError, FilesBackend, StoreKind};
+use http::BodyLimits;
+pub use http::ClientAddr;
 pub use im_channel::{Channel, Handler, Pending};
 pub use im_classifier::KindSpec;
 pub use im_protocol::{ApiError, ErrorCode};
@@ -30,7 +33,9 @@ use im_files::{AttachFiles, FileIndex, FileProxy, FileStore, FilesConfig};
 use im_pool::{ConsumerPool, PoolConfig};
 use im_sse::{BrokerConfig, ReplaySource, SessionInfo, SseBroker};
 use im_store::{CommitListener, SqliteStore, StoreConfig, StoreError};
-use im_users::{Authorize, HashParams, UserError, UserManager, UserStore, UsersConfig};
+use im_users::{
+    Authorize, HashParams, SessionPolicy, UserError, UserManager, UserStore, UsersConfig,
+};
 use routes::App;
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -139,15 +144,27 @@ impl ImServerBuilder {
                 memory_kib: cfg.argon2.memory_kib,
                 iterations: cfg.argon2.iterations,
                 concurrency: cfg.argon2.concurrency,
+                queue: cfg.argon2.queue,
             },
             direct_messages: cfg.direct_messages,
             presence_grace: Duration::from_millis(cfg.presence_grace_ms),
             presence_ttl: Duration::from_secs(cfg.cluster.presence_ttl_secs.max(1)),
+            sessions: SessionPolicy {
+                idle: Duration::from_secs(cfg.sessions.idle_secs),
+                lifetime: Duration::from_secs(cfg.sessions.lifetime_secs),
+                sweep_every: Duration::from_secs(cfg.sessions.sweep_secs.max(1)),
+            },
         };
         let users = UserManager::new(store.users.clone(), users_cfg).await?;
         let broker = SseBroker::new(
             BrokerConfig {
-                mailbox: cfg.sse.mailbox,
+                mailbox_bytes: cfg.sse.mailbox_bytes,
+                mailbox_frames: cfg.sse.mailbox,
+                buffer_bytes: cfg.sse.buffer_bytes,
+                replay_page: im_sse::PageLimit {
+                    messages: cfg.sse.replay_page.max(1),
+                    bytes: cfg.sse.replay_page_bytes,
+                },
                 keepalive: Duration::from_secs(cfg.sse.keepalive_secs.clamp(1, 20)),
                 retry_ms: cfg.sse.retry_ms,
                 resume_limit: cfg.sse.resume_limit,
@@ -210,6 +227,7 @@ impl ImServerBuilder {
             offer.offer(entries);
         }));
         users.attach_log(follower.clone());
+        users.spawn_session_sweeper();
         files.attach_log(follower.clone());
         link.bus().start(Arc::new(NodeInbound {
             link: link.clone(),
@@ -261,6 +279,8 @@ impl ImServerBuilder {
             cfg.cluster.ready_max_lag,
         );
         readiness.spawn_lag_log();
+        let limiter = Arc::new(cfg.rate_limits.memory_limiter());
+        limiter.spawn_purger(RATE_LIMIT_PURGE);
         let app = App {
             config: self.config,
             classifier,
@@ -272,6 +292,7 @@ impl ImServerBuilder {
             files,
             progress: follower,
             readiness,
+            limiter,
         };
         Ok(ImServer {
             app: Arc::new(app),
@@ -279,6 +300,10 @@ impl ImServerBuilder {
         })
     }
 }
+
+/// How often rate-limit keys whose budget is full again are forgotten, so that a flood of
+/// distinct addresses holds memory for at most about this long plus the longest refill.
+const RATE_LIMIT_PURGE: Duration = Duration::from_secs(10);
 
 /// The store adapter the configuration chose, seen as the ports the other crates use.
 struct Stores {
@@ -492,22 +517,36 @@ impl ImServer {
     /// and gives open requests `shutdown_grace_secs` to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let ImServer { app, listener } = self;
+        let limits = app.config.limits.clone();
+        let header_timeout = Duration::from_secs(limits.header_timeout_secs.max(1));
+        let write_timeout = Duration::from_secs(limits.write_timeout_secs.max(1));
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30));
+            .header_read_timeout(header_timeout);
         http.http2()
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)));
-        // The protocol is chosen by peeking (h2c starts with the HTTP/2 preface), so hyper reads
-        // an HTTP/1 request from the socket in one go: after the auto builder's own detection
-        // it needed a second read that doubled every connection's 8 KiB read buffer.
+        // The protocol is chosen by sniffing (h2c starts with the HTTP/2 preface) and hyper
+        // gets a builder for that one protocol, so it reads an HTTP/1 request in one go.
         let h1 = Arc::new(http.clone().http1_only());
         let h2 = Arc::new(http.http2_only());
+        // Over the cap: one request, answered quickly, then the connection closes.
+        let mut refusal = hyper::server::conn::http1::Builder::new();
+        refusal
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout.min(Duration::from_secs(5)))
+            .keep_alive(false);
+        let refusal = Arc::new(refusal);
+        let slots = conn::Slots::new(match limits.max_connections {
+            0 => conn::default_max_connections(),
+            n => n,
+        });
+        tracing::info!(max_connections = slots.max(), "accepting connections");
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
-            let (stream, _peer) = tokio::select! {
+            let (mut stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
@@ -519,25 +558,50 @@ impl ImServer {
                 },
                 _ = &mut shutdown => break,
             };
+            let (slot, refuse) = match slots.admit() {
+                conn::Admission::Serve(slot) => (slot, false),
+                conn::Admission::Refuse(slot) => (slot, true),
+                conn::Admission::Drop => continue,
+            };
             // Small SSE frames must leave at once, not wait for Nagle.
             let _ = stream.set_nodelay(true);
             let app = app.clone();
-            let service = service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(app.handle(req).await) }
-            });
-            let (h1, h2, watcher) = (h1.clone(), h2.clone(), graceful.watcher());
+            let (h1, h2, refusal, watcher) =
+                (h1.clone(), h2.clone(), refusal.clone(), graceful.watcher());
             tokio::spawn(async move {
-                let Ok(h2c) =
-                    tokio::time::timeout(Duration::from_secs(30), starts_h2(&stream)).await
-                else {
-                    return; // nothing sent for 30 s
+                let _slot = slot;
+                let Some(sniffed) = conn::sniff(&mut stream, header_timeout).await else {
+                    return; // closed, or nothing sent in time
                 };
-                let builder = if h2c { &h2 } else { &h1 };
-                let conn = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .into_owned();
-                if let Err(e) = watcher.watch(conn).await {
+                let io = TokioIo::new(conn::ConnIo::new(stream, sniffed.prefix, write_timeout));
+                let body_limits = BodyLimits::of(&app.config);
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let app = app.clone();
+                    let mut req = req.map(|b| body_limits.wrap(b));
+                    req.extensions_mut().insert(ClientAddr(peer));
+                    async move {
+                        Ok::<_, Infallible>(if refuse {
+                            app.handle_over_capacity(req).await
+                        } else {
+                            app.handle(req).await
+                        })
+                    }
+                });
+                let ended = if refuse {
+                    if sniffed.h2 {
+                        return;
+                    }
+                    (watcher.watch(refusal.serve_connection(io, service)).await).map_err(Into::into)
+                } else if sniffed.h2 {
+                    watcher
+                        .watch(h2.serve_connection(io, service).into_owned())
+                        .await
+                } else {
+                    watcher
+                        .watch(h1.serve_connection(io, service).into_owned())
+                        .await
+                };
+                if let Err(e) = ended {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
             });
@@ -552,22 +616,6 @@ impl ImServer {
             _ = tokio::time::sleep(grace) => tracing::warn!("connections still open after the grace period; closing"),
         }
         Ok(())
-    }
-}
-
-/// Whether a connection opens with the HTTP/2 preface (h2c with prior knowledge), without
-/// consuming any bytes.
-async fn starts_h2(stream: &tokio::net::TcpStream) -> bool {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let mut buf = [0u8; PREFACE.len()];
-    loop {
-        match stream.peek(&mut buf).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) if buf[..n] != PREFACE[..n] => return false,
-            Ok(n) if n == PREFACE.len() => return true,
-            // A prefix of the preface so far: wait for the rest.
-            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-        }
     }
 }
 

@@ -2,19 +2,20 @@
 
 use crate::assets;
 use crate::config::Config;
+use crate::http::ClientAddr;
 use crate::http::{
-    Body, Reply, bytes_response, cookie, empty, error_response, json, query_param, query_u64,
-    read_json,
+    Body, Reply, RequestBody, bytes_response, cookie, empty, error_response, json, query_param,
+    query_u64, read_json,
 };
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyDataStream, Either, Full};
-use hyper::body::Incoming;
 use im_channel::{ChannelGroup, MessageHistory, Outcome, Pending};
 use im_classifier::MessageClassifier;
 use im_cluster::Progress;
 use im_files::{FileProxy, RangeReply};
+use im_limits::{Key, Limit, RateLimiter};
 use im_protocol::{
     ApiError, Draft, ErrorCode, GroupId, MessageId, Target, UserId, conversation_of, now_millis,
 };
@@ -42,6 +43,8 @@ pub(crate) struct App {
     pub progress: Arc<dyn Progress>,
     /// Whether this node should be sent work (`GET /readyz`).
     pub readiness: Arc<crate::ready::Readiness>,
+    /// Login, registration, message and upload budgets (`[rate_limits]`).
+    pub limiter: Arc<dyn RateLimiter>,
 }
 
 /// Refusals that memory behind the log could explain (a friendship, membership or upload
@@ -106,6 +109,23 @@ struct Login {
     password: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordChange {
+    current_password: String,
+    new_password: String,
+}
+
+/// 204 that also clears the session cookie: the caller's own session has ended.
+fn logged_out() -> Response<Body> {
+    let mut res = empty(StatusCode::NO_CONTENT);
+    let gone = format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0");
+    if let Ok(v) = HeaderValue::from_str(&gone) {
+        res.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    res
+}
+
 /// Every route, resolved from the path alone so a wrong method can answer 405 with `Allow`.
 enum Route {
     Asset(&'static assets::Asset),
@@ -115,6 +135,10 @@ enum Route {
     Login,
     Logout,
     Session,
+    Sessions,
+    EndSession(u64),
+    LogoutAll,
+    Password,
     Me,
     Events,
     Messages,
@@ -162,6 +186,10 @@ fn resolve(path: &str) -> Option<(Route, &'static [Method])> {
             ["auth", "login"] => (Route::Login, POST),
             ["auth", "logout"] => (Route::Logout, POST),
             ["auth", "session"] => (Route::Session, GET),
+            ["auth", "sessions"] => (Route::Sessions, GET),
+            ["auth", "sessions", id] => (Route::EndSession(num(id)?), DELETE),
+            ["auth", "logout-all"] => (Route::LogoutAll, POST),
+            ["auth", "password"] => (Route::Password, POST),
             ["me"] => (Route::Me, GET),
             ["events"] => (Route::Events, GET),
             ["messages"] => (Route::Messages, POST),
@@ -193,7 +221,7 @@ fn resolve(path: &str) -> Option<(Route, &'static [Method])> {
 }
 
 impl App {
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(self: Arc<Self>, req: Request<RequestBody>) -> Response<Body> {
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         let mut res = match resolve(&path) {
             None => error_response(&ApiError::new(
@@ -229,7 +257,22 @@ impl App {
         res
     }
 
-    async fn route(&self, route: Route, req: Request<Incoming>) -> Reply {
+    /// Answers a connection over `limits.max_connections`: health probes as usual, so a
+    /// load balancer can still tell the node is alive, and everything else 503.
+    pub async fn handle_over_capacity(
+        self: Arc<Self>,
+        req: Request<RequestBody>,
+    ) -> Response<Body> {
+        match resolve(req.uri().path()) {
+            Some((Route::Health | Route::Ready, _)) => self.handle(req).await,
+            _ => error_response(
+                &ApiError::new(ErrorCode::Overloaded, "the server has too many connections")
+                    .retry_after(5),
+            ),
+        }
+    }
+
+    async fn route(&self, route: Route, req: Request<RequestBody>) -> Reply {
         match route {
             Route::Asset(asset) => {
                 let fresh = req
@@ -273,13 +316,27 @@ impl App {
                 Ok(json(status, &report))
             }
             Route::Register => {
+                self.limit_address(Limit::RegisterPerAddress, &req).await?;
                 let body: Login = read_json(req, self.config.max_json_bytes).await?;
                 let user = self.users.register(&body.username, &body.password).await?;
                 Ok(json(StatusCode::CREATED, &json!({ "user": user })))
             }
             Route::Login => {
+                // Both budgets are spent before any hashing, so a refused guess costs nothing.
+                self.limit_address(Limit::LoginPerAddress, &req).await?;
+                let agent = req
+                    .headers()
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
                 let body: Login = read_json(req, self.config.max_json_bytes).await?;
-                let out = self.users.login(&body.username, &body.password).await?;
+                self.limit(Limit::LoginPerAccount, Key::Name(&body.username))
+                    .await?;
+                let out = self
+                    .users
+                    .login(&body.username, &body.password, &agent)
+                    .await?;
                 let mut res = json(
                     StatusCode::OK,
                     &json!({ "token": out.token, "user": out.user }),
@@ -289,8 +346,13 @@ impl App {
                 } else {
                     ""
                 };
+                // The cookie lives as long as the session may (its absolute expiry).
+                let max_age = self
+                    .users
+                    .session_lifetime()
+                    .map_or(String::new(), |d| format!("; Max-Age={}", d.as_secs()));
                 let cookie = format!(
-                    "{SESSION_COOKIE}={}; HttpOnly; SameSite=Lax; Path=/{secure}",
+                    "{SESSION_COOKIE}={}; HttpOnly; SameSite=Lax; Path=/{max_age}{secure}",
                     out.token
                 );
                 if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -303,12 +365,38 @@ impl App {
                 // Revoked through the log: every node, this one included, drops the session
                 // from its cache and ends its streams as its follower applies it.
                 self.users.logout(who).await?;
-                let mut res = empty(StatusCode::NO_CONTENT);
-                let gone = format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0");
-                if let Ok(v) = HeaderValue::from_str(&gone) {
-                    res.headers_mut().insert(header::SET_COOKIE, v);
-                }
-                Ok(res)
+                Ok(logged_out())
+            }
+            Route::Sessions => {
+                let who = self.principal(&req).await?;
+                let sessions = self.users.sessions_json(who).await?;
+                Ok(json(StatusCode::OK, &json!({ "sessions": sessions })))
+            }
+            Route::EndSession(id) => {
+                let who = self.principal(&req).await?;
+                self.users.end_session(who, id).await?;
+                Ok(if id == who.session {
+                    logged_out()
+                } else {
+                    empty(StatusCode::NO_CONTENT)
+                })
+            }
+            Route::LogoutAll => {
+                let who = self.principal(&req).await?;
+                self.users.logout_all(who).await?;
+                Ok(logged_out())
+            }
+            Route::Password => {
+                let who = self.principal(&req).await?;
+                // Guessing the current password with a stolen token spends the account's
+                // login budget, as a login would.
+                let name = self.users.user(who.user)?.username;
+                self.limit(Limit::LoginPerAccount, Key::Name(&name)).await?;
+                let body: PasswordChange = read_json(req, self.config.max_json_bytes).await?;
+                self.users
+                    .change_password(who, &body.current_password, &body.new_password)
+                    .await?;
+                Ok(empty(StatusCode::NO_CONTENT))
             }
             Route::Session => {
                 // Like /me, but "not logged in" is an answer rather than an error, so a page
@@ -362,7 +450,7 @@ impl App {
     }
 
     /// Friends, blocks, groups, typing and read receipts.
-    async fn social(&self, route: Route, req: Request<Incoming>) -> Reply {
+    async fn social(&self, route: Route, req: Request<RequestBody>) -> Reply {
         let who = self.principal(&req).await?.user;
         let users = &self.users;
         let is_get = req.method() != Method::POST;
@@ -488,7 +576,7 @@ impl App {
         }
     }
 
-    async fn events(&self, req: Request<Incoming>) -> Reply {
+    async fn events(&self, req: Request<RequestBody>) -> Reply {
         let who = self.principal(&req).await?;
         let header = req
             .headers()
@@ -512,8 +600,10 @@ impl App {
         Ok(res)
     }
 
-    async fn upload(&self, req: Request<Incoming>) -> Reply {
+    async fn upload(&self, req: Request<RequestBody>) -> Reply {
         let who = self.principal(&req).await?;
+        self.limit(Limit::UploadsPerUser, Key::User(who.user.0))
+            .await?;
         let content_type = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -528,10 +618,13 @@ impl App {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max.saturating_add(64 * 1024)) {
+        if declared.is_some_and(|n| n > max.saturating_add(im_files::multipart::SLACK)) {
             return Err(im_files::FileError::TooLarge(max).into());
         }
-        let body = BodyDataStream::new(req.into_body());
+        // As an `io::Error`, the body timeout reaches `FileProxy` as one (408).
+        let body = BodyDataStream::new(
+            http_body_util::BodyExt::map_err(req.into_body(), std::io::Error::from),
+        );
         let meta = self
             .files
             .upload_multipart(who.user, &content_type, body)
@@ -544,7 +637,7 @@ impl App {
 
     /// Serves a file link: raster images inline, everything else as an attachment, with
     /// `Range` support. Unknown, expired and malformed links are all the same 404.
-    async fn download(&self, token: &str, name: &str, req: Request<Incoming>) -> Reply {
+    async fn download(&self, token: &str, name: &str, req: Request<RequestBody>) -> Reply {
         let mut meta = self.files.lookup(token, name);
         if meta.is_none() && self.progress.catch_up().await.is_ok() {
             // The upload may have been made on another node a moment ago.
@@ -618,8 +711,10 @@ impl App {
         Ok(res)
     }
 
-    async fn post_message(&self, req: Request<Incoming>) -> Reply {
+    async fn post_message(&self, req: Request<RequestBody>) -> Reply {
         let who = self.principal(&req).await?;
+        self.limit(Limit::MessagesPerUser, Key::User(who.user.0))
+            .await?;
         let draft: Draft = read_json(req, self.config.max_message_bytes).await?;
         if draft
             .client_id
@@ -687,8 +782,62 @@ impl App {
         }
     }
 
+    /// Spends one request of `key`'s budget under `limit`, or answers 429 `rate_limited`
+    /// with `Retry-After`.
+    async fn limit(&self, limit: Limit, key: Key<'_>) -> Result<(), ApiError> {
+        self.limiter.check(limit, key).await.map_err(|wait| {
+            let secs = wait.secs();
+            ApiError::new(
+                ErrorCode::RateLimited,
+                format!("too many requests ({}); retry in {secs} s", limit.name()),
+            )
+            .retry_after(u32::try_from(secs).unwrap_or(u32::MAX))
+        })
+    }
+
+    /// [`App::limit`] keyed on the client's address.
+    async fn limit_address(
+        &self,
+        limit: Limit,
+        req: &Request<RequestBody>,
+    ) -> Result<(), ApiError> {
+        match self.client_ip(req) {
+            Some(ip) => self.limit(limit, Key::Addr(ip)).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The client's address: the peer's, unless the peer is a trusted proxy; then the
+    /// right-most `X-Forwarded-For` address that is not a trusted proxy itself, as nginx's
+    /// `real_ip_recursive on` picks it (the left part of the header is the client's to forge).
+    fn client_ip(&self, req: &Request<RequestBody>) -> Option<std::net::IpAddr> {
+        let peer = req.extensions().get::<ClientAddr>()?.0.ip().to_canonical();
+        let trusted = &self.config.rate_limits.trusted_proxies;
+        if !trusted.contains(&peer) {
+            return Some(peer);
+        }
+        let hops: Vec<&str> = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .collect();
+        let mut client = peer;
+        for hop in hops.iter().rev() {
+            let Ok(ip) = hop.trim().parse::<std::net::IpAddr>() else {
+                break;
+            };
+            client = ip.to_canonical();
+            if !trusted.contains(&client) {
+                break;
+            }
+        }
+        Some(client)
+    }
+
     /// The bearer token and session cookie a request carries.
-    fn credentials<'r>(&self, req: &'r Request<Incoming>) -> Credentials<'r> {
+    fn credentials<'r>(&self, req: &'r Request<RequestBody>) -> Credentials<'r> {
         let bearer = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -702,7 +851,7 @@ impl App {
     }
 
     /// Authenticates the caller and refuses cookie-authenticated writes from other origins.
-    async fn principal(&self, req: &Request<Incoming>) -> Result<Principal, ApiError> {
+    async fn principal(&self, req: &Request<RequestBody>) -> Result<Principal, ApiError> {
         let creds = self.credentials(req);
         let bearer = creds.bearer;
         let who = self.auth.authenticate(creds).await?.ok_or_else(|| {
@@ -726,7 +875,7 @@ impl App {
 
     /// A request without `Origin` is not from a browser page; one with it must match `Host`
     /// or be listed in `allowed_origins`.
-    fn origin_allowed(&self, req: &Request<Incoming>) -> bool {
+    fn origin_allowed(&self, req: &Request<RequestBody>) -> bool {
         let Some(origin) = req
             .headers()
             .get(header::ORIGIN)

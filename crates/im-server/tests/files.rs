@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{ServerProcess, TestServer, patient, upload};
+use common::{ServerProcess, TestServer, patient, rss_kib, upload};
 use http::{Method, StatusCode};
 use im_client::Client;
 use im_protocol::{Message, Target, UserId};
@@ -327,15 +327,6 @@ async fn image_and_file_messages() {
     );
     let _ = Target::User(UserId(1));
     server.shutdown().await;
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// A 200 MiB upload streams to disk: the server's peak RSS grows by less than 32 MiB.

@@ -1,5 +1,6 @@
-use crate::mailbox::Mailbox;
-use crate::stream::SseStream;
+use crate::budget::Budget;
+use crate::mailbox::{Limits, Mailbox};
+use crate::stream::{Replay, SseStream};
 use async_trait::async_trait;
 use bytes::BytesMut;
 use im_protocol::sse::{self, Frame};
@@ -33,16 +34,57 @@ impl From<ReplayError> for ApiError {
     }
 }
 
+/// How much one page of a replay may hold, so a resume from far back never sits in memory
+/// whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit {
+    /// The most messages in a page.
+    pub messages: usize,
+    /// The page ends with the message that brings its stored records to this many bytes.
+    pub bytes: usize,
+}
+
+impl Default for PageLimit {
+    fn default() -> Self {
+        Self {
+            messages: 100,
+            bytes: 256 * 1024,
+        }
+    }
+}
+
+/// One page of a replay, as the store gives it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReplayPage {
+    /// The page's messages, ascending by id.
+    pub messages: Vec<Message>,
+    /// The page ended at its limit, so more may follow; false means the range is exhausted.
+    pub more: bool,
+}
+
 /// The store as a resuming stream sees it.
 #[async_trait]
 pub trait ReplaySource: Send + Sync + 'static {
-    /// Up to `limit` messages with id > `after` that `user` sent or received, ascending by id.
-    async fn since(
+    /// How many messages with `after < id <= up_to` `user` sent or received, counting no
+    /// further than `at_most`, so the broker can choose resync or replay without reading them.
+    async fn count(
         &self,
         user: UserId,
         after: MessageId,
-        limit: usize,
-    ) -> Result<Vec<Message>, ReplayError>;
+        up_to: MessageId,
+        at_most: usize,
+    ) -> Result<usize, ReplayError>;
+
+    /// The first page of messages with `after < id <= up_to` that `user` sent or received,
+    /// ascending by id: at most `limit.messages` of them, ending with the one whose stored
+    /// record brings the page to `limit.bytes` (so a page holds at least one message).
+    async fn page(
+        &self,
+        user: UserId,
+        after: MessageId,
+        up_to: MessageId,
+        limit: PageLimit,
+    ) -> Result<ReplayPage, ReplayError>;
 
     /// The highest committed id, to tell a position from the future (another deployment).
     async fn latest_id(&self) -> Result<MessageId, ReplayError>;
@@ -50,7 +92,7 @@ pub trait ReplaySource: Send + Sync + 'static {
 
 /// Appends `event: ready` carrying `id: <position>`: the stream is caught up to `position`, and
 /// a browser that reconnects resumes from there even if no message came yet.
-fn ready(head: &mut BytesMut, position: u64) {
+pub(crate) fn ready(head: &mut BytesMut, position: u64) {
     let mut frame = Vec::new();
     let data = format!("{{\"position\":{position}}}");
     sse::write_event(&mut frame, Some(position), Some("ready"), &data);
@@ -70,8 +112,16 @@ pub trait SessionListener: Send + Sync + 'static {
 /// Tuning of the broker.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    /// Frames a session may have queued before it is closed for being too slow.
-    pub mailbox: usize,
+    /// Bytes a session may have queued (frames plus a slot each) before it is closed for being
+    /// too slow; an empty mailbox always takes one frame. 0 means no limit.
+    pub mailbox_bytes: usize,
+    /// Frames a session may have queued, on top of `mailbox_bytes`. 0 means no limit.
+    pub mailbox_frames: usize,
+    /// Bytes queued in all mailboxes plus replay pages not yet written, server-wide; a push
+    /// that would pass it closes that session. 0 means no limit.
+    pub buffer_bytes: usize,
+    /// How much of a replay is read and encoded at a time.
+    pub replay_page: PageLimit,
     /// How often an idle stream gets a comment line; proxies cut idle streams at 60 s.
     pub keepalive: Duration,
     /// The `retry:` hint sent on open, in milliseconds.
@@ -87,7 +137,10 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
-            mailbox: 1024,
+            mailbox_bytes: 1024 * 1024,
+            mailbox_frames: 0,
+            buffer_bytes: 256 * 1024 * 1024,
+            replay_page: PageLimit::default(),
             keepalive: Duration::from_secs(15),
             retry_ms: 2000,
             resume_limit: 10_000,
@@ -141,7 +194,8 @@ pub(crate) struct Inner {
     pub(crate) config: BrokerConfig,
     shutting_down: AtomicBool,
     pub(crate) streams: AtomicUsize,
-    replay: Arc<dyn ReplaySource>,
+    pub(crate) budget: Arc<Budget>,
+    pub(crate) replay: Arc<dyn ReplaySource>,
     pub(crate) listener: OnceLock<Arc<dyn SessionListener>>,
 }
 
@@ -174,11 +228,12 @@ impl SseBroker {
         Self {
             inner: Arc::new(Inner {
                 shards,
-                config,
                 shutting_down: AtomicBool::new(false),
                 streams: AtomicUsize::new(0),
+                budget: Arc::new(Budget::new(config.buffer_bytes)),
                 replay,
                 listener: OnceLock::new(),
+                config,
             }),
         }
     }
@@ -188,7 +243,9 @@ impl SseBroker {
         if self.inner.shutting_down.load(Ordering::Acquire) {
             return Err(ReplayError::ShuttingDown);
         }
-        let mailbox = Arc::new(Mailbox::new(who.session, self.inner.config.mailbox));
+        let cfg = &self.inner.config;
+        let limits = Limits::new(cfg.mailbox_bytes, cfg.mailbox_frames);
+        let mailbox = Arc::new(Mailbox::new(who.session, limits, self.inner.budget.clone()));
         {
             let mut shard = self.inner.shard(who.user).write();
             let list = shard.entry(who.user).or_default();
@@ -209,9 +266,9 @@ impl SseBroker {
         if self.inner.shutting_down.load(Ordering::Acquire) {
             return Err(ReplayError::ShuttingDown);
         }
-        let cfg = &self.inner.config;
         let mut head = BytesMut::new();
         head.extend_from_slice(&sse::retry_frame(cfg.retry_ms));
+        let mut replay = None;
         let after = match resume {
             Resume::Live => {
                 // Read after registering: everything up to here is history, everything after
@@ -226,24 +283,27 @@ impl SseBroker {
                 if pos > latest {
                     self.resync(&mut head).await?
                 } else {
-                    let msgs = self
+                    // Counting reads no record; the replay itself is read a page at a time
+                    // as the body is written (`SseStream`), up to `latest`: everything
+                    // after that was committed after registering, so it is in the mailbox.
+                    let found = self
                         .inner
                         .replay
-                        .since(who.user, pos, cfg.resume_limit + 1)
+                        .count(who.user, pos, latest, cfg.resume_limit.saturating_add(1))
                         .await?;
-                    if msgs.len() > cfg.resume_limit {
+                    if found > cfg.resume_limit {
                         self.resync(&mut head).await?
+                    } else if found == 0 {
+                        ready(&mut head, pos.0);
+                        pos.0
                     } else {
-                        msgs.iter()
-                            .for_each(|m| head.extend_from_slice(&sse::message_frame(m)));
-                        let reached = msgs.last().map_or(pos.0, |m| m.id.0);
-                        ready(&mut head, reached);
-                        reached
+                        replay = Some(Replay::new(latest));
+                        pos.0
                     }
                 }
             }
         };
-        Ok(stream.start(head.freeze(), after))
+        Ok(stream.start(head.freeze(), after, replay))
     }
 
     /// Writes `event: resync` and returns the position live delivery continues after.
@@ -286,6 +346,12 @@ impl SseBroker {
     /// Open streams of `user`, for presence.
     pub fn sessions_of(&self, user: UserId) -> usize {
         self.inner.shard(user).read().get(&user).map_or(0, Vec::len)
+    }
+
+    /// Bytes buffered for streams now (queued frames and replay pages not yet written),
+    /// against `BrokerConfig::buffer_bytes`; for metrics and tests.
+    pub fn buffered_bytes(&self) -> usize {
+        self.inner.budget.used()
     }
 
     /// Open streams in total, for metrics and tests.

@@ -5,16 +5,21 @@
 //! - A session is registered for live delivery *before* its replay is read from the store,
 //!   and live frames at or below the replayed position are dropped, so a resumed stream has
 //!   no gap and no duplicate, in id order.
-//! - Mailboxes are bounded. A full mailbox closes its session; the client resumes from the
-//!   store. Nothing on the delivery path ever waits for a client.
+//! - Mailboxes are bounded by bytes, and all of them together (with replay pages not yet
+//!   written) by a node-wide budget. A push past either closes its session and drops its queue;
+//!   the client resumes from the store. Nothing on the delivery path ever waits for a client.
+//! - A replay is read one page at a time as the body is written, so a stream that is not read
+//!   holds about one page.
 //! - [`SseBroker::shutdown`] ends every stream, so hyper's graceful shutdown can finish.
 
 mod broker;
+mod budget;
 mod mailbox;
 mod stream;
 
 pub use broker::{
-    BrokerConfig, ReplayError, ReplaySource, Resume, SessionInfo, SessionListener, SseBroker,
+    BrokerConfig, PageLimit, ReplayError, ReplayPage, ReplaySource, Resume, SessionInfo,
+    SessionListener, SseBroker,
 };
 pub use stream::SseStream;
 
@@ -34,6 +39,7 @@ mod tests {
     use im_protocol::sse::{Frame, Item, Parser};
     use im_protocol::{Message, MessageId, Target, UserId};
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn msg(id: u64) -> Message {
         Message {
@@ -48,18 +54,55 @@ mod tests {
         }
     }
 
-    /// A store holding messages 1..=n.
-    struct Log(u64);
+    /// A message larger than a budget step, so the budget sees every one queued.
+    fn big(id: u64) -> Frame {
+        let mut m = msg(id);
+        m.body = serde_json::json!({"text": "x".repeat(5000)});
+        Frame::message(&m)
+    }
+
+    /// A store holding messages 1..=n; it counts the pages read.
+    struct Log(u64, AtomicUsize);
+
+    fn log(n: u64) -> Arc<Log> {
+        Arc::new(Log(n, AtomicUsize::new(0)))
+    }
+
+    impl Log {
+        fn ids(&self, after: MessageId, up_to: MessageId) -> std::ops::RangeInclusive<u64> {
+            after.0 + 1..=self.0.min(up_to.0)
+        }
+    }
 
     #[async_trait]
     impl ReplaySource for Log {
-        async fn since(
+        async fn count(
             &self,
             _: UserId,
             after: MessageId,
-            limit: usize,
-        ) -> Result<Vec<Message>, ReplayError> {
-            Ok((after.0 + 1..=self.0).take(limit).map(msg).collect())
+            up_to: MessageId,
+            at_most: usize,
+        ) -> Result<usize, ReplayError> {
+            Ok(self.ids(after, up_to).take(at_most).count())
+        }
+        async fn page(
+            &self,
+            _: UserId,
+            after: MessageId,
+            up_to: MessageId,
+            limit: PageLimit,
+        ) -> Result<ReplayPage, ReplayError> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            let (mut page, mut bytes) = (ReplayPage::default(), 0);
+            for id in self.ids(after, up_to) {
+                if page.messages.len() == limit.messages || bytes >= limit.bytes {
+                    page.more = true;
+                    break;
+                }
+                bytes += Frame::message(&msg(id)).bytes.len();
+                page.messages.push(msg(id));
+            }
+            Ok(page)
         }
         async fn latest_id(&self) -> Result<MessageId, ReplayError> {
             Ok(MessageId(self.0))
@@ -92,9 +135,20 @@ mod tests {
         }
     }
 
+    /// Pages of two messages, so every replay here takes several.
+    fn small_pages() -> BrokerConfig {
+        BrokerConfig {
+            replay_page: PageLimit {
+                messages: 2,
+                bytes: 1 << 20,
+            },
+            ..Default::default()
+        }
+    }
+
     #[tokio::test]
     async fn resume_replays_then_drops_live_duplicates() {
-        let broker = SseBroker::new(BrokerConfig::default(), Arc::new(Log(10)));
+        let broker = SseBroker::new(small_pages(), log(10));
         let mut body = broker
             .open(who(), Resume::After(MessageId(5)))
             .await
@@ -109,7 +163,7 @@ mod tests {
 
     #[tokio::test]
     async fn future_or_garbage_position_gets_resync() {
-        let broker = SseBroker::new(BrokerConfig::default(), Arc::new(Log(3)));
+        let broker = SseBroker::new(BrokerConfig::default(), log(3));
         for resume in [
             Resume::After(MessageId(99)),
             Resume::from_parts(Some("abc"), None),
@@ -122,7 +176,7 @@ mod tests {
             resume_limit: 2,
             ..Default::default()
         };
-        let broker = SseBroker::new(cfg, Arc::new(Log(3)));
+        let broker = SseBroker::new(cfg, log(3));
         let mut body = broker
             .open(who(), Resume::After(MessageId(0)))
             .await
@@ -134,20 +188,21 @@ mod tests {
     #[tokio::test]
     async fn full_mailbox_closes_the_stream_and_logout_ends_it() {
         let cfg = BrokerConfig {
-            mailbox: 2,
+            mailbox_frames: 2,
             ..Default::default()
         };
-        let broker = SseBroker::new(cfg, Arc::new(Log(0)));
+        let broker = SseBroker::new(cfg, log(0));
         let mut slow = broker.open(who(), Resume::Live).await.unwrap();
+        let _head = slow.frame().await;
         for id in 1..=5 {
             broker.deliver(UserId(2), &Frame::message(&msg(id)));
         }
-        let (ids, _) = read_ids(&mut slow, 2).await;
-        assert_eq!(ids, vec![1, 2]);
+        // Cut off with nothing more: what was queued is dropped, the client resumes.
         assert!(
             slow.frame().await.is_none(),
             "a slow session is closed, not waited for"
         );
+        assert_eq!(broker.buffered_bytes(), 0);
 
         let mut other = broker.open(who(), Resume::Live).await.unwrap();
         assert_eq!(broker.sessions_of(UserId(2)), 2);
@@ -160,23 +215,122 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_slow_reader_is_cut_off_by_bytes() {
+        let one = big(1).bytes.len() + mailbox::SLOT;
+        let cfg = BrokerConfig {
+            mailbox_bytes: 3 * one,
+            ..Default::default()
+        };
+        let broker = SseBroker::new(cfg, log(0));
+        let mut slow = broker.open(who(), Resume::Live).await.unwrap();
+        let _head = slow.frame().await;
+        for id in 1..=3 {
+            broker.deliver(UserId(2), &big(id));
+        }
+        assert_eq!(broker.buffered_bytes(), budget::charge_for(3 * one));
+        let (ids, _) = read_ids(&mut slow, 3).await;
+        assert_eq!(ids, vec![1, 2, 3]);
+        assert_eq!(broker.buffered_bytes(), 0);
+        for id in 4..=7 {
+            broker.deliver(UserId(2), &big(id));
+        }
+        assert!(slow.frame().await.is_none());
+        assert_eq!(broker.buffered_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_buffer_cap_closes_the_session_pushed_to() {
+        let one = big(1).bytes.len() + mailbox::SLOT;
+        let (first_two, second_one) = (budget::charge_for(2 * one), budget::charge_for(one));
+        let cfg = BrokerConfig {
+            buffer_bytes: first_two + second_one,
+            ..Default::default()
+        };
+        let broker = SseBroker::new(cfg, log(0));
+        let bob = SessionInfo {
+            user: UserId(3),
+            session: 1,
+        };
+        let mut first = broker.open(who(), Resume::Live).await.unwrap();
+        let mut second = broker.open(bob, Resume::Live).await.unwrap();
+        let _ = (first.frame().await, second.frame().await);
+        broker.deliver(UserId(2), &big(1));
+        broker.deliver(UserId(2), &big(2));
+        broker.deliver(UserId(3), &big(3));
+        assert_eq!(broker.buffered_bytes(), first_two + second_one);
+        // Full: the next push closes the session it was meant for, which lets go of its bytes.
+        broker.deliver(UserId(3), &big(4));
+        assert!(second.frame().await.is_none());
+        assert_eq!(broker.buffered_bytes(), first_two);
+        let (ids, _) = read_ids(&mut first, 2).await;
+        assert_eq!(ids, vec![1, 2]);
+        assert_eq!(broker.buffered_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_replay_is_read_a_page_at_a_time_as_the_body_is_read() {
+        let store = log(100);
+        let broker = SseBroker::new(small_pages(), store.clone());
+        let mut body = broker
+            .open(who(), Resume::After(MessageId(0)))
+            .await
+            .unwrap();
+        assert_eq!(store.1.load(Ordering::Relaxed), 0, "opening reads no page");
+        drop(body.frame().await);
+        drop(body.frame().await);
+        let page = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(store.1.load(Ordering::Relaxed), 2);
+        assert!(
+            broker.buffered_bytes() >= page.len(),
+            "a page is counted until written"
+        );
+        drop(page);
+        assert_eq!(broker.buffered_bytes(), 0);
+        let (ids, _) = read_ids(&mut body, 96).await;
+        assert_eq!(ids, (5..=100).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_stream_closed_during_its_replay_ends_without_live_frames() {
+        let broker = SseBroker::new(small_pages(), log(10));
+        let mut body = broker
+            .open(who(), Resume::After(MessageId(0)))
+            .await
+            .unwrap();
+        broker.deliver(UserId(2), &Frame::message(&msg(11)));
+        let (ids, _) = read_ids(&mut body, 2).await;
+        assert_eq!(ids, vec![1, 2]);
+        broker.close_session(who());
+        // Sending 11 now would skip 3..=10.
+        assert!(body.frame().await.is_none());
+        drop(body);
+        assert_eq!(broker.buffered_bytes(), 0);
+    }
+
+    #[tokio::test]
     async fn streams_announce_their_position() {
-        let broker = SseBroker::new(BrokerConfig::default(), Arc::new(Log(10)));
+        let broker = SseBroker::new(small_pages(), log(10));
         for (resume, position) in [
             (Resume::Live, "10"),
             (Resume::After(MessageId(4)), "10"),
             (Resume::After(MessageId(10)), "10"),
         ] {
             let mut body = broker.open(who(), resume).await.unwrap();
-            let head = body.frame().await.unwrap().unwrap().into_data().unwrap();
-            let ready: Vec<_> = Parser::new()
-                .feed(&head)
-                .into_iter()
-                .filter_map(|i| match i {
-                    Item::Event(e) if e.event == "ready" => Some(e),
-                    _ => None,
-                })
-                .collect();
+            let mut parser = Parser::new();
+            let ready: Vec<_> = loop {
+                let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
+                let ready: Vec<_> = parser
+                    .feed(&data)
+                    .into_iter()
+                    .filter_map(|i| match i {
+                        Item::Event(e) if e.event == "ready" => Some(e),
+                        _ => None,
+                    })
+                    .collect();
+                if !ready.is_empty() {
+                    break ready;
+                }
+            };
             assert_eq!(ready.len(), 1, "{resume:?}");
             assert_eq!(ready[0].id.as_deref(), Some(position));
         }

@@ -1,25 +1,47 @@
-use crate::broker::Inner;
+use crate::broker::{Inner, ReplayError, ReplayPage, ready};
+use crate::budget::charged;
 use crate::mailbox::{Drained, Mailbox};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use im_protocol::UserId;
+use im_protocol::{MessageId, UserId};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use tokio::time::{Instant, Sleep};
+
+type PageRead = Pin<Box<dyn Future<Output = Result<ReplayPage, ReplayError>> + Send>>;
+
+/// A replay still being written: the store is read one page at a time, and the next page
+/// only once hyper asks for more, so a stream nobody reads holds about one page.
+pub(crate) struct Replay {
+    /// The last committed id when the stream opened; later messages are in the mailbox.
+    up_to: MessageId,
+    reading: Option<PageRead>,
+}
+
+impl Replay {
+    pub(crate) fn new(up_to: MessageId) -> Self {
+        Self {
+            up_to,
+            reading: None,
+        }
+    }
+}
 
 /// The body of one `text/event-stream` response.
 ///
-/// It writes the `retry:` hint and the replay first, then every ready live frame in one write,
-/// with a comment line when idle. Dropping it unregisters the session.
+/// It writes the `retry:` hint, then the replay page by page and `event: ready`, then every
+/// ready live frame in one write, with a comment line when idle. Dropping it unregisters
+/// the session.
 pub struct SseStream {
     inner: Arc<Inner>,
     user: UserId,
     mailbox: Arc<Mailbox>,
     head: Option<Bytes>,
+    replay: Option<Replay>,
     after: u64,
     keepalive: Pin<Box<Sleep>>,
 }
@@ -29,6 +51,7 @@ impl std::fmt::Debug for SseStream {
         f.debug_struct("SseStream")
             .field("user", &self.user)
             .field("after", &self.after)
+            .field("replaying", &self.replay.is_some())
             .finish()
     }
 }
@@ -45,15 +68,70 @@ impl SseStream {
             user,
             mailbox,
             head: None,
+            replay: None,
             after: 0,
             keepalive,
         }
     }
 
-    pub(crate) fn start(mut self, head: Bytes, after: u64) -> Self {
+    pub(crate) fn start(mut self, head: Bytes, after: u64, replay: Option<Replay>) -> Self {
         self.head = Some(head);
         self.after = after;
+        self.replay = replay;
         self
+    }
+
+    /// The next page of the replay, the last one ending with `event: ready`; `None` ends the
+    /// stream, without the live frames, which would leave a gap before them. An ended replay
+    /// leaves the mailbox closed and `replay` set, so a stray poll after the end ends again.
+    fn poll_replay(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let Some(replay) = self.replay.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let reading = match &mut replay.reading {
+            Some(r) => r,
+            None => {
+                // Logout, shutdown or a slow reader: stop at a page boundary.
+                if self.mailbox.is_closed() {
+                    return Poll::Ready(None);
+                }
+                let (source, user, after) =
+                    (self.inner.replay.clone(), self.user, MessageId(self.after));
+                let (up_to, limit) = (replay.up_to, self.inner.config.replay_page);
+                replay.reading.insert(Box::pin(async move {
+                    source.page(user, after, up_to, limit).await
+                }))
+            }
+        };
+        let page = ready!(reading.as_mut().poll(cx));
+        replay.reading = None;
+        let page = match page {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(user = self.user.0, error = %e, "replay page failed; stream ends");
+                self.mailbox.close();
+                return Poll::Ready(None);
+            }
+        };
+        let mut buf = BytesMut::new();
+        for m in &page.messages {
+            buf.extend_from_slice(&im_protocol::sse::message_frame(m));
+        }
+        if let Some(last) = page.messages.last() {
+            self.after = last.id.0;
+        }
+        if !page.more || page.messages.is_empty() {
+            self.replay = None;
+            ready(&mut buf, self.after);
+        }
+        match charged(buf, &self.inner.budget) {
+            Some(bytes) => Poll::Ready(Some(bytes)),
+            None => {
+                // Over the server's buffer cap: end like a full mailbox; the client resumes.
+                self.mailbox.close();
+                Poll::Ready(None)
+            }
+        }
     }
 }
 
@@ -86,6 +164,11 @@ impl Body for SseStream {
         let this = self.get_mut();
         if let Some(head) = this.head.take() {
             return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
+        if this.replay.is_some() {
+            return this
+                .poll_replay(cx)
+                .map(|page| page.map(|p| Ok(Frame::data(p))));
         }
         loop {
             match this.mailbox.drain(this.after, cx.waker()) {

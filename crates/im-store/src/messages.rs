@@ -7,7 +7,7 @@ use im_channel::{ConversationSummary, LogError, MessageHistory, MessageLog, Pend
 use im_cluster::{LogEntry, LogReadError, LogReader, Position};
 use im_protocol::record::MessageRecord;
 use im_protocol::{Message, MessageId, Target, UserId};
-use im_sse::{ReplayError, ReplaySource};
+use im_sse::{PageLimit, ReplayError, ReplayPage, ReplaySource};
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// The highest position taken, by a message or a change record.
@@ -19,6 +19,11 @@ pub(crate) fn head(conn: &Connection) -> Result<u64, StoreError> {
         |r| r.get(0),
     )?;
     Ok(id as u64)
+}
+
+/// An id as SQL's signed 64-bit integer; none beyond `i64::MAX` is ever stored.
+pub(crate) fn clamp(id: MessageId) -> i64 {
+    id.0.min(i64::MAX as u64) as i64
 }
 
 fn decode(bytes: Vec<u8>) -> Result<Message, StoreError> {
@@ -222,27 +227,75 @@ impl MessageHistory for SqliteStore {
     }
 }
 
+/// The messages of `?3` with `?1 < id <= ?2`: sent, received directly, or in a group the
+/// user is a member of now.
+macro_rules! replay_range {
+    () => {
+        "FROM messages WHERE id > ?1 AND id <= ?2 AND (sender = ?3 OR recipient = ?3
+           OR group_id IN (SELECT group_id FROM group_members WHERE user_id = ?3))"
+    };
+}
+
+fn replay_err(e: StoreError) -> ReplayError {
+    ReplayError::Store(e.to_string())
+}
+
 #[async_trait]
 impl ReplaySource for SqliteStore {
-    async fn since(
+    async fn count(
         &self,
         user: UserId,
         after: MessageId,
-        limit: usize,
-    ) -> Result<Vec<Message>, ReplayError> {
-        let after = after.0.min(i64::MAX as u64) as i64;
+        up_to: MessageId,
+        at_most: usize,
+    ) -> Result<usize, ReplayError> {
+        let (after, up_to) = (clamp(after), clamp(up_to));
+        let at_most = at_most.min(i64::MAX as usize) as i64;
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT record FROM messages WHERE id > ?1 AND (sender = ?2 OR recipient = ?2
-                   OR group_id IN (SELECT group_id FROM group_members WHERE user_id = ?2))
-                 ORDER BY id LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(params![after, user.0 as i64, limit as i64], |r| r.get(0))?;
-            rows.map(|r| decode(r?))
-                .collect::<Result<Vec<_>, StoreError>>()
+            let n: i64 = conn
+                .prepare_cached(concat!(
+                    "SELECT COUNT(*) FROM (SELECT 1 ",
+                    replay_range!(),
+                    " LIMIT ?4)"
+                ))?
+                .query_row(params![after, up_to, user.0 as i64, at_most], |r| r.get(0))?;
+            Ok(n as usize)
         })
         .await
-        .map_err(|e| ReplayError::Store(e.to_string()))
+        .map_err(replay_err)
+    }
+
+    async fn page(
+        &self,
+        user: UserId,
+        after: MessageId,
+        up_to: MessageId,
+        limit: PageLimit,
+    ) -> Result<ReplayPage, ReplayError> {
+        let (after, up_to) = (clamp(after), clamp(up_to));
+        let most = limit.messages.clamp(1, i64::MAX as usize - 1);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(concat!(
+                "SELECT record ",
+                replay_range!(),
+                " ORDER BY id LIMIT ?4"
+            ))?;
+            // One row past the page tells whether more follow; its record is not read.
+            let mut rows = stmt.query(params![after, up_to, user.0 as i64, most as i64 + 1])?;
+            let (mut page, mut bytes) = (ReplayPage::default(), 0);
+            while page.messages.len() < most && (page.messages.is_empty() || bytes < limit.bytes) {
+                let Some(row) = rows.next()? else {
+                    return Ok(page);
+                };
+                let record = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
+                bytes += record.len();
+                page.messages.push(MessageRecord::decode(record)?);
+            }
+            page.more = rows.next()?.is_some();
+            Ok(page)
+        })
+        .await
+        .map_err(replay_err)
     }
 
     async fn latest_id(&self) -> Result<MessageId, ReplayError> {

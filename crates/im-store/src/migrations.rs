@@ -106,6 +106,13 @@ const MIGRATIONS: &[&str] = &[
         topic INTEGER NOT NULL,
         record BLOB NOT NULL
     );",
+    // 5: session expiry. `last_seen_at` moves at most once a minute per session; the
+    // indexes serve the expiry sweep. `user_agent` labels a session in the list.
+    "ALTER TABLE sessions ADD COLUMN last_seen_at INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN user_agent TEXT NOT NULL DEFAULT '';
+    UPDATE sessions SET last_seen_at = created_at;
+    CREATE INDEX sessions_last_seen ON sessions(last_seen_at);
+    CREATE INDEX sessions_created ON sessions(created_at);",
 ];
 
 /// Brings the schema to the latest version in one transaction.

@@ -252,6 +252,7 @@ fn config() -> UsersConfig {
             memory_kib: 8,
             iterations: 1,
             concurrency: 2,
+            ..HashParams::default()
         },
         ..UsersConfig::default()
     }

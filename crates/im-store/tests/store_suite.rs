@@ -6,7 +6,7 @@ use im_cluster::{Entry, LogEntry, LogReader, Topic};
 use im_files::{FileIndex, FileMeta};
 use im_protocol::record::Versioned;
 use im_protocol::{Message, MessageId, Target, UserId, conversation_of};
-use im_sse::ReplaySource;
+use im_sse::{PageLimit, ReplaySource};
 use im_store::{CommitListener, PgConfig, PgStore, SqliteStore, StoreConfig};
 use im_testkit::TempDatabase;
 use im_users::{Role, SocialWrite, UserStore, UserStoreError};
@@ -86,6 +86,7 @@ suite!(
     one_log_of_messages_and_changes,
     append_history_replay_and_reopen,
     users_and_sessions,
+    session_times_and_revocations,
     social_graph_roundtrip,
     read_positions_only_move_forward,
     file_metadata,
@@ -182,27 +183,64 @@ async fn append_history_replay_and_reopen(place: impl Place) {
     assert_eq!(convs[0].unread, 52);
     assert_eq!(convs[0].last_message.body["text"], "a");
 
-    let since = store
-        .since(UserId(2), MessageId(ids[9]), 1000)
-        .await
-        .unwrap();
-    assert_eq!(since.len(), 40 + 3);
-    assert!(since.windows(2).all(|w| w[0].id < w[1].id));
-    assert!(
-        store
-            .since(UserId(3), MessageId(0), 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
     let latest = store.latest_id().await.unwrap();
-    assert!(latest.0 >= since.last().unwrap().id.0);
+    replay_pages(&store, MessageId(ids[9]), MessageId(ids[19]), latest).await;
     drop(store);
 
     let store = place.open().await;
     assert_eq!(store.latest_id().await.unwrap(), latest);
     let next = stored(append(&store, pending(1, 2, "after reopen", None)).await);
     assert!(next.id > latest);
+}
+
+/// The replay port: counting stops at its bound, and pages follow their message and byte
+/// bounds and `up_to`; after `after`, user 2 has 43 messages, 10 of them up to `mid`.
+async fn replay_pages(store: &impl Store, after: MessageId, mid: MessageId, latest: MessageId) {
+    let (bob, nobody) = (UserId(2), UserId(3));
+    assert_eq!(store.count(bob, after, latest, 1000).await.unwrap(), 43);
+    assert_eq!(store.count(bob, after, latest, 7).await.unwrap(), 7);
+    assert_eq!(store.count(bob, after, mid, 1000).await.unwrap(), 10);
+    assert_eq!(
+        store.count(nobody, MessageId(0), latest, 10).await.unwrap(),
+        0
+    );
+    let limit = |messages, bytes| PageLimit { messages, bytes };
+    let page = |after, up_to, l| async move { store.page(bob, after, up_to, l).await.unwrap() };
+    let (mut seen, mut pos) = (Vec::new(), after);
+    loop {
+        let p = page(pos, latest, limit(10, 1 << 20)).await;
+        assert!(p.messages.len() <= 10);
+        seen.extend(p.messages.iter().map(|m| m.id));
+        pos = *seen.last().unwrap();
+        if !p.more {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 43);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    assert!(latest >= pos);
+    let sizes = |p: &im_sse::ReplayPage| (p.messages.len(), p.more);
+    // A byte bound below one record still gives one message.
+    assert_eq!(sizes(&page(after, latest, limit(10, 1)).await), (1, true));
+    assert_eq!(
+        sizes(&page(after, latest, limit(43, 1 << 20)).await),
+        (43, false)
+    );
+    assert_eq!(
+        sizes(&page(after, latest, limit(42, 1 << 20)).await),
+        (42, true)
+    );
+    assert_eq!(
+        sizes(&page(after, mid, limit(1000, 1 << 20)).await),
+        (10, false)
+    );
+    assert_eq!(
+        store
+            .page(nobody, MessageId(0), latest, limit(10, 1 << 20))
+            .await
+            .unwrap(),
+        im_sse::ReplayPage::default()
+    );
 }
 
 async fn users_and_sessions(place: impl Place) {
@@ -218,7 +256,7 @@ async fn users_and_sessions(place: impl Place) {
     assert_eq!((u.id, hash.as_str()), (alice.id, "h"));
     assert!(store.login_record("carol").await.unwrap().is_none());
     assert_eq!(store.user(bob.id).await.unwrap(), Some(bob.clone()));
-    let sid = store.create_session(alice.id, [7; 32]).await.unwrap();
+    let sid = store.create_session(alice.id, [7; 32], "").await.unwrap();
     assert_eq!(
         store.session([7; 32]).await.unwrap().unwrap().0.session,
         sid
@@ -230,6 +268,137 @@ async fn users_and_sessions(place: impl Place) {
     let mut all = store.all_users().await.unwrap();
     all.sort_by_key(|u| u.id);
     assert_eq!(all, vec![alice, bob]);
+}
+
+/// The user changes recorded in the log after position `after`, up to `upto`.
+async fn revocations(store: &impl LogReader, after: u64, upto: u64) -> Vec<im_users::UserChange> {
+    store
+        .read(after, upto, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.entry {
+            Entry::Change { record, .. } => im_users::UserChange::decode(&record).ok(),
+            Entry::Message(_) => None,
+        })
+        .collect()
+}
+
+/// Session times, lazy last-seen, and the bulk revocations (all but one, a password change,
+/// expiry), each recorded in the log in the same transaction.
+async fn session_times_and_revocations(place: impl Place) {
+    use im_users::UserChange::SessionsRevoked;
+    let store = place.open().await;
+    let ann = store.create_user("ann", "h").await.unwrap().value;
+    let ben = store.create_user("ben", "h").await.unwrap().value;
+    let before = im_protocol::now_millis();
+    let s1 = store
+        .create_session(ann.id, [1; 32], "Firefox")
+        .await
+        .unwrap();
+    let s2 = store.create_session(ann.id, [2; 32], "curl").await.unwrap();
+    let s3 = store.create_session(ann.id, [3; 32], "").await.unwrap();
+    let b1 = store.create_session(ben.id, [4; 32], "").await.unwrap();
+    let (p, times, _) = store.session([1; 32]).await.unwrap().unwrap();
+    assert_eq!(p.session, s1);
+    assert!(times.created_at >= before && times.last_seen_at == times.created_at);
+
+    // A recorded use moves last_seen_at, never back.
+    let later = times.created_at + 5_000;
+    store
+        .touch_sessions(&[(s1, later), (s2, later)])
+        .await
+        .unwrap();
+    store.touch_sessions(&[(s1, later - 1)]).await.unwrap();
+    let list = store.sessions_of(ann.id).await.unwrap();
+    let ids: Vec<u64> = list.iter().map(|s| s.id).collect();
+    assert_eq!(ids, vec![s1, s2, s3], "oldest first, nobody else's");
+    assert_eq!(
+        (list[0].times.last_seen_at, list[0].user_agent.as_str()),
+        (later, "Firefox")
+    );
+    assert_eq!(list[2].times.last_seen_at, list[2].times.created_at);
+
+    // All but one: one record naming the revoked sessions.
+    let head = store.head().await.unwrap();
+    let out = store.revoke_sessions(ann.id, Some(s3)).await.unwrap();
+    assert_eq!(out.value, 2);
+    assert_eq!(
+        revocations(&store, head, out.pos).await,
+        vec![SessionsRevoked {
+            user: ann.id,
+            sessions: vec![s1, s2]
+        }]
+    );
+    assert!(store.session([1; 32]).await.unwrap().is_none());
+    assert_eq!(store.session([3; 32]).await.unwrap().unwrap().0.session, s3);
+    // Nothing left to revoke: nothing recorded.
+    assert_eq!(
+        store.revoke_sessions(ann.id, Some(s3)).await.unwrap().pos,
+        0
+    );
+
+    // A password change keeps the caller's session and ends the others.
+    let s4 = store.create_session(ann.id, [5; 32], "").await.unwrap();
+    let out = store.set_password(ann.id, "new-hash", s4).await.unwrap();
+    assert_eq!(out.value, 1);
+    assert_eq!(
+        store.login_record("ann").await.unwrap().unwrap().1,
+        "new-hash"
+    );
+    let left: Vec<u64> = store
+        .sessions_of(ann.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(left, vec![s4]);
+
+    // Expiry: idle (last seen before the first bound) or old (created before the second).
+    // Ben's session is older than Ann's newest, and neither was used since.
+    let newest = store.session([5; 32]).await.unwrap().unwrap().1;
+    let head = store.head().await.unwrap();
+    let out = store
+        .expire_sessions(newest.last_seen_at + 1, 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(out.value, 2, "ben's and ann's, both unused since");
+    let mut revoked = revocations(&store, head, out.pos).await;
+    revoked.sort_by_key(|c| match c {
+        SessionsRevoked { user, .. } => *user,
+        _ => UserId(0),
+    });
+    assert_eq!(
+        revoked,
+        vec![
+            SessionsRevoked {
+                user: ann.id,
+                sessions: vec![s4]
+            },
+            SessionsRevoked {
+                user: ben.id,
+                sessions: vec![b1]
+            },
+        ]
+    );
+    let s5 = store.create_session(ann.id, [6; 32], "").await.unwrap();
+    assert_eq!(
+        store.expire_sessions(0, 0, 10).await.unwrap().value,
+        0,
+        "rules off"
+    );
+    let created = store.session([6; 32]).await.unwrap().unwrap().1.created_at;
+    let out = store.expire_sessions(0, created + 1, 10).await.unwrap();
+    assert_eq!(out.value, 1);
+    assert!(
+        store
+            .sessions_of(ann.id)
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s.id != s5)
+    );
 }
 
 async fn social_graph_roundtrip(place: impl Place) {
@@ -379,7 +548,10 @@ async fn one_log_of_messages_and_changes(place: impl Place) {
     let ann = store.create_user("ann", "h").await.unwrap();
     let m = stored(append(&store, pending(1, 2, "hi", None)).await);
     let ben = store.create_user("ben", "h").await.unwrap();
-    let sid = store.create_session(ann.value.id, [1; 32]).await.unwrap();
+    let sid = store
+        .create_session(ann.value.id, [1; 32], "")
+        .await
+        .unwrap();
     let revoked = store.delete_session(sid).await.unwrap();
     assert!(store.session([2; 32]).await.unwrap().is_none());
     assert!(ann.pos < m.id.0 && m.id.0 < ben.pos && ben.pos < revoked.pos);

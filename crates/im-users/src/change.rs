@@ -26,6 +26,15 @@ pub enum UserChange {
         /// The new row's id (request or group), else 0.
         id: u64,
     },
+    /// Several sessions of one user ended at once (log out everywhere, a password change,
+    /// expiry): their tokens must fail and their streams end on every node. Appended last,
+    /// so the variant indexes of older records keep their meaning.
+    SessionsRevoked {
+        /// Whose sessions.
+        user: UserId,
+        /// The session ids.
+        sessions: Vec<u64>,
+    },
 }
 
 impl Versioned for UserChange {}
@@ -72,11 +81,29 @@ mod tests {
                 },
                 id: 0,
             },
+            UserChange::SessionsRevoked {
+                user: UserId(7),
+                sessions: vec![9, 10],
+            },
         ];
         for c in changes {
             let bytes = c.encode().unwrap();
             assert_eq!(UserChange::decode(&bytes).unwrap(), c);
         }
         assert!(UserChange::decode(&[200, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn records_written_before_a_new_variant_still_decode() {
+        // `SessionRevoked { user: 7, session: 9 }` as every earlier build wrote it: layout 1,
+        // variant 1, then the fields.
+        let old = [0, 1, 7, 9];
+        assert_eq!(
+            UserChange::decode(&old).unwrap(),
+            UserChange::SessionRevoked {
+                user: UserId(7),
+                session: 9
+            }
+        );
     }
 }

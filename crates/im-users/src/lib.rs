@@ -1,11 +1,12 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 //!
-//! Passwords are hashed with argon2id on the blocking pool with bounded concurrency. Session
-//! tokens are 256 random bits; only their SHA-256 is stored, so a leaked database holds no
-//! usable token.
+//! Passwords are hashed with argon2id on a few dedicated threads that reuse their memory,
+//! behind a bounded queue. Session tokens are 256 random bits; only their SHA-256 is stored,
+//! so a leaked database holds no usable token.
 
 mod change;
+mod hashing;
 mod manager;
 mod policy;
 mod presence;
@@ -13,10 +14,10 @@ pub mod social;
 mod store;
 
 pub use change::UserChange;
-pub use manager::{HashParams, LoginOutcome, UserManager, UsersConfig};
+pub use manager::{HashParams, LoginOutcome, SessionPolicy, UserManager, UsersConfig};
 pub use policy::{Authorize, DirectMessages};
 pub use social::{FriendRequest, Group, RequestState, Role, SocialSnapshot, SocialWrite};
-pub use store::{UserStore, UserStoreError};
+pub use store::{SessionRecord, SessionTimes, UserStore, UserStoreError};
 
 use async_trait::async_trait;
 use im_protocol::{ApiError, ErrorCode, UserId};
@@ -98,6 +99,9 @@ pub enum UserError {
     /// The request was answered already.
     #[error("this request was already answered")]
     RequestAnswered,
+    /// No such session among the caller's (someone else's is just as unknown).
+    #[error("no such session")]
+    NoSuchSession,
     /// No such friend request (or not yours to see).
     #[error("no such friend request")]
     NoSuchRequest,
@@ -126,6 +130,9 @@ pub enum UserError {
     /// the node is overloaded); retrying later or on another node helps.
     #[error("this node is catching up; try again")]
     Lagging,
+    /// Too many passwords are waiting to be checked (a login flood); retrying soon helps.
+    #[error("the server is busy checking passwords; try again")]
+    Busy,
 }
 
 impl UserError {
@@ -167,12 +174,15 @@ impl From<UserError> for ApiError {
             UserError::NoSuchRequest => ErrorCode::NoSuchRequest,
             UserError::NotMember => ErrorCode::NotMember,
             UserError::NoSuchGroup => ErrorCode::NoSuchGroup,
-            UserError::NoSuchConversation => ErrorCode::NotFound,
+            UserError::NoSuchConversation | UserError::NoSuchSession => ErrorCode::NotFound,
             UserError::Store(_) => {
                 tracing::error!(error = %e, "user store failure");
                 return ApiError::new(ErrorCode::Internal, "storage failure");
             }
             UserError::Lagging => ErrorCode::Overloaded,
+            UserError::Busy => {
+                return ApiError::new(ErrorCode::Overloaded, e.to_string()).retry_after(1);
+            }
         };
         ApiError::new(code, e.to_string())
     }

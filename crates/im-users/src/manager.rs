@@ -1,13 +1,7 @@
 use crate::UserChange;
 use crate::presence::Presence;
 use crate::social::{FriendRequest, Group, RequestState, Role, Social, SocialWrite, successor};
-use crate::{
-    Authenticator, Credentials, DirectMessages, Principal, User, UserError, UserStore,
-    valid_username,
-};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
-use async_trait::async_trait;
+use crate::{DirectMessages, Principal, User, UserError, UserStore, valid_username};
 use im_cluster::{Applier, Entry, Link, Logged, Position, Progress};
 use im_pool::Mailboxes;
 use im_protocol::record::Versioned;
@@ -18,30 +12,14 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
-use tokio::sync::Semaphore;
 
 mod cluster;
+mod sessions;
 
-/// argon2id cost settings. The defaults are OWASP's recommendation (19 MiB, 2 passes).
-#[derive(Debug, Clone, Copy)]
-pub struct HashParams {
-    /// Memory in KiB.
-    pub memory_kib: u32,
-    /// Passes.
-    pub iterations: u32,
-    /// Hashes computed at once; the rest queue, so a login storm cannot exhaust memory.
-    pub concurrency: usize,
-}
+pub use sessions::SessionPolicy;
 
-impl Default for HashParams {
-    fn default() -> Self {
-        Self {
-            memory_kib: 19 * 1024,
-            iterations: 2,
-            concurrency: 4,
-        }
-    }
-}
+pub use crate::hashing::HashParams;
+use crate::hashing::HashPool;
 
 /// Settings of the [`UserManager`].
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +33,8 @@ pub struct UsersConfig {
     /// How long another node's word that a user is online holds unless repeated: a node
     /// that dies stops counting its users after this.
     pub presence_ttl: Duration,
+    /// When login sessions expire.
+    pub sessions: SessionPolicy,
 }
 
 impl Default for UsersConfig {
@@ -64,6 +44,7 @@ impl Default for UsersConfig {
             direct_messages: DirectMessages::Friends,
             presence_grace: Duration::from_secs(5),
             presence_ttl: Duration::from_secs(30),
+            sessions: SessionPolicy::default(),
         }
     }
 }
@@ -85,15 +66,6 @@ struct Directory {
     ids: HashMap<String, UserId>,
 }
 
-/// The session cache, and the position of the last revocation applied to it.
-#[derive(Debug, Default)]
-struct Sessions {
-    by_hash: HashMap<[u8; 32], Principal>,
-    /// A lookup answered as of an older position may predate a revocation already applied,
-    /// so it must not be cached (else a logged-out token would work again).
-    revoked_at: Position,
-}
-
 /// Ends the event streams of a revoked session on this node.
 pub type RevokeHook = Arc<dyn Fn(UserId, u64) + Send + Sync>;
 
@@ -107,10 +79,12 @@ pub type RevokeHook = Arc<dyn Fn(UserId, u64) + Send + Sync>;
 pub struct UserManager {
     store: Arc<dyn UserStore>,
     config: UsersConfig,
-    argon: Argon2<'static>,
-    hashing: Semaphore,
+    /// The threads argon2 runs on.
+    hashing: HashPool,
     directory: RwLock<Directory>,
-    sessions: RwLock<Sessions>,
+    sessions: RwLock<sessions::Sessions>,
+    /// Session uses waiting to be recorded in batches (see `sessions::touch_queue`).
+    touches: tokio::sync::mpsc::Sender<(u64, u64)>,
     social: RwLock<Social>,
     /// Serializes this node's graph changes, so each is planned on the state its
     /// predecessor left.
@@ -141,23 +115,25 @@ impl UserManager {
         config: UsersConfig,
     ) -> Result<Arc<Self>, UserError> {
         let p = config.hash;
-        let argon_params = Params::new(p.memory_kib.max(8), p.iterations.max(1), 1, None)
-            .map_err(|e| UserError::Store(format!("argon2 parameters: {e}")))?;
-        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params);
+        let hashing = HashPool::start(p)?;
         let mut directory = Directory::default();
         for u in store.all_users().await? {
             directory.ids.insert(u.username.clone(), u.id);
             directory.names.insert(u.id, u.username);
         }
         let social = Social::from_snapshot(store.load_social().await?);
-        let decoy_hash = hash_password(&argon, "decoy password that matches nothing")?;
+        let decoy_hash = hashing
+            .hash("decoy password that matches nothing".into())
+            .await?;
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let touches = sessions::touch_queue(store.clone(), runtime.as_ref());
         Ok(Arc::new_cyclic(|me| Self {
             store,
+            touches,
             config,
-            argon,
-            hashing: Semaphore::new(p.concurrency.max(1)),
+            hashing,
             directory: RwLock::new(directory),
-            sessions: RwLock::new(Sessions::default()),
+            sessions: RwLock::new(sessions::Sessions::default()),
             social: RwLock::new(social),
             social_writes: tokio::sync::Mutex::new(()),
             presence: Presence::default(),
@@ -165,7 +141,7 @@ impl UserManager {
             progress: OnceLock::new(),
             link: OnceLock::new(),
             on_revoke: OnceLock::new(),
-            runtime: tokio::runtime::Handle::try_current().ok(),
+            runtime,
             me: me.clone(),
             decoy_hash,
         }))
@@ -240,17 +216,20 @@ impl UserManager {
             return Err(UserError::InvalidUsername);
         }
         check_password(password)?;
-        let password = password.to_owned();
-        let hash = self
-            .on_hash_pool(move |argon| hash_password(argon, &password))
-            .await??;
+        let hash = self.hashing.hash(password.to_owned()).await?;
         let Logged { value: user, pos } = self.store.create_user(username, &hash).await?;
         self.applied(pos).await?;
         Ok(user)
     }
 
-    /// Checks a password and opens a session. Unknown users cost the same as wrong passwords.
-    pub async fn login(&self, username: &str, password: &str) -> Result<LoginOutcome, UserError> {
+    /// Checks a password and opens a session, labelled with the client's `User-Agent`.
+    /// Unknown users cost the same as wrong passwords.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        user_agent: &str,
+    ) -> Result<LoginOutcome, UserError> {
         if password.len() > 1024 {
             return Err(UserError::BadCredentials);
         }
@@ -258,13 +237,7 @@ impl UserManager {
         let hash = record
             .as_ref()
             .map_or(self.decoy_hash.clone(), |(_, h)| h.clone());
-        let password = password.to_owned();
-        let ok = self
-            .on_hash_pool(move |argon| {
-                PasswordHash::new(&hash)
-                    .is_ok_and(|h| argon.verify_password(password.as_bytes(), &h).is_ok())
-            })
-            .await?;
+        let ok = self.password_matches(hash, password).await?;
         let user = match record {
             Some((user, _)) if ok => user,
             _ => return Err(UserError::BadCredentials),
@@ -272,14 +245,7 @@ impl UserManager {
         let mut raw = [0u8; 32];
         getrandom::fill(&mut raw).map_err(|e| UserError::Store(format!("randomness: {e}")))?;
         let token = hex(&raw);
-        let token_hash = token_hash(&token);
-        let session = self.store.create_session(user.id, token_hash).await?;
-        let principal = Principal {
-            user: user.id,
-            session,
-        };
-        // A new session has no revocation to race with.
-        self.sessions.write().by_hash.insert(token_hash, principal);
+        let principal = self.open_session(user.id, &token, user_agent).await?;
         Ok(LoginOutcome {
             token,
             user,
@@ -287,22 +253,9 @@ impl UserManager {
         })
     }
 
-    /// Revokes the session a token belongs to, on every node: it returns once this node has
-    /// applied the revocation, so the token already fails here.
-    pub async fn logout(&self, principal: Principal) -> Result<(), UserError> {
-        let Logged { pos, .. } = self.store.delete_session(principal.session).await?;
-        if pos == 0 {
-            // Already revoked (by a concurrent logout); make sure nothing of it is cached.
-            self.forget_session(principal.session, 0);
-        }
-        self.applied(pos).await
-    }
-
-    /// Drops a session from the cache; `pos` is its revocation's position.
-    fn forget_session(&self, session: u64, pos: Position) {
-        let mut cache = self.sessions.write();
-        cache.by_hash.retain(|_, p| p.session != session);
-        cache.revoked_at = cache.revoked_at.max(pos);
+    /// Whether `password` matches a stored argon2 `hash`, computed on the hashing pool.
+    async fn password_matches(&self, hash: String, password: &str) -> Result<bool, UserError> {
+        self.hashing.verify(password.to_owned(), hash).await
     }
 
     /// One account.
@@ -333,22 +286,6 @@ impl UserManager {
             .get(&id)
             .cloned()
             .unwrap_or_default()
-    }
-
-    /// Runs argon2 work on the blocking pool, a few at a time.
-    async fn on_hash_pool<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Argon2<'static>) -> T + Send + 'static,
-    ) -> Result<T, UserError> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|e| UserError::Store(e.to_string()))?;
-        let argon = self.argon.clone();
-        tokio::task::spawn_blocking(move || work(&argon))
-            .await
-            .map_err(|e| UserError::Store(format!("hashing task: {e}")))
     }
 
     // ----- authorization -----
@@ -895,42 +832,6 @@ impl UserManager {
     }
 }
 
-#[async_trait]
-impl Authenticator for UserManager {
-    async fn authenticate(&self, creds: Credentials<'_>) -> Result<Option<Principal>, UserError> {
-        let Some(token) = creds.bearer.or(creds.cookie) else {
-            return Ok(None);
-        };
-        // Tokens we issue are 64 hex chars; anything else cannot match, so skip the lookup.
-        if token.len() != 64 {
-            return Ok(None);
-        }
-        let hash = token_hash(token);
-        if let Some(p) = self.sessions.read().by_hash.get(&hash) {
-            return Ok(Some(*p));
-        }
-        let Some((p, as_of)) = self.store.session(hash).await? else {
-            return Ok(None);
-        };
-        let cached = {
-            let mut cache = self.sessions.write();
-            // A revocation applied after the answer was read may be this session's: then the
-            // answer is stale and must not be cached, or the token would work again.
-            if cache.revoked_at <= as_of {
-                cache.by_hash.insert(hash, p);
-                true
-            } else {
-                false
-            }
-        };
-        if cached {
-            return Ok(Some(p));
-        }
-        // Ask again: the fresh answer reflects that revocation if it was this session's.
-        Ok(self.store.session(hash).await?.map(|(p, _)| p))
-    }
-}
-
 impl Applier for UserManager {
     fn apply(&self, pos: Position, entry: &Entry) {
         let Entry::Change { record, .. } = entry else {
@@ -950,9 +851,20 @@ impl Applier for UserManager {
                 dir.names.insert(user.id, user.username);
             }
             UserChange::SessionRevoked { user, session } => {
-                self.forget_session(session, pos);
+                self.sessions.write().forget(session, pos);
                 if let Some(hook) = self.on_revoke.get() {
                     hook(user, session);
+                }
+            }
+            UserChange::SessionsRevoked { user, sessions } => {
+                {
+                    let mut cache = self.sessions.write();
+                    for &session in &sessions {
+                        cache.forget(session, pos);
+                    }
+                }
+                if let Some(hook) = self.on_revoke.get() {
+                    sessions.iter().for_each(|&session| hook(user, session));
                 }
             }
             UserChange::Social { write, id } => self.social.write().apply(&write, id),
@@ -982,16 +894,6 @@ fn check_password(password: &str) -> Result<(), UserError> {
         return Err(UserError::PasswordTooLong);
     }
     Ok(())
-}
-
-fn hash_password(argon: &Argon2<'_>, password: &str) -> Result<String, UserError> {
-    let mut salt = [0u8; 16];
-    getrandom::fill(&mut salt).map_err(|e| UserError::Store(format!("randomness: {e}")))?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| UserError::Store(e.to_string()))?;
-    argon
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| UserError::Store(format!("argon2: {e}")))
 }
 
 fn token_hash(token: &str) -> [u8; 32] {

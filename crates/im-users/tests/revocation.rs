@@ -8,8 +8,9 @@ use im_cluster::{Entry, Lagging, Logged, Position, Progress, Topic};
 use im_protocol::UserId;
 use im_protocol::record::Versioned;
 use im_users::{
-    Authenticator, Credentials, FriendRequest, HashParams, Principal, SocialSnapshot, SocialWrite,
-    User, UserChange, UserManager, UserStore, UserStoreError, UsersConfig,
+    Authenticator, Credentials, FriendRequest, HashParams, Principal, SessionRecord, SessionTimes,
+    SocialSnapshot, SocialWrite, User, UserChange, UserManager, UserStore, UserStoreError,
+    UsersConfig,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,9 +33,17 @@ struct Store {
 
 #[async_trait]
 impl UserStore for Store {
-    async fn session(&self, _: [u8; 32]) -> Result<Option<(Principal, Position)>, UserStoreError> {
-        // Read "now": valid as of position 10.
-        let answer = (!self.revoked.load(Ordering::SeqCst)).then_some((BOB, 10));
+    async fn session(
+        &self,
+        _: [u8; 32],
+    ) -> Result<Option<(Principal, SessionTimes, Position)>, UserStoreError> {
+        // Read "now": valid as of position 10, and just used.
+        let now = im_protocol::now_millis();
+        let times = SessionTimes {
+            created_at: now,
+            last_seen_at: now,
+        };
+        let answer = (!self.revoked.load(Ordering::SeqCst)).then_some((BOB, times, 10));
         if !self.paused_once.swap(true, Ordering::SeqCst) {
             self.reached.notify_one();
             self.gate.notified().await;
@@ -62,10 +71,39 @@ impl UserStore for Store {
     async fn friend_request(&self, _: u64) -> Result<Option<FriendRequest>, UserStoreError> {
         Ok(None)
     }
-    async fn create_session(&self, _: UserId, _: [u8; 32]) -> Result<u64, UserStoreError> {
+    async fn create_session(&self, _: UserId, _: [u8; 32], _: &str) -> Result<u64, UserStoreError> {
         unimplemented!("not used here")
     }
+    async fn sessions_of(&self, _: UserId) -> Result<Vec<SessionRecord>, UserStoreError> {
+        unimplemented!("not used here")
+    }
+    async fn touch_sessions(&self, _: &[(u64, u64)]) -> Result<(), UserStoreError> {
+        Ok(())
+    }
     async fn delete_session(&self, _: u64) -> Result<Logged<()>, UserStoreError> {
+        unimplemented!("not used here")
+    }
+    async fn revoke_sessions(
+        &self,
+        _: UserId,
+        _: Option<u64>,
+    ) -> Result<Logged<usize>, UserStoreError> {
+        unimplemented!("not used here")
+    }
+    async fn set_password(
+        &self,
+        _: UserId,
+        _: &str,
+        _: u64,
+    ) -> Result<Logged<usize>, UserStoreError> {
+        unimplemented!("not used here")
+    }
+    async fn expire_sessions(
+        &self,
+        _: u64,
+        _: u64,
+        _: usize,
+    ) -> Result<Logged<usize>, UserStoreError> {
         unimplemented!("not used here")
     }
 }
@@ -104,6 +142,7 @@ async fn a_lookup_that_straddles_a_revocation_is_not_cached() {
             memory_kib: 8,
             iterations: 1,
             concurrency: 1,
+            ..HashParams::default()
         },
         ..UsersConfig::default()
     };

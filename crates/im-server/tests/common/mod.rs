@@ -34,7 +34,21 @@ pub fn test_config(dir: &Path) -> Config {
     };
     c.argon2.memory_kib = 64;
     c.argon2.iterations = 1;
+    // Tests register and log in many users from one address; `rate_limits.rs` turns the
+    // limits back on where it tests them.
+    c.rate_limits.enabled = false;
     c
+}
+
+/// A memory figure of process `pid` in KiB from `/proc/<pid>/status`: `field` is e.g.
+/// `"VmRSS:"` (now) or `"VmHWM:"` (peak).
+pub fn rss_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
 }
 
 /// Uploads a file and returns its JSON (`F`); anything but 201 fails the test.
@@ -165,6 +179,7 @@ impl ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_im-server"))
             .env("IM_ARGON2__MEMORY_KIB", "64")
             .env("IM_ARGON2__ITERATIONS", "1")
+            .env("IM_RATE_LIMITS__ENABLED", "false")
             .env("IM_LOG", "warn")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .args(["--listen", &listen, "--data-dir"])

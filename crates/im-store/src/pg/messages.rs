@@ -3,12 +3,13 @@
 use super::PgStore;
 use super::writer::{Op, Write};
 use crate::StoreError;
+use crate::messages::clamp;
 use async_trait::async_trait;
 use im_channel::{ConversationSummary, LogError, MessageHistory, MessageLog, Pending, Reply};
 use im_cluster::{LogEntry, LogReadError, LogReader, Position};
 use im_protocol::record::MessageRecord;
 use im_protocol::{Message, MessageId, UserId};
-use im_sse::{ReplayError, ReplaySource};
+use im_sse::{PageLimit, ReplayError, ReplayPage, ReplaySource};
 use tokio_postgres::Row;
 
 fn log_err(e: StoreError) -> LogError {
@@ -19,10 +20,6 @@ fn records(rows: Vec<Row>) -> Result<Vec<Message>, StoreError> {
     rows.iter()
         .map(|r| Ok(MessageRecord::decode(r.get(0))?))
         .collect()
-}
-
-fn clamp(id: MessageId) -> i64 {
-    id.0.min(i64::MAX as u64) as i64
 }
 
 impl MessageLog for PgStore {
@@ -139,30 +136,97 @@ impl MessageHistory for PgStore {
     }
 }
 
+/// The messages of `$3` with `$1 < id <= $2`: sent, received directly, or in a group the
+/// user is a member of now.
+macro_rules! replay_range {
+    () => {
+        "FROM messages WHERE id > $1 AND id <= $2 AND (sender = $3 OR recipient = $3
+           OR group_id IN (SELECT group_id FROM group_members WHERE user_id = $3))"
+    };
+}
+
+fn replay_err(e: StoreError) -> ReplayError {
+    ReplayError::Store(e.to_string())
+}
+
 #[async_trait]
 impl ReplaySource for PgStore {
-    async fn since(
+    async fn count(
         &self,
         user: UserId,
         after: MessageId,
-        limit: usize,
-    ) -> Result<Vec<Message>, ReplayError> {
+        up_to: MessageId,
+        at_most: usize,
+    ) -> Result<usize, ReplayError> {
         async {
             let c = self.client().await?;
             let stmt = c
-                .prepare_cached(
-                    "SELECT record FROM messages WHERE id > $1 AND (sender = $2 OR recipient = $2
-                       OR group_id IN (SELECT group_id FROM group_members WHERE user_id = $2))
-                     ORDER BY id LIMIT $3",
+                .prepare_cached(concat!(
+                    "SELECT COUNT(*) FROM (SELECT 1 ",
+                    replay_range!(),
+                    " LIMIT $4) c"
+                ))
+                .await?;
+            let at_most = at_most.min(i64::MAX as usize) as i64;
+            let row = c
+                .query_one(
+                    &stmt,
+                    &[&clamp(after), &clamp(up_to), &(user.0 as i64), &at_most],
                 )
                 .await?;
-            let rows = c
-                .query(&stmt, &[&clamp(after), &(user.0 as i64), &(limit as i64)])
-                .await?;
-            records(rows)
+            Ok(row.get::<_, i64>(0) as usize)
         }
         .await
-        .map_err(|e| ReplayError::Store(e.to_string()))
+        .map_err(replay_err)
+    }
+
+    async fn page(
+        &self,
+        user: UserId,
+        after: MessageId,
+        up_to: MessageId,
+        limit: PageLimit,
+    ) -> Result<ReplayPage, ReplayError> {
+        async {
+            let c = self.client().await?;
+            // The byte bound is applied in the query, so no record past it is sent: a row
+            // is in the page while the records before it total less than `$5`. One row
+            // past the count tells whether more follow.
+            let stmt = c
+                .prepare_cached(concat!(
+                    "SELECT record FROM (
+                       SELECT id, record,
+                         SUM(octet_length(record)) OVER (ORDER BY id) - octet_length(record)
+                           AS before ",
+                    replay_range!(),
+                    " ORDER BY id LIMIT $4) p
+                     WHERE before < $5 ORDER BY id"
+                ))
+                .await?;
+            let most = limit.messages.clamp(1, i64::MAX as usize - 1);
+            // At least one message, whatever the bound.
+            let bytes = limit.bytes.clamp(1, i64::MAX as usize) as i64;
+            let rows = c
+                .query(
+                    &stmt,
+                    &[
+                        &clamp(after),
+                        &clamp(up_to),
+                        &(user.0 as i64),
+                        &(most as i64 + 1),
+                        &bytes,
+                    ],
+                )
+                .await?;
+            // Fewer rows than asked and under the byte bound: the range is exhausted.
+            let total: usize = rows.iter().map(|r| r.get::<_, &[u8]>(0).len()).sum();
+            let more = rows.len() > most || total >= bytes as usize;
+            let mut messages = records(rows)?;
+            messages.truncate(most);
+            Ok(ReplayPage { messages, more })
+        }
+        .await
+        .map_err(replay_err)
     }
 
     async fn latest_id(&self) -> Result<MessageId, ReplayError> {

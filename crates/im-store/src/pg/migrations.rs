@@ -107,6 +107,12 @@ const MIGRATIONS: &[&str] = &[
         expires_at BIGINT NOT NULL
     );
     CREATE INDEX files_owner ON files(owner);",
+    // 2: session expiry, as SQLite's version 5.
+    "ALTER TABLE sessions ADD COLUMN last_seen_at BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN user_agent TEXT NOT NULL DEFAULT '';
+    UPDATE sessions SET last_seen_at = created_at;
+    CREATE INDEX sessions_last_seen ON sessions(last_seen_at);
+    CREATE INDEX sessions_created ON sessions(created_at);",
 ];
 
 /// Brings the schema to the latest version in one transaction.

@@ -9,15 +9,37 @@ use im_protocol::record::Versioned;
 use im_protocol::{UserId, now_millis};
 use im_users::social::{RequestState, Role, SocialWrite};
 use im_users::{User, UserChange};
+use std::collections::BTreeMap;
 
 /// A write of this domain.
 pub(crate) enum UserWrite {
     /// A new account; answers its id.
     CreateUser { username: String, hash: String },
     /// A new session; answers its id.
-    CreateSession { user: UserId, token_hash: [u8; 32] },
+    CreateSession {
+        user: UserId,
+        token_hash: [u8; 32],
+        user_agent: String,
+    },
     /// Revokes a session.
     DeleteSession(u64),
+    /// Records uses of sessions, `(session, Unix ms)`, never moving a time back.
+    TouchSessions(Vec<(u64, u64)>),
+    /// Revokes every session of `user` but `keep` (0 keeps none); answers how many.
+    RevokeSessions { user: UserId, keep: u64 },
+    /// A new password hash, and every other session than `keep` revoked; answers how many.
+    SetPassword {
+        user: UserId,
+        hash: String,
+        keep: u64,
+    },
+    /// Revokes up to `limit` sessions idle since before `idle_before` or created before
+    /// `created_before`; answers how many.
+    ExpireSessions {
+        idle_before: u64,
+        created_before: u64,
+        limit: usize,
+    },
     /// A social graph change; answers the new row's id, else 0.
     Social(SocialWrite),
 }
@@ -25,6 +47,44 @@ pub(crate) enum UserWrite {
 fn record(changes: &mut Changes, next: &mut u64, c: &UserChange) -> Result<u64, StoreError> {
     Ok(changes.record(next, Topic::Users, c.encode()?))
 }
+
+/// Deletes the sessions whose ids `select` gives (with `args`) and records one
+/// `SessionsRevoked` per user; answers how many, at the last record's position.
+async fn revoke_where(
+    tx: &Transaction<'_>,
+    select: &str,
+    args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    next: &mut u64,
+    changes: &mut Changes,
+) -> Result<Logged<u64>, StoreError> {
+    let stmt = tx
+        .prepare_cached(&format!(
+            "DELETE FROM sessions WHERE id IN ({select}) RETURNING id, user_id"
+        ))
+        .await?;
+    let mut by_user: BTreeMap<i64, Vec<u64>> = BTreeMap::new();
+    for row in tx.query(&stmt, args).await? {
+        by_user
+            .entry(row.get(1))
+            .or_default()
+            .push(row.get::<_, i64>(0) as u64);
+    }
+    let (mut count, mut pos) = (0, 0);
+    for (user, mut sessions) in by_user {
+        sessions.sort_unstable();
+        count += sessions.len() as u64;
+        let user = UserId(user as u64);
+        pos = record(
+            changes,
+            next,
+            &UserChange::SessionsRevoked { user, sessions },
+        )?;
+    }
+    Ok(Logged { value: count, pos })
+}
+
+/// The sessions of one user but one (0 keeps none: ids start at 1).
+const OF_USER_BUT: &str = "SELECT id FROM sessions WHERE user_id = $1 AND id <> $2";
 
 /// Runs one write inside the writer's savepoint.
 pub(super) async fn exec(
@@ -53,15 +113,23 @@ pub(super) async fn exec(
                 pos,
             })
         }
-        UserWrite::CreateSession { user, token_hash } => {
+        UserWrite::CreateSession {
+            user,
+            token_hash,
+            user_agent,
+        } => {
             let stmt = tx
                 .prepare_cached(
-                    "INSERT INTO sessions (token_hash, user_id, created_at) VALUES ($1, $2, $3)
-                     RETURNING id",
+                    "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at,
+                                           user_agent)
+                     VALUES ($1, $2, $3, $3, $4) RETURNING id",
                 )
                 .await?;
             let id: i64 = tx
-                .query_one(&stmt, &[&&token_hash[..], &(user.0 as i64), &now])
+                .query_one(
+                    &stmt,
+                    &[&&token_hash[..], &(user.0 as i64), &now, &user_agent],
+                )
                 .await?
                 .get(0);
             Ok(Logged {
@@ -79,6 +147,51 @@ pub(super) async fn exec(
                 pos = record(changes, next, &UserChange::SessionRevoked { user, session })?;
             }
             Ok(Logged { value: 0, pos })
+        }
+        UserWrite::TouchSessions(seen) => {
+            let (ids, at): (Vec<i64>, Vec<i64>) =
+                seen.iter().map(|&(id, at)| (id as i64, at as i64)).unzip();
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE sessions s SET last_seen_at = GREATEST(s.last_seen_at, t.at)
+                     FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS t(id, at) WHERE s.id = t.id",
+                )
+                .await?;
+            tx.execute(&stmt, &[&ids, &at]).await?;
+            Ok(Logged { value: 0, pos: 0 })
+        }
+        UserWrite::RevokeSessions { user, keep } => {
+            let args: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+                [&(user.0 as i64), &(keep as i64)];
+            revoke_where(tx, OF_USER_BUT, &args, next, changes).await
+        }
+        UserWrite::SetPassword { user, hash, keep } => {
+            let stmt = tx
+                .prepare_cached("UPDATE users SET password_hash = $2 WHERE id = $1")
+                .await?;
+            tx.execute(&stmt, &[&(user.0 as i64), &hash]).await?;
+            let args: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+                [&(user.0 as i64), &(keep as i64)];
+            revoke_where(tx, OF_USER_BUT, &args, next, changes).await
+        }
+        UserWrite::ExpireSessions {
+            idle_before,
+            created_before,
+            limit,
+        } => {
+            let args: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [
+                &(idle_before as i64),
+                &(created_before as i64),
+                &(limit as i64),
+            ];
+            revoke_where(
+                tx,
+                "SELECT id FROM sessions WHERE last_seen_at < $1 OR created_at < $2 LIMIT $3",
+                &args,
+                next,
+                changes,
+            )
+            .await
         }
         UserWrite::Social(write) => {
             let id = apply_social(tx, &write, now).await?;

@@ -8,11 +8,19 @@ use async_trait::async_trait;
 use im_cluster::{Logged, Position};
 use im_protocol::{GroupId, UserId};
 use im_users::social::{FriendRequest, Group, RequestState, Role, SocialSnapshot, SocialWrite};
-use im_users::{Principal, User, UserStore, UserStoreError};
+use im_users::{Principal, SessionRecord, SessionTimes, User, UserStore, UserStoreError};
 use std::collections::BTreeMap;
 
 fn other(e: StoreError) -> UserStoreError {
     UserStoreError::Other(e.to_string())
+}
+
+/// How many sessions a write revoked, at the position of its last record.
+fn count(l: Logged<u64>) -> Logged<usize> {
+    Logged {
+        value: l.value as usize,
+        pos: l.pos,
+    }
 }
 
 fn uid(v: i64) -> UserId {
@@ -202,24 +210,29 @@ impl UserStore for PgStore {
         &self,
         user: UserId,
         token_hash: [u8; 32],
+        user_agent: &str,
     ) -> Result<u64, UserStoreError> {
-        self.write(Write::Users(UserWrite::CreateSession { user, token_hash }))
-            .await
-            .map(|l| l.value)
-            .map_err(other)
+        self.write(Write::Users(UserWrite::CreateSession {
+            user,
+            token_hash,
+            user_agent: user_agent.to_owned(),
+        }))
+        .await
+        .map(|l| l.value)
+        .map_err(other)
     }
 
     async fn session(
         &self,
         token_hash: [u8; 32],
-    ) -> Result<Option<(Principal, Position)>, UserStoreError> {
+    ) -> Result<Option<(Principal, SessionTimes, Position)>, UserStoreError> {
         async {
             let c = self.client().await?;
             // One statement, one snapshot: the head it reads is exactly what the answer
             // reflects.
             let stmt = c
                 .prepare_cached(
-                    "SELECT s.id, s.user_id, h.last FROM log_head h
+                    "SELECT s.id, s.user_id, s.created_at, s.last_seen_at, h.last FROM log_head h
                        LEFT JOIN sessions s ON s.token_hash = $1",
                 )
                 .await?;
@@ -231,12 +244,49 @@ impl UserStore for PgStore {
                         session: id as u64,
                         user: uid(row.get(1)),
                     },
-                    row.get::<_, i64>(2) as u64,
+                    SessionTimes {
+                        created_at: row.get::<_, i64>(2) as u64,
+                        last_seen_at: row.get::<_, i64>(3) as u64,
+                    },
+                    row.get::<_, i64>(4) as u64,
                 )
             }))
         }
         .await
         .map_err(other)
+    }
+
+    async fn sessions_of(&self, user: UserId) -> Result<Vec<SessionRecord>, UserStoreError> {
+        async {
+            let c = self.client().await?;
+            let stmt = c
+                .prepare_cached(
+                    "SELECT id, created_at, last_seen_at, user_agent FROM sessions
+                     WHERE user_id = $1 ORDER BY id",
+                )
+                .await?;
+            let rows = c.query(&stmt, &[&(user.0 as i64)]).await?;
+            Ok(rows
+                .iter()
+                .map(|r| SessionRecord {
+                    id: r.get::<_, i64>(0) as u64,
+                    times: SessionTimes {
+                        created_at: r.get::<_, i64>(1) as u64,
+                        last_seen_at: r.get::<_, i64>(2) as u64,
+                    },
+                    user_agent: r.get(3),
+                })
+                .collect())
+        }
+        .await
+        .map_err(other)
+    }
+
+    async fn touch_sessions(&self, seen: &[(u64, u64)]) -> Result<(), UserStoreError> {
+        self.write(Write::Users(UserWrite::TouchSessions(seen.to_vec())))
+            .await
+            .map(|_| ())
+            .map_err(other)
     }
 
     async fn delete_session(&self, session: u64) -> Result<Logged<()>, UserStoreError> {
@@ -247,5 +297,46 @@ impl UserStore for PgStore {
                 pos: l.pos,
             })
             .map_err(other)
+    }
+
+    async fn revoke_sessions(
+        &self,
+        user: UserId,
+        keep: Option<u64>,
+    ) -> Result<Logged<usize>, UserStoreError> {
+        let keep = keep.unwrap_or(0);
+        self.write(Write::Users(UserWrite::RevokeSessions { user, keep }))
+            .await
+            .map(count)
+            .map_err(other)
+    }
+
+    async fn set_password(
+        &self,
+        user: UserId,
+        password_hash: &str,
+        keep: u64,
+    ) -> Result<Logged<usize>, UserStoreError> {
+        let hash = password_hash.to_owned();
+        self.write(Write::Users(UserWrite::SetPassword { user, hash, keep }))
+            .await
+            .map(count)
+            .map_err(other)
+    }
+
+    async fn expire_sessions(
+        &self,
+        idle_before: u64,
+        created_before: u64,
+        limit: usize,
+    ) -> Result<Logged<usize>, UserStoreError> {
+        self.write(Write::Users(UserWrite::ExpireSessions {
+            idle_before,
+            created_before,
+            limit,
+        }))
+        .await
+        .map(count)
+        .map_err(other)
     }
 }

@@ -1,0 +1,279 @@
+//! What one TCP connection may cost: the protocol sniff with a deadline, the write-stall
+//! limit, and the cap on open connections.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+
+/// The HTTP/2 connection preface, which h2c with prior knowledge starts with.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a connection's first bytes said.
+pub(crate) struct Sniffed {
+    /// Whether the connection speaks HTTP/2 (h2c with prior knowledge).
+    pub h2: bool,
+    /// The bytes read to decide, handed back to hyper before the rest of the socket.
+    pub prefix: Prefix,
+}
+
+/// Up to the preface's length of bytes already read from the socket.
+#[derive(Default)]
+pub(crate) struct Prefix {
+    buf: [u8; PREFACE.len()],
+    start: usize,
+    end: usize,
+}
+
+impl Prefix {
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+}
+
+/// Reads the first bytes of a connection until they either match the HTTP/2 preface or
+/// cannot, with no polling: each read waits for the socket. `None` means the client closed
+/// the connection or sent nothing useful before `deadline`.
+pub(crate) async fn sniff(stream: &mut TcpStream, deadline: Duration) -> Option<Sniffed> {
+    let read = async {
+        let mut prefix = Prefix::default();
+        loop {
+            let n = stream.read(&mut prefix.buf[prefix.end..]).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            prefix.end += n;
+            let got = &prefix.buf[..prefix.end];
+            if got != &PREFACE[..prefix.end] {
+                return Some(Sniffed { h2: false, prefix });
+            }
+            if prefix.end == PREFACE.len() {
+                return Some(Sniffed { h2: true, prefix });
+            }
+        }
+    };
+    tokio::time::timeout(deadline, read).await.ok().flatten()
+}
+
+/// A connection's socket as hyper sees it: the sniffed bytes first, and writes that fail
+/// once they have made no progress for the write timeout.
+pub(crate) struct ConnIo {
+    stream: TcpStream,
+    prefix: Prefix,
+    write_timeout: Duration,
+    /// Counting while a write is blocked; allocated on the first stall only.
+    stall: Option<Pin<Box<Sleep>>>,
+    stalled: bool,
+}
+
+impl ConnIo {
+    /// Wraps an accepted socket and the bytes [`sniff`] read from it.
+    pub(crate) fn new(stream: TcpStream, prefix: Prefix, write_timeout: Duration) -> Self {
+        Self {
+            stream,
+            prefix,
+            write_timeout,
+            stall: None,
+            stalled: false,
+        }
+    }
+
+    /// Turns a blocked write into an error once it has been blocked for the write timeout.
+    fn on_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = false;
+            return polled;
+        }
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        let timer = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.stalled {
+            timer.as_mut().reset(deadline);
+            self.stalled = true;
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer read nothing for the write timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for ConnIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let pending = this.prefix.pending();
+        if pending.is_empty() {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        }
+        let n = pending.len().min(buf.remaining());
+        buf.put_slice(&pending[..n]);
+        this.prefix.start += n;
+        // Fill the rest of hyper's buffer in the same call, as a plain read would: a first
+        // read that returned only the sniffed bytes made hyper grow its read buffer.
+        if this.prefix.pending().is_empty() && buf.remaining() > 0 {
+            let _ = Pin::new(&mut this.stream).poll_read(cx, buf);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for ConnIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.on_write(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.on_write(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.stream).poll_flush(cx);
+        self.on_write(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.stream).poll_shutdown(cx);
+        self.on_write(cx, polled)
+    }
+}
+
+/// The cap on open connections, and a smaller allowance of connections over it that get
+/// one refusal (or a health answer) and are closed.
+#[derive(Clone)]
+pub(crate) struct Slots {
+    open: Arc<AtomicUsize>,
+    max: usize,
+    refusing: Arc<AtomicUsize>,
+    max_refusing: usize,
+}
+
+/// What an accepted connection may do.
+pub(crate) enum Admission {
+    /// Served normally while the slot is held.
+    Serve(Slot),
+    /// Over the cap: one answer, then closed.
+    Refuse(Slot),
+    /// Over the cap and the refusal allowance: closed at once.
+    Drop,
+}
+
+/// A held place under a cap; dropping it frees the place.
+pub(crate) struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Slots {
+    /// A cap of `max` connections served, plus a small refusal allowance.
+    pub(crate) fn new(max: usize) -> Self {
+        let max = max.max(1);
+        Self {
+            open: Arc::default(),
+            max,
+            refusing: Arc::default(),
+            max_refusing: (max / 32).max(16),
+        }
+    }
+
+    /// The cap in force.
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Takes a place for a new connection, if there is one.
+    pub(crate) fn admit(&self) -> Admission {
+        if take(&self.open, self.max) {
+            Admission::Serve(Slot(self.open.clone()))
+        } else if take(&self.refusing, self.max_refusing) {
+            Admission::Refuse(Slot(self.refusing.clone()))
+        } else {
+            Admission::Drop
+        }
+    }
+}
+
+fn take(counter: &AtomicUsize, max: usize) -> bool {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_ok()
+}
+
+/// The cap when none is configured: three quarters of the open-file limit, leaving the rest
+/// for the store, uploads and the connections being refused.
+pub(crate) fn default_max_connections() -> usize {
+    open_file_limit().map_or(4096, |n| (n / 4 * 3).max(64))
+}
+
+/// The soft open-file limit, from `/proc/self/limits` (Linux); `None` elsewhere.
+fn open_file_limit() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_cap_then_refuse_then_drop() {
+        let slots = Slots::new(2);
+        let a = slots.admit();
+        let b = slots.admit();
+        assert!(matches!(a, Admission::Serve(_)));
+        assert!(matches!(b, Admission::Serve(_)));
+        let refused: Vec<_> = (0..16).map(|_| slots.admit()).collect();
+        assert!(refused.iter().all(|r| matches!(r, Admission::Refuse(_))));
+        assert!(matches!(slots.admit(), Admission::Drop));
+        drop(a);
+        let c = slots.admit();
+        assert!(matches!(c, Admission::Serve(_)));
+        drop(refused);
+        assert!(matches!(slots.admit(), Admission::Refuse(_)));
+    }
+
+    #[test]
+    fn the_open_file_limit_is_read() {
+        if cfg!(target_os = "linux") {
+            assert!(open_file_limit().is_some_and(|n| n > 0));
+        }
+        assert!(default_max_connections() >= 64);
+    }
+}
