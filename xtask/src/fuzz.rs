@@ -13,7 +13,13 @@ use std::path::Path;
 use std::process::Command;
 
 /// Every target in `fuzz/Cargo.toml`.
-pub const TARGETS: &[&str] = &["sse_parser", "range", "file_name", "multipart", "draft_json"];
+pub const TARGETS: &[&str] = &[
+    "sse_parser",
+    "range",
+    "file_name",
+    "multipart",
+    "draft_json",
+];
 
 /// What `cargo xtask fuzz` was asked for.
 #[derive(Debug, PartialEq, Eq)]
@@ -72,9 +78,12 @@ pub fn run(options: &Options) -> Result<()> {
     .join(" ");
     // An explicit --target keeps the flags off build scripts and proc macros.
     run_tool(
-        cargo(&fuzz, &["build", "--release", "--bins", "--target", &triple])
-            .env("RUSTFLAGS", flags)
-            .env("CARGO_TARGET_DIR", &target_dir),
+        cargo(
+            &fuzz,
+            &["build", "--release", "--bins", "--target", &triple],
+        )
+        .env("RUSTFLAGS", flags)
+        .env("CARGO_TARGET_DIR", &target_dir),
         "the fuzz build",
     )?;
     let all: Vec<String> = TARGETS.iter().map(|t| t.to_string()).collect();

@@ -622,9 +622,10 @@ impl App {
             return Err(im_files::FileError::TooLarge(max).into());
         }
         // As an `io::Error`, the body timeout reaches `FileProxy` as one (408).
-        let body = BodyDataStream::new(
-            http_body_util::BodyExt::map_err(req.into_body(), std::io::Error::from),
-        );
+        let body = BodyDataStream::new(http_body_util::BodyExt::map_err(
+            req.into_body(),
+            std::io::Error::from,
+        ));
         let meta = self
             .files
             .upload_multipart(who.user, &content_type, body)
