@@ -49,6 +49,8 @@ pub struct Config {
     /// Where the truth lives: `sqlite` (embedded, one node) or `postgres` (any number of
     /// nodes on one database).
     pub store: StoreKind,
+    /// `[sqlite]`: the embedded store.
+    pub sqlite: SqliteSection,
     /// `[postgres]`: the database of a cluster.
     pub postgres: PostgresSection,
     /// What wakes the other nodes and carries ephemeral events between them: `local` (one
@@ -178,6 +180,20 @@ impl Default for ClusterSection {
             presence_ttl_secs: 30,
             ready_max_lag: 10_000,
         }
+    }
+}
+
+/// `[sqlite]`: the embedded store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqliteSection {
+    /// Reader connections (reads running at once; more wait), each with an 8 MiB page cache.
+    pub readers: usize,
+}
+
+impl Default for SqliteSection {
+    fn default() -> Self {
+        Self { readers: 4 }
     }
 }
 
@@ -393,6 +409,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./im-data"),
             store: StoreKind::Sqlite,
+            sqlite: SqliteSection::default(),
             postgres: PostgresSection::default(),
             bus: None,
             redis: RedisSection::default(),
@@ -709,6 +726,7 @@ const KEYS: &[&str] = &[
     "listen",
     "data_dir",
     "store",
+    "sqlite",
     "postgres",
     "bus",
     "redis",

@@ -324,7 +324,13 @@ impl Stores {
     async fn open(cfg: &Config) -> Result<Self, ServerError> {
         match cfg.store {
             StoreKind::Sqlite => {
-                let s = SqliteStore::open(&cfg.data_dir, StoreConfig::default())?;
+                let s = SqliteStore::open(
+                    &cfg.data_dir,
+                    StoreConfig {
+                        readers: cfg.sqlite.readers,
+                        ..StoreConfig::default()
+                    },
+                )?;
                 let listen = s.clone();
                 Ok(Self::of(
                     s,

@@ -88,6 +88,8 @@ struct Inner {
     path: PathBuf,
     writer: flume::Sender<writer::Op>,
     readers: Mutex<Vec<Connection>>,
+    /// One permit per reader connection: reads beyond them wait instead of opening more.
+    reading: Arc<tokio::sync::Semaphore>,
     committed: Arc<AtomicU64>,
     listener: Arc<OnceLock<Arc<dyn CommitListener>>>,
 }
@@ -100,8 +102,12 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-/// Page cache per connection, in KiB (a negative `cache_size` is KiB in SQLite).
+/// The writer's page cache, in KiB (a negative `cache_size` is KiB in SQLite).
 const CACHE_KIB: i64 = 64 * 1024;
+
+/// A reader's page cache, in KiB: reads mostly touch recent pages, and every reader keeps
+/// its cache for the life of the process.
+const READER_CACHE_KIB: i64 = 8 * 1024;
 
 /// The database file inside a data dir.
 pub const DB_FILE: &str = "im.sqlite3";
@@ -119,12 +125,14 @@ impl SqliteStore {
         migrations::run(&mut conn)?;
         let committed = Arc::new(AtomicU64::new(messages::head(&conn)?));
         let listener = Arc::new(OnceLock::new());
+        let reading = Arc::new(tokio::sync::Semaphore::new(config.readers.max(1)));
         let writer = writer::start(conn, config, committed.clone(), listener.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
                 writer,
                 readers: Mutex::new(Vec::new()),
+                reading,
                 committed,
                 listener,
             }),
@@ -142,16 +150,28 @@ impl SqliteStore {
         self.inner.committed.load(Ordering::Acquire)
     }
 
-    /// Runs `f` on a reader connection on the blocking pool.
+    /// Runs `f` on a reader connection on the blocking pool, at most
+    /// [`StoreConfig::readers`] at once.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let inner = self.inner.clone();
+        let permit = inner
+            .reading
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| StoreError::Commit(format!("reader pool: {e}")))?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let conn = match inner.readers.lock().pop() {
                 Some(c) => c,
-                None => open_conn(&inner.path)?,
+                None => {
+                    let conn = open_conn(&inner.path)?;
+                    conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
+                    conn
+                }
             };
             let out = f(&conn);
             inner.readers.lock().push(conn);

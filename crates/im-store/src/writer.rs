@@ -60,6 +60,9 @@ pub struct StoreConfig {
     pub queue: usize,
     /// The most operations committed in one transaction.
     pub batch: usize,
+    /// Reader connections, and so reads running at once; more wait their turn. Each keeps
+    /// its own page cache, so this bounds the memory reads hold.
+    pub readers: usize,
 }
 
 impl Default for StoreConfig {
@@ -67,6 +70,7 @@ impl Default for StoreConfig {
         Self {
             queue: 8192,
             batch: 1024,
+            readers: 4,
         }
     }
 }
