@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -241,6 +241,7 @@ pub fn run(options: &Options) -> Result<()> {
     let log = std::fs::File::create(&log_path)
         .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
     let dir = loadbench::temp_dir("soak")?;
+    let data_dir = dir.clone();
     let mut cmd = loadbench::server_command(&target.join("release/im-server"), &dir);
     // The log goes to a file without colours, to be counted at the end.
     cmd.envs(SERVER_ENV).env("NO_COLOR", "1").stderr(log);
@@ -260,11 +261,13 @@ pub fn run(options: &Options) -> Result<()> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let generator_cpu = load::own_cpu();
-    let outcome = runtime.block_on(drive(options, server.addr, pid));
+    let watched = Watched { pid, data_dir };
+    let outcome = runtime.block_on(drive(options, server.addr, &watched));
     let generator_cpu = load::own_cpu() - generator_cpu;
-    // Stop the server before reading its log, so the log is complete.
-    drop(server);
+    // Our connections close first, so the server's graceful stop has nothing to wait for;
+    // then it stops, before its log is read, so the log is complete.
     drop(runtime);
+    drop(server);
     let mut report = outcome?;
     report["when"] = json!(utc_now());
     report["machine"] = json!(machine());
@@ -532,7 +535,7 @@ impl Rng {
 
 /// Sets the accounts, friendships and groups up, runs the traffic for the run's duration while
 /// sampling, drains, and returns the report without the run's metadata.
-async fn drive(options: &Options, addr: SocketAddr, pid: u32) -> Result<Value> {
+async fn drive(options: &Options, addr: SocketAddr, server: &Watched) -> Result<Value> {
     let plan = Arc::new(setup(options, addr).await?);
     let channels = plan.users.len() * 2;
     let shared = Arc::new(Shared {
@@ -566,7 +569,7 @@ async fn drive(options: &Options, addr: SocketAddr, pid: u32) -> Result<Value> {
     for k in 0..SLOW_READERS {
         workers.push(tokio::spawn(slow_reader(k, plan.clone(), shared.clone())));
     }
-    let sampled = sample(options, &shared, pid).await;
+    let sampled = sample(options, &shared, server).await;
     shared.stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.map_err(|e| format!("a traffic task failed: {e}"))?;
@@ -1093,6 +1096,38 @@ async fn read_head(sock: &mut TcpStream) -> Result<String> {
 
 // ----- sampling -----
 
+/// The server process the sampler watches.
+struct Watched {
+    /// Its process id.
+    pid: u32,
+    /// Its data dir, whose database size is sampled beside its memory: SQLite caches pages,
+    /// so RSS may follow the database's growth for a while without leaking.
+    data_dir: PathBuf,
+}
+
+impl Watched {
+    /// KiB of the database: the data dir's top-level files but SQLite's `-wal` and `-shm`
+    /// (the WAL quickly reaches its size limit and stays there, hiding the data's growth),
+    /// uploads (in `files/`) not counted.
+    fn db_kib(&self) -> u64 {
+        let Ok(entries) = std::fs::read_dir(&self.data_dir) else {
+            return 0;
+        };
+        let bytes: u64 = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                !name.ends_with("-wal") && !name.ends_with("-shm")
+            })
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum();
+        bytes / 1024
+    }
+}
+
 /// One sample: the server's state at the end of an interval, and the traffic during it.
 #[derive(Debug, Clone, PartialEq)]
 struct Sample {
@@ -1100,6 +1135,10 @@ struct Sample {
     t: f64,
     /// The server's resident memory, KiB (`VmRSS`).
     rss_kib: u64,
+    /// The anonymous part of it (the heap, not mapped files), KiB (`RssAnon`).
+    rss_anon_kib: u64,
+    /// The store's files on disk, KiB.
+    db_kib: u64,
     /// Its open file descriptors.
     fds: u64,
     /// Its threads.
@@ -1126,9 +1165,12 @@ impl Sample {
         json!({
             "t_secs": round2(self.t),
             "rss_kib": self.rss_kib,
+            "rss_anon_kib": self.rss_anon_kib,
+            "db_kib": self.db_kib,
             "fds": self.fds,
             "threads": self.threads,
             "server_cores": self.cores,
+            "span_secs": round2(self.span),
             "sent_per_sec": per_sec(Count::Sent),
             "delivered_per_sec": per_sec(Count::Delivered),
             "latency": self.latency,
@@ -1140,11 +1182,12 @@ impl Sample {
     fn line(&self) -> String {
         let per_sec = |c: Count| self.count(c) as f64 / self.span.max(1e-9);
         format!(
-            "soak {:>6}  rss {:>6.1} MiB  fds {:>4}  threads {:>3}  cpu {:>4.2}  \
+            "soak {:>6}  rss {:>6.1} MiB  db {:>6.1} MiB  fds {:>4}  threads {:>3}  cpu {:>4.2}  \
              sent {:>5.1}/s  delivered {:>6.1}/s  p50 {:>6} ms  p99 {:>6} ms  \
              reconnects {:>3}  slow cut {:>2}  uploads {:>2}  errors {}",
             clock(self.t),
             self.rss_kib as f64 / 1024.0,
+            self.db_kib as f64 / 1024.0,
             self.fds,
             self.threads,
             self.cores,
@@ -1238,7 +1281,8 @@ impl Sampled {
 }
 
 /// Samples the server every interval until the run's end; prints a line each time.
-async fn sample(options: &Options, shared: &Shared, pid: u32) -> Result<Sampled> {
+async fn sample(options: &Options, shared: &Shared, server: &Watched) -> Result<Sampled> {
+    let pid = server.pid;
     let duration = options.duration.as_secs_f64();
     let interval = options.interval();
     let windows = Windows::new(duration, interval);
@@ -1273,6 +1317,8 @@ async fn sample(options: &Options, shared: &Shared, pid: u32) -> Result<Sampled>
         let sample = Sample {
             t,
             rss_kib,
+            rss_anon_kib: load::proc_field(&status, "RssAnon:").unwrap_or(0),
+            db_kib: server.db_kib(),
             fds,
             threads: load::proc_field(&status, "Threads:").unwrap_or(0),
             cores: round2((now_cpu - cpu) / span.max(1e-9)),
@@ -1334,6 +1380,10 @@ struct Flatness {
     fds_last: f64,
     /// Median threads of the first window.
     threads_first: f64,
+    /// Median database size of the first window, KiB.
+    db_first: f64,
+    /// Median database size of the last window, KiB.
+    db_last: f64,
     /// Median threads of the last window.
     threads_last: f64,
     /// The least-squares trend of RSS after the warm-up, MiB per hour.
@@ -1360,6 +1410,7 @@ impl Flatness {
         let rss = |s: &Sample| s.rss_kib as f64;
         let fds = |s: &Sample| s.fds as f64;
         let threads = |s: &Sample| s.threads as f64;
+        let db = |s: &Sample| s.db_kib as f64;
         let after: Vec<(f64, f64)> = samples
             .get(first.start..)
             .unwrap_or(&[])
@@ -1373,6 +1424,8 @@ impl Flatness {
             fds_last: median_of(last, fds),
             threads_first: median_of(first, threads),
             threads_last: median_of(last, threads),
+            db_first: median_of(first, db),
+            db_last: median_of(last, db),
             rss_trend_mib_per_hour: slope(&after) * 3600.0,
             judged: duration >= MIN_JUDGED_SECS,
             flat: false,
@@ -1441,6 +1494,8 @@ impl Flatness {
             "fds_last": self.fds_last,
             "fd_growth": self.fds_last - self.fds_first,
             "fd_growth_pct": round2(Self::pct(self.fds_last - self.fds_first, self.fds_first)),
+            "db_first_kib": self.db_first,
+            "db_last_kib": self.db_last,
             "threads_first": self.threads_first,
             "threads_last": self.threads_last,
             "slack": format!(
@@ -1493,7 +1548,7 @@ fn render(report: &Value) -> String {
     );
     let _ = writeln!(
         out,
-        "- **Duration:** {}, a sample every {} s; the first {} are warm-up, left out of the \
+        "- **Duration:** {}, a sample every {} s; a warm-up of {} is left out of the \
          verdict.",
         clock_words(duration),
         num(&report["interval_secs"]),
@@ -1579,8 +1634,8 @@ fn render(report: &Value) -> String {
     let _ = writeln!(
         out,
         "- **Verdict: {}.** From the first tenth after the warm-up to the last tenth: {} \
-         (medians: RSS {:.1} → {:.1} MiB, open files {} → {}, threads {} → {}; RSS trend after \
-         the warm-up {:+.1} MiB/h). Latency p50 {} → {} ms, p99 {} → {} ms. Flat means growth of \
+         (medians: RSS {:.1} → {:.1} MiB, open files {} → {}, threads {} → {}, database on disk \
+         {:.1} → {:.1} MiB; RSS trend after the warm-up {:+.1} MiB/h). Latency p50 {} → {} ms, p99 {} → {} ms. Flat means growth of \
          at most {}.",
         flat["word"].as_str().unwrap_or("?"),
         flat["growth"].as_str().unwrap_or("?"),
@@ -1590,6 +1645,8 @@ fn render(report: &Value) -> String {
         num(&flat["fds_last"]),
         num(&flat["threads_first"]),
         num(&flat["threads_last"]),
+        flat["db_first_kib"].as_f64().unwrap_or(0.0) / 1024.0,
+        flat["db_last_kib"].as_f64().unwrap_or(0.0) / 1024.0,
         flat["rss_trend_mib_per_hour"].as_f64().unwrap_or(0.0),
         num(&lat["first"]["p50_ms"]),
         num(&lat["last"]["p50_ms"]),
@@ -1616,6 +1673,10 @@ fn render(report: &Value) -> String {
             clock(s["t_secs"].as_f64().unwrap_or(0.0))
         });
         row("server RSS (MiB)", &|s| mib(&s["rss_kib"]));
+        row("… of it anonymous (heap) (MiB)", &|s| {
+            mib(&s["rss_anon_kib"])
+        });
+        row("database on disk (MiB)", &|s| mib(&s["db_kib"]));
         row("open files", &|s| num(&s["fds"]));
         row("threads", &|s| num(&s["threads"]));
         row("latency p50 over the interval (ms)", &|s| {
@@ -1628,10 +1689,11 @@ fn render(report: &Value) -> String {
     let step = table_step(duration, report["interval_secs"].as_f64().unwrap_or(10.0));
     let _ = writeln!(
         out,
-        "\nSamples every {} (the whole series is in `{}`):\n\n\
-         | time | RSS (MiB) | open files | threads | server cores | sent/s | delivered/s | \
-         p50 (ms) | p99 (ms) | reconnects | slow readers cut off | errors |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "\nSamples every {} (the whole series is in `{}`). Rates, server cores and counts are \
+         since the row before; latencies are over the row's own sampling interval.\n\n\
+         | time | RSS (MiB) | database (MiB) | open files | threads | server cores | sent/s | \
+         delivered/s | p50 (ms) | p99 (ms) | reconnects | slow readers cut off | errors |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         clock_words(step),
         report["json"]
             .as_str()
@@ -1639,23 +1701,41 @@ fn render(report: &Value) -> String {
             .map(|f| format!("target/soak/{}", f.to_string_lossy()))
             .unwrap_or_else(|| "target/soak/".into()),
     );
-    for s in pick(&samples, step) {
+    let t = |s: &Value| s["t_secs"].as_f64().unwrap_or(0.0);
+    let mut from = 0;
+    for i in pick(&samples, step) {
+        let (s, rows) = (&samples[i], &samples[from..=i]);
+        let span = (t(s) - from.checked_sub(1).map_or(0.0, |p| t(&samples[p]))).max(1e-9);
+        let sum = |key: &str| -> u64 {
+            rows.iter()
+                .map(|r| r["interval"][key].as_u64().unwrap_or(0))
+                .sum()
+        };
+        let mean = |key: &str| {
+            let total: f64 = rows
+                .iter()
+                .map(|r| r[key].as_f64().unwrap_or(0.0) * r["span_secs"].as_f64().unwrap_or(0.0))
+                .sum();
+            round2(total / span)
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            clock(s["t_secs"].as_f64().unwrap_or(0.0)),
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
+            clock(t(s)),
             mib(&s["rss_kib"]),
+            mib(&s["db_kib"]),
             num(&s["fds"]),
             num(&s["threads"]),
-            num(&s["server_cores"]),
-            num(&s["sent_per_sec"]),
-            num(&s["delivered_per_sec"]),
+            mean("server_cores"),
+            sum("sent") as f64 / span,
+            sum("delivered") as f64 / span,
             num(&s["latency"]["p50_ms"]),
             num(&s["latency"]["p99_ms"]),
-            num(&s["interval"]["reconnects"]),
-            num(&s["interval"]["slow_cut"]),
-            num(&s["interval"]["errors"]),
+            sum("reconnects"),
+            sum("slow_cut"),
+            sum("errors"),
         );
+        from = i + 1;
     }
     out
 }
@@ -1670,22 +1750,22 @@ fn table_step(duration: f64, interval: f64) -> f64 {
     }
 }
 
-/// The samples at each multiple of `step` seconds (the first at or after it), and the last.
-fn pick(samples: &[Value], step: f64) -> Vec<&Value> {
-    let mut out: Vec<&Value> = Vec::new();
+/// The indices of the samples at each multiple of `step` seconds (the first at or after
+/// it), and of the last.
+fn pick(samples: &[Value], step: f64) -> Vec<usize> {
+    let mut out = Vec::new();
     let mut next = step;
-    for s in samples {
+    for (i, s) in samples.iter().enumerate() {
         let t = s["t_secs"].as_f64().unwrap_or(0.0);
         if t + 1e-6 >= next {
-            out.push(s);
+            out.push(i);
             while next <= t + 1e-6 {
                 next += step;
             }
         }
     }
-    if let Some(last) = samples.last()
-        && !out.last().is_some_and(|s| std::ptr::eq(*s, last))
-    {
+    let last = samples.len().checked_sub(1);
+    if let Some(last) = last.filter(|l| out.last() != Some(l)) {
         out.push(last);
     }
     out
@@ -1777,6 +1857,7 @@ fn file_stamp(secs: u64) -> String {
 mod tests {
     use super::*;
 
+    /// Command-line arguments as `main` hands them over.
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| (*s).to_owned()).collect()
     }
@@ -1839,6 +1920,8 @@ mod tests {
             .map(|i| Sample {
                 t: (i + 1) as f64 * 30.0,
                 rss_kib: rss(i),
+                rss_anon_kib: rss(i) - 10_000,
+                db_kib: i as u64 * 100,
                 fds: fds(i),
                 threads: 9,
                 cores: 0.2,
@@ -1906,7 +1989,11 @@ mod tests {
     #[test]
     fn record_has_the_figures_and_a_sample_table() {
         let options = Options::default();
-        let samples = series(120, |_| 41_000, |_| 118);
+        let mut samples = series(120, |_| 41_000, |_| 118);
+        for s in &mut samples {
+            s.counts[Count::Reconnects as usize] = 1;
+            s.counts[Count::Sent as usize] = 1500;
+        }
         let w = Windows::new(3600.0, 30.0);
         let mut report = json!({
             "duration_secs": 3600.0,
@@ -1932,7 +2019,7 @@ mod tests {
         let md = render(&report);
         assert!(md.starts_with("## Soak\n\n"));
         assert!(md.contains("Command: `cargo xtask soak --minutes 60 --record`"));
-        assert!(md.contains("**Duration:** 60 min, a sample every 30 s; the first 5 min"));
+        assert!(md.contains("**Duration:** 60 min, a sample every 30 s; a warm-up of 5 min is"));
         assert!(md.contains("180,000 messages sent, 1,100,000 deliveries"));
         assert!(md.contains("- **Errors:** none."));
         assert!(md.contains(
@@ -1942,11 +2029,11 @@ mod tests {
         assert!(md.contains("| server RSS (MiB) | 40.0 | 40.0 | 40.0 |"));
         assert!(md.contains("| time (min:s) | 0:30 | 30:00 | 60:00 |"));
         assert!(md.contains("`target/soak/soak-20300101-000000.json`"));
-        // One row every 5 minutes: 12 of them.
+        // One row every 5 minutes, 12 of them, each counting the 10 samples since the last.
         let rows = md
             .lines()
-            .filter(|l| l.starts_with("| ") && l.contains(":00 | 40.0 | 118 |"));
-        assert_eq!(rows.count(), 12);
+            .filter(|l| l.ends_with("| 0.2 | 50.0 | 0.0 | 1 | 5 | 10 | 0 | 0 |"));
+        assert_eq!(rows.count(), 12, "{md}");
         report["errors"] = json!({"POST /api/v1/messages: 429 rate_limited": 2});
         assert!(render(&report).contains("- **Errors:** 2 × POST /api/v1/messages: 429"));
         // The section goes between its markers, and anything around it stays.
@@ -1982,11 +2069,8 @@ mod tests {
         let values: Vec<Value> = (1..=12)
             .map(|i| json!({"t_secs": i as f64 * 10.0}))
             .collect();
-        let picked: Vec<f64> = pick(&values, 20.0)
-            .iter()
-            .map(|s| s["t_secs"].as_f64().unwrap())
-            .collect();
-        assert_eq!(picked, [20.0, 40.0, 60.0, 80.0, 100.0, 120.0]);
+        assert_eq!(pick(&values, 20.0), [1, 3, 5, 7, 9, 11]);
+        assert_eq!(pick(&values[..11], 20.0), [1, 3, 5, 7, 9, 10]);
     }
 
     #[test]
