@@ -61,15 +61,50 @@ pub(crate) async fn sniff(stream: &mut TcpStream, deadline: Duration) -> Option<
     tokio::time::timeout(deadline, read).await.ok().flatten()
 }
 
+/// A timer that counts only while something is stuck: allocated on the first wait, re-armed
+/// (not re-allocated) on later ones, and disarmed by progress.
+#[derive(Default)]
+pub(crate) struct Deadline {
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl Deadline {
+    /// Progress was made: the next wait starts a new count.
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// Starts counting toward `at()` unless already counting, and polls the timer: ready once
+    /// the deadline has passed.
+    pub(crate) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        at: impl FnOnce() -> tokio::time::Instant,
+    ) -> Poll<()> {
+        if !self.armed {
+            let at = at();
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(at),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            self.armed = true;
+        }
+        match self.timer.as_mut() {
+            Some(timer) => timer.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
 /// A connection's socket as hyper sees it: the sniffed bytes first, and writes that fail
 /// once they have made no progress for the write timeout.
 pub(crate) struct ConnIo {
     stream: TcpStream,
     prefix: Prefix,
     write_timeout: Duration,
-    /// Counting while a write is blocked; allocated on the first stall only.
-    stall: Option<Pin<Box<Sleep>>>,
-    stalled: bool,
+    /// Counting while a write is blocked.
+    stall: Deadline,
 }
 
 impl ConnIo {
@@ -79,8 +114,7 @@ impl ConnIo {
             stream,
             prefix,
             write_timeout,
-            stall: None,
-            stalled: false,
+            stall: Deadline::default(),
         }
     }
 
@@ -91,18 +125,14 @@ impl ConnIo {
         polled: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         if polled.is_ready() {
-            self.stalled = false;
+            self.stall.disarm();
             return polled;
         }
-        let deadline = tokio::time::Instant::now() + self.write_timeout;
-        let timer = self
+        let timeout = self.write_timeout;
+        match self
             .stall
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if !self.stalled {
-            timer.as_mut().reset(deadline);
-            self.stalled = true;
-        }
-        match timer.as_mut().poll(cx) {
+            .poll(cx, || tokio::time::Instant::now() + timeout)
+        {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the peer read nothing for the write timeout",

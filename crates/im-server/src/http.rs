@@ -1,5 +1,6 @@
 //! Request and response plumbing: the one place API errors become HTTP responses.
 
+use crate::conn::Deadline;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -14,7 +15,7 @@ use serde::de::DeserializeOwned;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 /// The peer address of the connection a request came on (a request extension), for limits
 /// that key on the client's address.
@@ -70,8 +71,7 @@ impl BodyLimits {
             limits: self,
             started: None,
             received: 0,
-            timer: None,
-            armed: false,
+            timer: Deadline::default(),
         }
     }
 }
@@ -87,19 +87,19 @@ pub struct TimedBody<B> {
     /// When the body was first waited on.
     started: Option<Instant>,
     received: u64,
-    /// Allocated on the first wait and reset afterwards; `armed` says whether it counts.
-    timer: Option<Pin<Box<Sleep>>>,
-    armed: bool,
+    /// Counting while the body is waited on.
+    timer: Deadline,
 }
 
-impl<B> TimedBody<B> {
-    /// When the body fails if nothing more arrives.
-    fn deadline(&self, now: Instant) -> Instant {
-        let idle = now + self.limits.idle;
-        match (self.started, self.limits.min_rate) {
+impl BodyLimits {
+    /// When a body first waited on at `started`, with `received` bytes so far, fails if
+    /// nothing more arrives from `now` on.
+    fn deadline(self, started: Option<Instant>, received: u64, now: Instant) -> Instant {
+        let idle = now + self.idle;
+        match (started, self.min_rate) {
             (Some(started), rate) if rate > 0 => {
-                let earned = Duration::from_secs_f64(self.received as f64 / rate as f64);
-                idle.min(started + self.limits.idle + earned)
+                let earned = Duration::from_secs_f64(received as f64 / rate as f64);
+                idle.min(started + self.idle + earned)
             }
             _ => idle,
         }
@@ -120,24 +120,17 @@ where
         let this = &mut *self;
         this.started.get_or_insert_with(Instant::now);
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            this.armed = false;
+            this.timer.disarm();
             if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
                 this.received += data.map_or(0, |d| d.len() as u64);
             }
             return Poll::Ready(frame.map(|f| f.map_err(BodyError::from)));
         }
-        if !this.armed {
-            let deadline = this.deadline(Instant::now());
-            let timer = this
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            timer.as_mut().reset(deadline);
-            this.armed = true;
-        }
-        let Some(timer) = this.timer.as_mut() else {
-            return Poll::Pending;
-        };
-        ready!(timer.as_mut().poll(cx));
+        let (limits, started, received) = (this.limits, this.started, this.received);
+        ready!(
+            this.timer
+                .poll(cx, || limits.deadline(started, received, Instant::now()))
+        );
         Poll::Ready(Some(Err(BodyError::Idle(this.limits.idle))))
     }
 
