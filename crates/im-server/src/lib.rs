@@ -526,6 +526,7 @@ impl ImServer {
         let limits = app.config.limits.clone();
         let header_timeout = Duration::from_secs(limits.header_timeout_secs.max(1));
         let write_timeout = Duration::from_secs(limits.write_timeout_secs.max(1));
+        let body_limits = BodyLimits::of(&app.config);
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
             .timer(TokioTimer::new())
@@ -580,7 +581,6 @@ impl ImServer {
                     return; // closed, or nothing sent in time
                 };
                 let io = TokioIo::new(conn::ConnIo::new(stream, sniffed.prefix, write_timeout));
-                let body_limits = BodyLimits::of(&app.config);
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let app = app.clone();
                     let mut req = req.map(|b| body_limits.wrap(b));
