@@ -280,6 +280,13 @@ pub struct WorkerConfig {
     pub pool_workers: usize,
     /// Bounded queue per pool worker.
     pub pool_queue: usize,
+    /// Tokio worker threads, which run every connection; 0 = one per core. Read by the
+    /// binary, which builds the runtime; an application embedding the server builds its own.
+    pub runtime_threads: usize,
+    /// Most threads of tokio's blocking pool (SQLite reads, file I/O). Tokio's own default
+    /// (512) let a burst of stream opens grow the process to hundreds of threads, each with
+    /// its own stack and malloc arena that stayed after the burst.
+    pub blocking_threads: usize,
 }
 
 /// `[argon2]`: password hashing cost.
@@ -520,6 +527,8 @@ impl Default for WorkerConfig {
             channel_queue: 4096,
             pool_workers: 0,
             pool_queue: 8192,
+            runtime_threads: 0,
+            blocking_threads: 8,
         }
     }
 }

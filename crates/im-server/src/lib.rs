@@ -226,6 +226,10 @@ impl ImServerBuilder {
             wake.committed(&entries);
             offer.offer(entries);
         }));
+        // A stream opened with nothing to replay then reads no store: every message after
+        // the follower's position is dispatched after the stream registered.
+        let head = follower.clone();
+        broker.set_live_head(move || im_protocol::MessageId(head.applied()));
         users.attach_log(follower.clone());
         users.spawn_session_sweeper();
         files.attach_log(follower.clone());

@@ -33,10 +33,14 @@ fn main() -> ExitCode {
         tracing::warn!(%var, "ignoring an IM_ variable that names no setting");
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime
         .enable_all()
-        .build()
-    {
+        .max_blocking_threads(config.workers.blocking_threads.max(1));
+    if config.workers.runtime_threads > 0 {
+        runtime.worker_threads(config.workers.runtime_threads);
+    }
+    let runtime = match runtime.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("im-server: cannot start the runtime: {e}");

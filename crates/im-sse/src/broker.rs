@@ -92,6 +92,19 @@ pub trait ReplaySource: Send + Sync + 'static {
 
 /// Appends `event: ready` carrying `id: <position>`: the stream is caught up to `position`, and
 /// a browser that reconnects resumes from there even if no message came yet.
+/// Writes `event: resync` and returns the position live delivery continues after.
+///
+/// The frame carries `id: <latest>`, so a browser's next automatic reconnect starts from a
+/// servable position instead of asking for the unservable one again.
+fn resync(head: &mut BytesMut, latest: MessageId) -> u64 {
+    let latest = latest.0;
+    let data = format!("{{\"latest\":{latest}}}");
+    let mut frame = Vec::new();
+    sse::write_event(&mut frame, Some(latest), Some("resync"), &data);
+    head.extend_from_slice(&frame);
+    latest
+}
+
 pub(crate) fn ready(head: &mut BytesMut, position: u64) {
     let mut frame = Vec::new();
     let data = format!("{{\"position\":{position}}}");
@@ -197,7 +210,11 @@ pub(crate) struct Inner {
     pub(crate) budget: Arc<Budget>,
     pub(crate) replay: Arc<dyn ReplaySource>,
     pub(crate) listener: OnceLock<Arc<dyn SessionListener>>,
+    live_head: OnceLock<LiveHead>,
 }
+
+/// A head known without I/O; see [`SseBroker::set_live_head`].
+type LiveHead = Box<dyn Fn() -> MessageId + Send + Sync>;
 
 impl Inner {
     pub(crate) fn shard(&self, user: UserId) -> &Shard {
@@ -233,6 +250,7 @@ impl SseBroker {
                 budget: Arc::new(Budget::new(config.buffer_bytes)),
                 replay,
                 listener: OnceLock::new(),
+                live_head: OnceLock::new(),
                 config,
             }),
         }
@@ -273,15 +291,22 @@ impl SseBroker {
             Resume::Live => {
                 // Read after registering: everything up to here is history, everything after
                 // arrives live. Telling the client lets its next reconnect resume from here.
-                let latest = self.inner.replay.latest_id().await?.0;
+                let latest = self.head(MessageId(0)).await?.0;
                 ready(&mut head, latest);
                 0
             }
-            Resume::Unservable => self.resync(&mut head).await?,
+            Resume::Unservable => {
+                let latest = self.head(MessageId(0)).await?;
+                resync(&mut head, latest)
+            }
             Resume::After(pos) => {
-                let latest = self.inner.replay.latest_id().await?;
+                let latest = self.head(pos).await?;
                 if pos > latest {
-                    self.resync(&mut head).await?
+                    resync(&mut head, latest)
+                } else if pos == latest {
+                    // Nothing to replay, and nothing to read: the common reconnect.
+                    ready(&mut head, pos.0);
+                    pos.0
                 } else {
                     // Counting reads no record; the replay itself is read a page at a time
                     // as the body is written (`SseStream`), up to `latest`: everything
@@ -292,7 +317,7 @@ impl SseBroker {
                         .count(who.user, pos, latest, cfg.resume_limit.saturating_add(1))
                         .await?;
                     if found > cfg.resume_limit {
-                        self.resync(&mut head).await?
+                        resync(&mut head, latest)
                     } else if found == 0 {
                         ready(&mut head, pos.0);
                         pos.0
@@ -306,17 +331,25 @@ impl SseBroker {
         Ok(stream.start(head.freeze(), after, replay))
     }
 
-    /// Writes `event: resync` and returns the position live delivery continues after.
-    ///
-    /// The frame carries `id: <latest>`, so a browser's next automatic reconnect starts from
-    /// a servable position instead of asking for the unservable one again.
-    async fn resync(&self, head: &mut BytesMut) -> Result<u64, ReplayError> {
-        let latest = self.inner.replay.latest_id().await?.0;
-        let data = format!("{{\"latest\":{latest}}}");
-        let mut frame = Vec::new();
-        sse::write_event(&mut frame, Some(latest), Some("resync"), &data);
-        head.extend_from_slice(&frame);
-        Ok(latest)
+    /// The head a stream registered before this call is served from: every message after it
+    /// reaches the stream's mailbox. The live head when it is set and not behind `at_least`
+    /// (a position the client saw, perhaps on a node ahead of this one), else the store's.
+    async fn head(&self, at_least: MessageId) -> Result<MessageId, ReplayError> {
+        if let Some(live) = self.inner.live_head.get() {
+            let head = live();
+            if head >= at_least {
+                return Ok(head);
+            }
+        }
+        self.inner.replay.latest_id().await
+    }
+
+    /// Sets the head known in memory: the highest position whose messages have been handed
+    /// to delivery, so every later one reaches a stream registered before it is read (on
+    /// the server, the log follower's applied position). Opening a stream then needs no
+    /// store read unless there is something to replay. Set it once, before serving.
+    pub fn set_live_head(&self, head: impl Fn() -> MessageId + Send + Sync + 'static) {
+        let _ = self.inner.live_head.set(Box::new(head));
     }
 
     /// Sets who hears about streams opening and closing; set it before serving.

@@ -61,11 +61,11 @@ mod tests {
         Frame::message(&m)
     }
 
-    /// A store holding messages 1..=n; it counts the pages read.
-    struct Log(u64, AtomicUsize);
+    /// A store holding messages 1..=n; it counts the pages read, and the other reads.
+    struct Log(u64, AtomicUsize, AtomicUsize);
 
     fn log(n: u64) -> Arc<Log> {
-        Arc::new(Log(n, AtomicUsize::new(0)))
+        Arc::new(Log(n, AtomicUsize::new(0), AtomicUsize::new(0)))
     }
 
     impl Log {
@@ -83,6 +83,7 @@ mod tests {
             up_to: MessageId,
             at_most: usize,
         ) -> Result<usize, ReplayError> {
+            self.2.fetch_add(1, Ordering::Relaxed);
             Ok(self.ids(after, up_to).take(at_most).count())
         }
         async fn page(
@@ -105,6 +106,7 @@ mod tests {
             Ok(page)
         }
         async fn latest_id(&self) -> Result<MessageId, ReplayError> {
+            self.2.fetch_add(1, Ordering::Relaxed);
             Ok(MessageId(self.0))
         }
     }
@@ -159,6 +161,48 @@ mod tests {
         }
         let (ids, _) = read_ids(&mut body, 7).await;
         assert_eq!(ids, vec![6, 7, 8, 9, 10, 11, 12]);
+    }
+
+    /// The `ready` position in a stream's head.
+    async fn ready_at(body: &mut SseStream) -> Option<String> {
+        let frame = body.frame().await?.ok()?.into_data().ok()?;
+        Parser::new()
+            .feed(&frame)
+            .into_iter()
+            .find_map(|item| match item {
+                Item::Event(e) if e.event == "ready" => e.id,
+                _ => None,
+            })
+    }
+
+    #[tokio::test]
+    async fn a_stream_with_nothing_to_replay_reads_no_store() {
+        let store = log(10);
+        let broker = SseBroker::new(small_pages(), store.clone());
+        // The follower has handed messages up to 8 to delivery; 9 and 10 are on their way.
+        broker.set_live_head(|| MessageId(8));
+        for resume in [Resume::Live, Resume::After(MessageId(8))] {
+            let mut body = broker.open(who(), resume).await.unwrap();
+            assert_eq!(ready_at(&mut body).await.as_deref(), Some("8"));
+        }
+        assert_eq!(store.2.load(Ordering::Relaxed), 0, "no count, no head read");
+        assert_eq!(store.1.load(Ordering::Relaxed), 0, "no page read");
+
+        // Behind the live head: the replay reaches it, then live delivery goes on.
+        let mut body = broker
+            .open(who(), Resume::After(MessageId(6)))
+            .await
+            .unwrap();
+        broker.deliver(UserId(2), &Frame::message(&msg(9)));
+        assert_eq!(read_ids(&mut body, 3).await.0, vec![7, 8, 9]);
+
+        // Ahead of this node's live head (the client saw 10 on a node further on): the store's
+        // head serves it, so it is no resync.
+        let mut body = broker
+            .open(who(), Resume::After(MessageId(10)))
+            .await
+            .unwrap();
+        assert_eq!(ready_at(&mut body).await.as_deref(), Some("10"));
     }
 
     #[tokio::test]
