@@ -9,9 +9,11 @@
 
 mod group;
 mod log;
+mod recent;
 
 pub use group::{ChannelGroup, ChannelGroupConfig, Submitted};
 pub use log::{ConversationSummary, LogError, MessageHistory, MessageLog, Reply};
+pub use recent::RecentClientIds;
 
 use im_protocol::{ApiError, Message, MessageId, Target, UserId};
 use serde_json::Value;

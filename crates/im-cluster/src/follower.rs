@@ -4,6 +4,7 @@ use crate::{Applier, Entry, LogEntry, LogReader, Position, Progress, Topic};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -97,6 +98,7 @@ enum Signal {
 pub struct Follower {
     signals: flume::Sender<Signal>,
     applied: Arc<watch::Sender<Position>>,
+    started: Arc<AtomicU64>,
     reader: Arc<dyn LogReader>,
     config: FollowerConfig,
 }
@@ -120,10 +122,12 @@ impl Follower {
     ) -> std::io::Result<Arc<Self>> {
         let (tx, rx) = flume::bounded(config.queue.max(1));
         let applied = Arc::new(watch::Sender::new(from));
+        let started = Arc::new(AtomicU64::new(from));
         let worker = Worker {
             reader: reader.clone(),
             appliers,
             applied: applied.clone(),
+            started: started.clone(),
             at: from,
             batch: config.read_batch.max(1),
         };
@@ -146,6 +150,7 @@ impl Follower {
         Ok(Arc::new(Self {
             signals: tx,
             applied,
+            started,
             reader,
             config,
         }))
@@ -173,6 +178,14 @@ impl Follower {
     /// Reads the head at once (after a bus reconnect: anything may have been missed).
     pub fn poll_now(&self) {
         let _ = self.signals.try_send(Signal::Poll);
+    }
+
+    /// The highest position whose applying has begun. Every later entry is applied, its
+    /// message handed to delivery, after this is read, so a stream registered before reading
+    /// it gets every later message live. [`Progress::applied`] is no such bound: it moves
+    /// after a whole batch, so entries of the batch under way are already delivered.
+    pub fn started(&self) -> Position {
+        self.started.load(Ordering::SeqCst)
     }
 }
 
@@ -211,6 +224,7 @@ struct Worker {
     reader: Arc<dyn LogReader>,
     appliers: Appliers,
     applied: Arc<watch::Sender<Position>>,
+    started: Arc<AtomicU64>,
     at: Position,
     batch: usize,
 }
@@ -250,8 +264,7 @@ impl Worker {
                     return;
                 }
             }
-            self.appliers.apply(&e);
-            self.at = e.pos;
+            self.apply(&e);
         }
         self.publish();
     }
@@ -264,8 +277,7 @@ impl Worker {
                     let complete = entries.len() < self.batch;
                     for e in &entries {
                         if e.pos > self.at {
-                            self.appliers.apply(e);
-                            self.at = e.pos;
+                            self.apply(e);
                         }
                     }
                     if complete {
@@ -281,6 +293,13 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Applies one entry, announcing it as started first (see [`Follower::started`]).
+    fn apply(&mut self, e: &LogEntry) {
+        self.started.store(e.pos, Ordering::SeqCst);
+        self.appliers.apply(e);
+        self.at = e.pos;
     }
 
     fn publish(&self) {

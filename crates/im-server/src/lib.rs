@@ -23,7 +23,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use im_channel::{ChannelGroup, ChannelGroupConfig, MessageHistory, MessageLog};
+use im_channel::{ChannelGroup, ChannelGroupConfig, MessageHistory, MessageLog, RecentClientIds};
 use im_classifier::{DEFAULT_GROUP, MessageClassifier};
 use im_cluster::{
     Appliers, Bus, Entry, Follower, FollowerConfig, Inbound, Link, LocalBus, LogReader, NodeId,
@@ -206,9 +206,14 @@ impl ImServerBuilder {
 
         // The one path from committed state to memory: messages to local delivery, changes to
         // the caches, in position order, on this node whoever wrote them.
+        let recent = Arc::new(RecentClientIds::new(RECENT_CLIENT_IDS));
+        let noted = recent.clone();
         let appliers = Appliers::new()
             .messages(move |_, e: &Entry| {
                 if let Entry::Message(m) = e {
+                    if let Some(cid) = &m.client_id {
+                        noted.record(m.from, cid);
+                    }
                     pool.dispatch(m);
                 }
             })
@@ -227,9 +232,9 @@ impl ImServerBuilder {
             offer.offer(entries);
         }));
         // A stream opened with nothing to replay then reads no store: every message after
-        // the follower's position is dispatched after the stream registered.
+        // the position the follower has started is dispatched after the stream registered.
         let head = follower.clone();
-        broker.set_live_head(move || im_protocol::MessageId(head.applied()));
+        broker.set_live_head(move || im_protocol::MessageId(head.started()));
         users.attach_log(follower.clone());
         users.spawn_session_sweeper();
         files.attach_log(follower.clone());
@@ -297,6 +302,7 @@ impl ImServerBuilder {
             progress: follower,
             readiness,
             limiter,
+            recent,
         };
         Ok(ImServer {
             app: Arc::new(app),
@@ -308,6 +314,10 @@ impl ImServerBuilder {
 /// How often rate-limit keys whose budget is full again are forgotten, so that a flood of
 /// distinct addresses holds memory for at most about this long plus the longest refill.
 const RATE_LIMIT_PURGE: Duration = Duration::from_secs(10);
+
+/// Client ids of the last messages stored (about 1 MiB at most): a retry within this many
+/// messages is answered from the store before any handler runs.
+const RECENT_CLIENT_IDS: usize = 65_536;
 
 /// The store adapter the configuration chose, seen as the ports the other crates use.
 struct Stores {

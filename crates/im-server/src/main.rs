@@ -3,6 +3,10 @@
 use im_server::{Command, Config, ImServer};
 use std::process::ExitCode;
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let (command, config) = match Config::load(std::env::args().skip(1), std::env::vars()) {
         Ok(loaded) => loaded,

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyDataStream, Either, Full};
-use im_channel::{ChannelGroup, MessageHistory, Outcome, Pending};
+use im_channel::{ChannelGroup, MessageHistory, Outcome, Pending, RecentClientIds};
 use im_classifier::MessageClassifier;
 use im_cluster::Progress;
 use im_files::{FileProxy, RangeReply};
@@ -45,6 +45,18 @@ pub(crate) struct App {
     pub readiness: Arc<crate::ready::Readiness>,
     /// Login, registration, message and upload budgets (`[rate_limits]`).
     pub limiter: Arc<dyn RateLimiter>,
+    /// The client ids stored lately, which spare a new one the store read.
+    pub recent: Arc<RecentClientIds>,
+}
+
+/// `{"message": M}`, serialized straight from the message: building a `serde_json::Value`
+/// first cost an allocation per field on every post.
+fn message_reply(status: StatusCode, message: &im_protocol::Message) -> Response<Body> {
+    #[derive(serde::Serialize)]
+    struct Reply<'a> {
+        message: &'a im_protocol::Message,
+    }
+    json(status, &Reply { message })
 }
 
 /// Refusals that memory behind the log could explain (a friendship, membership or upload
@@ -728,13 +740,43 @@ impl App {
             ));
         }
         // A retry of a stored message gets the first answer, whatever the handlers would say now
-        // (a file that expired, a friendship that ended). The writer checks again, for retries
-        // that race each other.
-        if let Some(cid) = &draft.client_id {
-            if let Some(first) = self.history.by_client_id(who.user, cid).await? {
-                return Ok(json(StatusCode::OK, &json!({ "message": first })));
+        // (a file that expired, a friendship that ended). A `client_id` used lately is looked
+        // up before anything runs; any other is new but for a rare old retry, which the writer
+        // answers as a duplicate, or, if refused on the way, the lookup after the refusal.
+        let cid = draft.client_id.clone();
+        let known = cid
+            .as_deref()
+            .is_some_and(|c| self.recent.may_contain(who.user, c));
+        if known {
+            if let Some(first) = self.first_of(who.user, cid.as_deref()).await? {
+                return Ok(first);
             }
         }
+        match self.submit(who, draft).await {
+            Err(e) if !known => match self.first_of(who.user, cid.as_deref()).await? {
+                Some(first) => Ok(first),
+                None => Err(e),
+            },
+            answer => answer,
+        }
+    }
+
+    /// The 200 answer for a repeated `client_id`, if `from` stored a message with it.
+    async fn first_of(
+        &self,
+        from: UserId,
+        cid: Option<&str>,
+    ) -> Result<Option<Response<Body>>, ApiError> {
+        let Some(cid) = cid else { return Ok(None) };
+        Ok(self
+            .history
+            .by_client_id(from, cid)
+            .await?
+            .map(|first| message_reply(StatusCode::OK, &first)))
+    }
+
+    /// Classifies a draft and runs it through its channel group to the log.
+    async fn submit(&self, who: Principal, draft: Draft) -> Reply {
         let route = self.classifier.classify(&draft.kind, &draft.body)?;
         let group = self.groups.get(route.group).ok_or_else(|| {
             ApiError::new(
@@ -762,8 +804,8 @@ impl App {
                 .await
                 .map_err(|_| ApiError::new(ErrorCode::Internal, "the message was not stored"))?;
             return match outcome {
-                Outcome::Stored(m) => Ok(json(StatusCode::CREATED, &json!({ "message": m }))),
-                Outcome::Duplicate(m) => Ok(json(StatusCode::OK, &json!({ "message": m }))),
+                Outcome::Stored(m) => Ok(message_reply(StatusCode::CREATED, &m)),
+                Outcome::Duplicate(m) => Ok(message_reply(StatusCode::OK, &m)),
                 Outcome::Rejected(e) if may_be_stale(&e) && second.is_some() => {
                     if self.progress.catch_up().await.is_err() {
                         return Err(e);

@@ -192,6 +192,68 @@ async fn client_id_makes_posts_idempotent() {
     server.shutdown().await;
 }
 
+/// A retry the server does not remember (it restarted since, as it forgets after many
+/// messages) still gets the first message: from the log's own check when the chain accepts
+/// it, and from a lookup after the refusal when the chain refuses it now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_restart_still_gets_the_first_message() {
+    let server = TestServer::start().await;
+    let (alice, _) = pair(&server).await;
+    let first = alice
+        .post_text(Target::User(UserId(2)), "once", Some("k-1"))
+        .await
+        .unwrap();
+    assert_eq!(first.status, StatusCode::CREATED);
+    let server = server.restart().await;
+    let alice = server
+        .client()
+        .login("alice", "alice-password")
+        .await
+        .unwrap();
+    let again = alice
+        .post_text(Target::User(UserId(2)), "changed", Some("k-1"))
+        .await
+        .unwrap();
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.json()["message"], first.json()["message"]);
+
+    let server = server.restart().await;
+    let alice = server
+        .client()
+        .login("alice", "alice-password")
+        .await
+        .unwrap();
+    let res = alice
+        .call(Method::DELETE, "/api/v1/friends/2", None)
+        .await
+        .unwrap();
+    assert_eq!(res.status, StatusCode::NO_CONTENT);
+    for body in ["once", "not even text"] {
+        let retry = if body == "once" {
+            alice
+                .post_text(Target::User(UserId(2)), body, Some("k-1"))
+                .await
+        } else {
+            // A kind nobody registered: refused by the classifier, before any chain.
+            let draft = serde_json::json!(
+                {"to": {"user": 2}, "kind": "nope", "body": {}, "client_id": "k-1"}
+            );
+            alice
+                .call(Method::POST, "/api/v1/messages", Some(&draft))
+                .await
+        }
+        .unwrap();
+        assert_eq!(retry.status, StatusCode::OK, "{body}");
+        assert_eq!(retry.json()["message"], first.json()["message"]);
+    }
+    let fresh = alice
+        .post_text(Target::User(UserId(2)), "new", Some("k-2"))
+        .await
+        .unwrap();
+    assert_eq!(fresh.error_code().as_deref(), Some("not_friends"));
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conversations_list_with_unread() {
     let server = TestServer::start().await;

@@ -65,27 +65,17 @@ pub(crate) fn insert(
         msg.sent_at as i64,
         MessageRecord::encode(&msg)?
     ])?;
-    // Direct chats keep a per-user row for the conversation list; group lists come from
-    // membership, so a group message costs no per-member write.
+    // Direct chats keep a per-user row for the conversation list, written by the chat's first
+    // message only (later ones find it and write nothing); group lists come from membership,
+    // so a group message costs no per-member write.
     if let Target::User(to) = msg.to {
         let mut touch = conn.prepare_cached(
-            "INSERT INTO conversation_members (user_id, conversation, peer_user, group_id, last_message_id)
-             VALUES (?1, ?2, ?3, NULL, ?4)
-             ON CONFLICT (user_id, conversation) DO UPDATE SET last_message_id = excluded.last_message_id",
+            "INSERT OR IGNORE INTO conversation_members (user_id, conversation, peer_user)
+             VALUES (?1, ?2, ?3)",
         )?;
-        touch.execute(params![
-            msg.from.0 as i64,
-            msg.conversation,
-            to.0 as i64,
-            id as i64
-        ])?;
+        touch.execute(params![msg.from.0 as i64, msg.conversation, to.0 as i64])?;
         if to != msg.from {
-            touch.execute(params![
-                to.0 as i64,
-                msg.conversation,
-                msg.from.0 as i64,
-                id as i64
-            ])?;
+            touch.execute(params![to.0 as i64, msg.conversation, msg.from.0 as i64])?;
         }
     }
     Ok((msg, true))
@@ -136,11 +126,12 @@ impl MessageHistory for SqliteStore {
         self.read(move |conn| {
             let me = user.0 as i64;
             let mut stmt = conn.prepare_cached(
-                "SELECT conversation, peer_user, NULL, last_message_id FROM conversation_members
-                   WHERE user_id = ?1 AND peer_user IS NOT NULL
+                "SELECT cm.conversation, cm.peer_user, NULL,
+                   (SELECT MAX(m.id) FROM messages m WHERE m.conversation = cm.conversation)
+                   FROM conversation_members cm WHERE cm.user_id = ?1 AND cm.peer_user IS NOT NULL
                  UNION ALL
                  SELECT 'g' || gm.group_id, NULL, gm.group_id,
-                   (SELECT MAX(m.id) FROM messages m WHERE m.group_id = gm.group_id)
+                   (SELECT MAX(m.id) FROM messages m WHERE m.conversation = 'g' || gm.group_id)
                    FROM group_members gm WHERE gm.user_id = ?1",
             )?;
             let rows = stmt.query_map(params![me], |r| {
@@ -228,11 +219,16 @@ impl MessageHistory for SqliteStore {
 }
 
 /// The messages of `?3` with `?1 < id <= ?2`: sent, received directly, or in a group the
-/// user is a member of now.
+/// user is a member of now. Both are found by conversation: a direct chat's first message
+/// gives both users their `conversation_members` row in its transaction, so those rows are
+/// exactly the user's direct chats; one index (`messages_conversation`) serves every
+/// conversation, which spares each message the writes of a sender, a recipient and a group
+/// index.
 macro_rules! replay_range {
     () => {
-        "FROM messages WHERE id > ?1 AND id <= ?2 AND (sender = ?3 OR recipient = ?3
-           OR group_id IN (SELECT group_id FROM group_members WHERE user_id = ?3))"
+        "FROM messages WHERE id > ?1 AND id <= ?2 AND conversation IN (
+           SELECT conversation FROM conversation_members WHERE user_id = ?3
+           UNION ALL SELECT 'g' || group_id FROM group_members WHERE user_id = ?3)"
     };
 }
 

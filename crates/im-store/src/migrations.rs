@@ -113,6 +113,17 @@ const MIGRATIONS: &[&str] = &[
     UPDATE sessions SET last_seen_at = created_at;
     CREATE INDEX sessions_last_seen ON sessions(last_seen_at);
     CREATE INDEX sessions_created ON sessions(created_at);",
+    // 6: one index per message besides the key. The conversation list finds a chat's newest
+    // message, and the replay a user's messages, by conversation (`messages_conversation`),
+    // so a message no longer rewrites two `conversation_members` rows and their index, nor
+    // inserts into a sender, a recipient and a group index: each of those took a random page
+    // per message into every commit's WAL. `read_up_to` moved to `read_positions` in 2.
+    "DROP INDEX conversation_members_recent;
+    DROP INDEX messages_sender;
+    DROP INDEX messages_recipient;
+    DROP INDEX messages_group;
+    ALTER TABLE conversation_members DROP COLUMN last_message_id;
+    ALTER TABLE conversation_members DROP COLUMN read_up_to;",
 ];
 
 /// Brings the schema to the latest version in one transaction.
@@ -132,4 +143,49 @@ pub(crate) fn run(conn: &mut Connection) -> Result<(), StoreError> {
     }
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_6_keeps_every_conversation_row() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let tx = conn.transaction().unwrap();
+        for sql in &MIGRATIONS[..5] {
+            tx.execute_batch(sql).unwrap();
+        }
+        tx.pragma_update(None, "user_version", 5).unwrap();
+        tx.commit().unwrap();
+        conn.execute(
+            "INSERT INTO conversation_members
+               (user_id, conversation, peer_user, group_id, last_message_id, read_up_to)
+             VALUES (1, 'd1-2', 2, NULL, 7, 3), (2, 'd1-2', 1, NULL, 7, 0)",
+            [],
+        )
+        .unwrap();
+
+        run(&mut conn).unwrap();
+
+        let rows: Vec<(i64, String, i64)> = conn
+            .prepare("SELECT user_id, conversation, peer_user FROM conversation_members")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, vec![(1, "d1-2".into(), 2), (2, "d1-2".into(), 1)]);
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('conversation_members')")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            columns,
+            ["user_id", "conversation", "peer_user", "group_id"]
+        );
+    }
 }

@@ -97,19 +97,36 @@ impl TestServer {
         customize: impl FnOnce(ImServerBuilder) -> ImServerBuilder,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = test_config(dir.path());
         // `IM_TEST_STORE=postgres` runs the same tests on PostgreSQL, each server on a
         // database of its own.
         let db = match std::env::var("IM_TEST_STORE").as_deref() {
-            Ok("postgres") => {
-                let db = im_testkit::TempDatabase::create().await;
-                config.store = im_server::StoreKind::Postgres;
-                config.postgres.url = db.url().to_owned();
-                config.files.dir = Some(dir.path().join("files"));
-                Some(db)
-            }
+            Ok("postgres") => Some(im_testkit::TempDatabase::create().await),
             _ => None,
         };
+        Self::launch(dir, db, configure, customize).await
+    }
+
+    /// Stops the server gracefully and starts a new one on the same data (its directory, and
+    /// its database on PostgreSQL), with the test config.
+    pub async fn restart(mut self) -> Self {
+        self.stop().await;
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let db = self.db.take();
+        Self::launch(dir, db, |_| {}, |b| b).await
+    }
+
+    async fn launch(
+        dir: tempfile::TempDir,
+        db: Option<im_testkit::TempDatabase>,
+        configure: impl FnOnce(&mut Config),
+        customize: impl FnOnce(ImServerBuilder) -> ImServerBuilder,
+    ) -> Self {
+        let mut config = test_config(dir.path());
+        if let Some(db) = &db {
+            config.store = im_server::StoreKind::Postgres;
+            config.postgres.url = db.url().to_owned();
+            config.files.dir = Some(dir.path().join("files"));
+        }
         configure(&mut config);
         let builder = ImServer::builder().config(config);
         let server = customize(builder).bind().await.expect("server binds");
@@ -138,6 +155,10 @@ impl TestServer {
 
     /// Triggers graceful shutdown and waits for the server to finish.
     pub async fn shutdown(mut self) {
+        self.stop().await;
+    }
+
+    async fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -70,11 +70,14 @@ impl MessageHistory for PgStore {
             let stmt = c
                 .prepare_cached(
                     "WITH convs AS (
-                       SELECT conversation, peer_user, NULL::INT8 AS group_id, last_message_id AS last
-                         FROM conversation_members WHERE user_id = $1
+                       SELECT cm.conversation, cm.peer_user, NULL::INT8 AS group_id,
+                              (SELECT MAX(m.id) FROM messages m
+                                WHERE m.conversation = cm.conversation) AS last
+                         FROM conversation_members cm WHERE cm.user_id = $1
                        UNION ALL
                        SELECT 'g' || gm.group_id, NULL, gm.group_id,
-                              (SELECT MAX(m.id) FROM messages m WHERE m.group_id = gm.group_id)
+                              (SELECT MAX(m.id) FROM messages m
+                                WHERE m.conversation = 'g' || gm.group_id)
                          FROM group_members gm WHERE gm.user_id = $1)
                      SELECT c.conversation, c.peer_user, c.group_id, m.record,
                        (SELECT COUNT(*) FROM messages u
@@ -137,11 +140,12 @@ impl MessageHistory for PgStore {
 }
 
 /// The messages of `$3` with `$1 < id <= $2`: sent, received directly, or in a group the
-/// user is a member of now.
+/// user is a member of now, found by conversation as on SQLite (`crate::messages`).
 macro_rules! replay_range {
     () => {
-        "FROM messages WHERE id > $1 AND id <= $2 AND (sender = $3 OR recipient = $3
-           OR group_id IN (SELECT group_id FROM group_members WHERE user_id = $3))"
+        "FROM messages WHERE id > $1 AND id <= $2 AND conversation IN (
+           SELECT conversation FROM conversation_members WHERE user_id = $3
+           UNION ALL SELECT 'g' || group_id FROM group_members WHERE user_id = $3)"
     };
 }
 

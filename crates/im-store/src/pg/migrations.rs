@@ -113,6 +113,13 @@ const MIGRATIONS: &[&str] = &[
     UPDATE sessions SET last_seen_at = created_at;
     CREATE INDEX sessions_last_seen ON sessions(last_seen_at);
     CREATE INDEX sessions_created ON sessions(created_at);",
+    // 3: as SQLite's version 6, a chat's newest message and a user's replay are found by
+    // conversation, so a message no longer rewrites conversation rows or writes a sender,
+    // a recipient and a group index.
+    "ALTER TABLE conversation_members DROP COLUMN last_message_id;
+    DROP INDEX messages_sender;
+    DROP INDEX messages_recipient;
+    DROP INDEX messages_group;",
 ];
 
 /// Brings the schema to the latest version in one transaction.

@@ -139,8 +139,8 @@ struct Rows {
     client_id: Vec<Option<String>>,
     sent_at: Vec<i64>,
     record: Vec<Vec<u8>>,
-    /// (user, conversation) -> (peer, newest id), for the conversation list of direct chats.
-    members: HashMap<(i64, String), (i64, i64)>,
+    /// (user, conversation) -> peer, for the conversation list of direct chats.
+    members: HashMap<(i64, String), i64>,
 }
 
 impl Rows {
@@ -161,8 +161,8 @@ impl Rows {
         self.record.push(record);
         if let Target::User(to) = msg.to {
             let (a, b) = (msg.from.0 as i64, to.0 as i64);
-            self.members.insert((a, msg.conversation.clone()), (b, id));
-            self.members.insert((b, msg.conversation.clone()), (a, id));
+            self.members.insert((a, msg.conversation.clone()), b);
+            self.members.insert((b, msg.conversation.clone()), a);
         }
         Ok(())
     }
@@ -420,23 +420,21 @@ async fn insert_members(tx: &Transaction<'_>, r: &Rows) -> Result<(), StoreError
     if r.members.is_empty() {
         return Ok(());
     }
-    let (mut user, mut conv, mut peer, mut last) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for ((u, c), (p, id)) in &r.members {
+    let (mut user, mut conv, mut peer) = (Vec::new(), Vec::new(), Vec::new());
+    for ((u, c), p) in &r.members {
         user.push(*u);
         conv.push(c.as_str());
         peer.push(*p);
-        last.push(*id);
     }
+    // The chat's first message makes the rows; later ones find them and write nothing.
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO conversation_members (user_id, conversation, peer_user, last_message_id)
-             SELECT * FROM UNNEST($1::INT8[], $2::TEXT[], $3::INT8[], $4::INT8[])
-             ON CONFLICT (user_id, conversation) DO UPDATE
-               SET last_message_id = GREATEST(conversation_members.last_message_id,
-                                              excluded.last_message_id)",
+            "INSERT INTO conversation_members (user_id, conversation, peer_user)
+             SELECT * FROM UNNEST($1::INT8[], $2::TEXT[], $3::INT8[])
+             ON CONFLICT (user_id, conversation) DO NOTHING",
         )
         .await?;
-    tx.execute(&stmt, &[&user, &conv, &peer, &last]).await?;
+    tx.execute(&stmt, &[&user, &conv, &peer]).await?;
     Ok(())
 }
 
