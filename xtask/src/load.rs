@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::AsyncBufReadExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// A failure of the generator or of the system under test.
@@ -36,6 +36,16 @@ pub enum Target {
     Ours,
     /// nchan (one channel, `/sub` and `/pub`).
     Nchan,
+}
+
+impl Target {
+    /// Its `--target` value.
+    fn arg(self) -> &'static str {
+        match self {
+            Self::Ours => "ours",
+            Self::Nchan => "nchan",
+        }
+    }
 }
 
 /// Parsed `loadgen` arguments: `--name value` pairs.
@@ -467,6 +477,64 @@ pub(crate) async fn accounts(
     .await
 }
 
+/// Makes the first of `users` (the hub) a friend of each of the others and creates a group
+/// named `name`, owned by the hub, with all of them; the group's id. `users` are what
+/// [`accounts`] registered with `prefix`: user i is `{prefix}{i}`.
+async fn hub_and_group(
+    addr: SocketAddr,
+    users: &[(String, u64)],
+    prefix: &str,
+    name: &str,
+) -> Result<u64> {
+    let k = users.len();
+    let hub = &users[0].0;
+    // The hub asks everyone; everyone asks back: crossing requests are accepted at once.
+    let asks = (1..k).map(|i| (hub.clone(), format!("{prefix}{i}")));
+    friend_requests(addr, asks.collect(), "pending").await?;
+    let answers = users[1..]
+        .iter()
+        .map(|u| (u.0.clone(), format!("{prefix}0")));
+    friend_requests(addr, answers.collect(), "accepted").await?;
+    let ids: Vec<u64> = users[1..].iter().map(|u| u.1).collect();
+    let mut c = Conn::open(addr, None).await?;
+    let (s, g) = c
+        .json(
+            "/api/v1/groups",
+            Some(hub),
+            &json!({"name": name, "members": ids}),
+        )
+        .await?;
+    if s != StatusCode::CREATED || g["group"]["members"].as_array().map(Vec::len) != Some(k) {
+        return Err(format!("creating the group failed: {s} {g}"));
+    }
+    Ok(g["group"]["id"].as_u64().unwrap_or(0))
+}
+
+/// Sends friend requests, each (the asker's token, the asked user's name), over 4
+/// connections; each must be answered 201 with a request in `state`.
+async fn friend_requests(
+    addr: SocketAddr,
+    asks: Vec<(String, String)>,
+    state: &'static str,
+) -> Result<()> {
+    let asks = Arc::new(asks);
+    for_each_conn(addr, asks.len(), 4, move |i, mut c| {
+        let (token, name) = asks[i].clone();
+        async move {
+            let body = json!({"username": name});
+            let (s, v) = c
+                .json("/api/v1/friends/requests", Some(&token), &body)
+                .await?;
+            if s != StatusCode::CREATED || v["request"]["state"] != state {
+                return Err(format!("friend request to {name}: {s} {v}"));
+            }
+            Ok(((), c))
+        }
+    })
+    .await?;
+    Ok(())
+}
+
 // ----- counting what arrived -----
 
 /// What one receiver got: each expected sequence number exactly once is the only pass.
@@ -651,112 +719,333 @@ where
     Ok(out)
 }
 
-// ----- idle -----
+// ----- idle: the connect burst -----
 
-/// N idle streams held open, spread over child processes of at most 8,000 connections each
-/// (each process may hold 20,000 files).
+/// Streams one `idle-part` child process holds at most (each process may hold 20,000 files).
+const STREAMS_PER_PART: usize = 8_000;
+
+/// How long the streams of one burst may take to open before the run fails.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How long the server may take to close its side of every stream once they closed.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The connect burst (issue 12): many streams opened at once on a fresh server, closed, and
+/// opened again, twice.
+///
+/// Ours: `--users` members (5,000) who are all friends of one more user, the hub, and in the
+/// hub's group, made as `fanout` makes its group ([`hub_and_group`]). Stream i belongs to
+/// member i mod users, so the `--n` = 15,000 streams are three per member. nchan: `--n`
+/// subscribers on `/sub`.
+///
+/// After the setup and 2 s of quiet, the server's memory is the idle baseline. Then come
+/// `--bursts` bursts (3). A burst opens all the streams as fast as this machine's client can:
+/// up to `--parallel` (2,000) connecting at once, spread over child processes (`idle-part`,
+/// at most [`STREAMS_PER_PART`] each) that start together on a word from this one. Every
+/// stream must answer 200 and send its first bytes, or the run fails. After 2 s the memory is
+/// read at N streams. Then every stream closes at once (the children exit). The generator
+/// waits until the server has closed them all (its open sockets back to the count before
+/// the burst, for at most 30 s), waits 3 s more, and reads the memory again. A thread counts
+/// the server's threads (all its processes') every 5 ms from the first burst to the last
+/// reading.
+///
+/// One run is the whole sequence on one server, and the generator does one run per call
+/// (`--runs` other than 1 is refused). The bursts are not repeats of one measurement: burst
+/// 2 starts from what burst 1 left behind, and only the first has a fresh server's baseline.
+/// A median over the bursts would mix the first burst's figures with the later ones'. So
+/// each burst's figures are reported on their own (`burst<b>_…`), and `cargo xtask bench`
+/// starts a fresh server for each of its runs and takes the medians over those.
+///
+/// The figures: `rss_idle_kib`, the baseline. `rss_streams_kib` (and `_mib`), the total at N
+/// streams in burst 1. `per_stream_kib` = (that − baseline) / N. `rss_closed_kib`, the total
+/// once burst 1's streams closed. `closed_vs_idle_pct` = (that − baseline) / baseline × 100.
+/// `burst<b>_growth_pct`, for the later bursts: what is left after burst b closed over what
+/// was left after burst b − 1, (closed_b − closed_(b−1)) / closed_(b−1) × 100. This is the
+/// issue's reading ("a second burst adds another 70 MiB, and a third 24 MiB"): memory kept
+/// after each burst. `later_growth_pct` is the largest of those. `peak_threads` is the most
+/// over all bursts, `connect_all_secs` is burst 1's. Each burst also reports how long the
+/// server took to close its streams (`drained_secs`), how many it still held then
+/// (`held_after_close`), and, while they opened, the connections the kernel dropped from a
+/// full listen queue (`listen_overflows`) and its SYN and SYN-ACK retransmissions
+/// (`syn_retransmits`), both machine-wide: each costs a connection a second or more.
 async fn idle(args: &Args) -> Result<Value> {
-    let addr = args.addr()?;
-    let target = args.target()?;
-    let n = args.num("n", 15_000)? as usize;
-    let pids = args.pids();
+    if args.num("runs", 1)? != 1 {
+        return Err("idle runs once per fresh server: start a server for each run".into());
+    }
+    let n = (args.num("n", 15_000)? as usize).max(1);
+    let members = (args.num("users", 5_000)? as usize).max(1);
+    let plan = Burst {
+        exe: std::env::current_exe().map_err(err)?,
+        addr: args.addr()?,
+        target: args.target()?,
+        n,
+        parallel: (args.num("parallel", 2_000)? as usize).max(1),
+        pids: args.pids(),
+        users: 0,
+        tokens: None,
+    };
     let tokens_file =
         std::env::temp_dir().join(format!("web-im-idle-{}.tokens", std::process::id()));
-    if target == Target::Ours {
-        let users = accounts(addr, "idle", n).await?;
-        let text: String = users.iter().map(|(t, _)| format!("{t}\n")).collect();
+    let plan = if plan.target == Target::Ours {
+        let users = accounts(plan.addr, "idle", members + 1).await?;
+        hub_and_group(plan.addr, &users, "idle", "idle").await?;
+        let text: String = (0..n)
+            .map(|i| format!("{}\n", users[1 + i % members].0))
+            .collect();
         std::fs::write(&tokens_file, text).map_err(err)?;
-    }
-    let exe = std::env::current_exe().map_err(err)?;
-    let per = 8_000usize;
-    let out = repeat(args.num("runs", 3)?, |_| {
-        let (exe, pids, tokens_file) = (exe.clone(), pids.clone(), tokens_file.clone());
-        async move {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let before = rss_kib(&pids);
-            let started = Instant::now();
-            let mut children = Vec::new();
-            for (i, from) in (0..n).step_by(per).enumerate() {
-                let to = (from + per).min(n);
-                let mut cmd = tokio::process::Command::new(&exe);
-                cmd.args([
-                    "loadgen",
-                    "idle-part",
-                    "--addr",
-                    &addr.to_string(),
-                    "--from",
-                    &from.to_string(),
-                    "--to",
-                    &to.to_string(),
-                ])
-                .args([
-                    "--part",
-                    &i.to_string(),
-                    "--target",
-                    if target == Target::Ours {
-                        "ours"
-                    } else {
-                        "nchan"
-                    },
-                ])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .kill_on_drop(true);
-                if target == Target::Ours {
-                    cmd.args(["--tokens", &tokens_file.display().to_string()]);
-                }
-                children.push(cmd.spawn().map_err(err)?);
-            }
-            let mut connected = 0u64;
-            for child in &mut children {
-                let stdout = child.stdout.take().ok_or("no stdout")?;
-                let mut lines = tokio::io::BufReader::new(stdout).lines();
-                let line = lines
-                    .next_line()
-                    .await
-                    .map_err(err)?
-                    .ok_or("an idle part died before connecting")?;
-                connected += line
-                    .strip_prefix("ready ")
-                    .and_then(|c| c.parse::<u64>().ok())
-                    .ok_or_else(|| format!("idle part said {line}"))?;
-            }
-            let connect_secs = started.elapsed().as_secs_f64();
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let after = rss_kib(&pids);
-            for mut child in children {
-                drop(child.stdin.take());
-                let _ = child.wait().await;
-            }
-            let ok = connected as usize == n;
-            let per_conn = (after.saturating_sub(before)) as f64 / n.max(1) as f64;
-            let mut v = json!({
-                "ok": ok,
-                "metrics": {
-                    "connections": connected,
-                    "rss_before_kib": before, "rss_after_kib": after,
-                    "rss_per_connection_kib": (per_conn * 100.0).round() / 100.0,
-                    "connect_all_secs": (connect_secs * 1000.0).round() / 1000.0,
-                }
-            });
-            if !ok {
-                v["problem"] = json!(format!("only {connected} of {n} streams opened"));
-            }
-            Ok(v)
+        Burst {
+            users: members,
+            tokens: Some(tokens_file.clone()),
+            ..plan
         }
-    })
-    .await;
+    } else {
+        plan
+    };
+    let bursts = args.num("bursts", 3)?.max(1) as usize;
+    let out = repeat(1, |_| bursts_on(&plan, bursts)).await;
     let _ = std::fs::remove_file(&tokens_file);
     out
 }
 
-/// One process's share of the idle streams: opens them, says `ready <count>`, and holds them
-/// until stdin closes.
+/// What every burst of `idle` opens, and against what.
+struct Burst {
+    /// This program, run again as the `idle-part` children.
+    exe: std::path::PathBuf,
+    addr: SocketAddr,
+    target: Target,
+    /// Streams per burst.
+    n: usize,
+    /// Streams connecting at once, over all children.
+    parallel: usize,
+    /// The server's processes.
+    pids: Vec<u32>,
+    /// The members whose streams they are (ours; 0 for nchan).
+    users: usize,
+    /// The file with stream i's token on line i (ours).
+    tokens: Option<std::path::PathBuf>,
+}
+
+/// One burst's readings.
+struct BurstFigures {
+    connect_secs: f64,
+    /// Total server memory at N streams.
+    streams_kib: u64,
+    /// Total server memory once the streams closed and the server let them go.
+    closed_kib: u64,
+    /// From the streams closing until the server had closed them all.
+    drained_secs: f64,
+    /// Streams the server still held when [`DRAIN_DEADLINE`] ran out (0: none).
+    held_after_close: u64,
+    /// Threads at most, all the server's processes together.
+    peak_threads: u64,
+    /// Connections the kernel dropped because a listen queue was full, machine-wide.
+    listen_overflows: u64,
+    /// SYN and SYN-ACK retransmissions, machine-wide.
+    syn_retransmits: u64,
+}
+
+/// The baseline and then `bursts` bursts on one server: one run of `idle`.
+async fn bursts_on(plan: &Burst, bursts: usize) -> Result<Value> {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_kib = rss_kib(&plan.pids);
+    let threads_idle = threads(&plan.pids);
+    let sampler = ThreadPeak::start(plan.pids.clone());
+    let mut figures: Vec<BurstFigures> = Vec::new();
+    let mut problem = None;
+    for b in 1..=bursts {
+        match burst(plan, &sampler).await? {
+            Ok(f) => {
+                eprintln!(
+                    "loadgen: burst {b}: {} streams in {:.2} s ({} SYN retransmits), {} KiB \
+                     open, {} KiB closed (drained in {:.1} s), {} threads at most",
+                    plan.n,
+                    f.connect_secs,
+                    f.syn_retransmits,
+                    f.streams_kib,
+                    f.closed_kib,
+                    f.drained_secs,
+                    f.peak_threads
+                );
+                figures.push(f);
+            }
+            Err(e) => {
+                problem = Some(format!("burst {b}: {e}"));
+                break;
+            }
+        }
+    }
+    drop(sampler);
+    let pct = |now: u64, before: u64| {
+        ((now as f64 - before as f64) / before.max(1) as f64 * 100.0 * 100.0).round() / 100.0
+    };
+    let mut m = serde_json::Map::new();
+    m.insert("streams".into(), json!(plan.n));
+    if plan.users > 0 {
+        m.insert("users".into(), json!(plan.users));
+    }
+    m.insert("rss_idle_kib".into(), json!(idle_kib));
+    m.insert("threads_idle".into(), json!(threads_idle));
+    if let Some(first) = figures.first() {
+        let per_stream = (first.streams_kib as f64 - idle_kib as f64) / plan.n as f64;
+        let mib = first.streams_kib as f64 / 1024.0;
+        let peak = figures.iter().map(|f| f.peak_threads).max().unwrap_or(0);
+        let entries = [
+            ("rss_streams_kib", json!(first.streams_kib)),
+            ("rss_streams_mib", json!((mib * 10.0).round() / 10.0)),
+            (
+                "per_stream_kib",
+                json!((per_stream * 100.0).round() / 100.0),
+            ),
+            ("rss_closed_kib", json!(first.closed_kib)),
+            ("closed_vs_idle_pct", json!(pct(first.closed_kib, idle_kib))),
+            ("peak_threads", json!(peak)),
+            (
+                "connect_all_secs",
+                json!((first.connect_secs * 1000.0).round() / 1000.0),
+            ),
+        ];
+        m.extend(entries.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    }
+    let mut later = Vec::new();
+    for (i, f) in figures.iter().enumerate() {
+        let key = |name: &str| format!("burst{}_{name}", i + 1);
+        m.insert(
+            key("connect_secs"),
+            json!((f.connect_secs * 1000.0).round() / 1000.0),
+        );
+        m.insert(key("rss_streams_kib"), json!(f.streams_kib));
+        m.insert(key("rss_closed_kib"), json!(f.closed_kib));
+        m.insert(
+            key("drained_secs"),
+            json!((f.drained_secs * 10.0).round() / 10.0),
+        );
+        m.insert(key("held_after_close"), json!(f.held_after_close));
+        m.insert(key("peak_threads"), json!(f.peak_threads));
+        m.insert(key("listen_overflows"), json!(f.listen_overflows));
+        m.insert(key("syn_retransmits"), json!(f.syn_retransmits));
+        if i > 0 {
+            let growth = pct(f.closed_kib, figures[i - 1].closed_kib);
+            m.insert(key("growth_pct"), json!(growth));
+            later.push(growth);
+        }
+    }
+    if let Some(worst) = later.into_iter().reduce(f64::max) {
+        m.insert("later_growth_pct".into(), json!(worst));
+    }
+    let mut v = json!({"ok": problem.is_none(), "metrics": m});
+    if let Some(p) = problem {
+        v["problem"] = json!(p);
+    }
+    Ok(v)
+}
+
+/// One burst: opens `plan.n` streams, reads the memory, closes them and reads it again. The
+/// inner error is the run's problem (a stream that did not open).
+async fn burst(
+    plan: &Burst,
+    sampler: &ThreadPeak,
+) -> Result<std::result::Result<BurstFigures, String>> {
+    let sockets_before = open_sockets(&plan.pids);
+    let overflows_before = listen_overflows();
+    let retransmits_before = syn_retransmits();
+    let parts = plan.n.div_ceil(STREAMS_PER_PART);
+    let share = plan.n.div_ceil(parts);
+    let mut children = Vec::with_capacity(parts);
+    for from in (0..plan.n).step_by(share) {
+        let mut cmd = tokio::process::Command::new(&plan.exe);
+        cmd.args(["loadgen", "idle-part", "--target", plan.target.arg()])
+            .args(["--addr", &plan.addr.to_string()])
+            .args(["--from", &from.to_string()])
+            .args(["--to", &(from + share).min(plan.n).to_string()])
+            .args(["--parallel", &plan.parallel.div_ceil(parts).to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(tokens) = &plan.tokens {
+            cmd.arg("--tokens").arg(tokens);
+        }
+        let mut child = cmd.spawn().map_err(err)?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        children.push((child, tokio::io::BufReader::new(stdout).lines()));
+    }
+    // Every part has read its tokens and waits for the word, so the clock runs from the
+    // first connection.
+    for (_, lines) in &mut children {
+        let line = lines.next_line().await.map_err(err)?;
+        if line.as_deref() != Some("set") {
+            return Err(format!("an idle part said {line:?} instead of `set`"));
+        }
+    }
+    let started = Instant::now();
+    for (child, _) in &mut children {
+        let stdin = child.stdin.as_mut().ok_or("no stdin")?;
+        stdin.write_all(b"go\n").await.map_err(err)?;
+        stdin.flush().await.map_err(err)?;
+    }
+    let (mut opened, mut failure) = (0usize, None);
+    for (_, lines) in &mut children {
+        let line = lines
+            .next_line()
+            .await
+            .map_err(err)?
+            .ok_or("an idle part died while connecting")?;
+        let (count, why) = line
+            .strip_prefix("opened ")
+            .map(|rest| rest.split_once(' ').unwrap_or((rest, "")))
+            .ok_or_else(|| format!("an idle part said {line}"))?;
+        opened += count.parse::<usize>().map_err(err)?;
+        if failure.is_none() && !why.is_empty() {
+            failure = Some(why.to_owned());
+        }
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    let listen_overflows = listen_overflows().saturating_sub(overflows_before);
+    let syn_retransmits = syn_retransmits().saturating_sub(retransmits_before);
+    if opened != plan.n {
+        return Ok(Err(format!(
+            "only {opened} of {} streams opened ({})",
+            plan.n,
+            failure.as_deref().unwrap_or("no reason given")
+        )));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let streams_kib = rss_kib(&plan.pids);
+    // All at once: each part exits when its stdin closes, and its streams close with it.
+    for (child, _) in &mut children {
+        drop(child.stdin.take());
+    }
+    for (mut child, _) in children {
+        let _ = child.wait().await;
+    }
+    let closed = Instant::now();
+    let mut held = open_sockets(&plan.pids).saturating_sub(sockets_before);
+    while held > 0 && closed.elapsed() < DRAIN_DEADLINE {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        held = open_sockets(&plan.pids).saturating_sub(sockets_before);
+    }
+    let drained_secs = closed.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    Ok(Ok(BurstFigures {
+        connect_secs,
+        streams_kib,
+        closed_kib: rss_kib(&plan.pids),
+        drained_secs,
+        held_after_close: held,
+        peak_threads: sampler.take(),
+        listen_overflows,
+        syn_retransmits,
+    }))
+}
+
+/// One process's share of a burst's streams (`--from` to `--to`): says `set` once ready,
+/// opens them on the word `go` (a line on stdin), up to `--parallel` connecting at once, and
+/// says `opened <count>`, followed by the first failure if any stream did not open (200 and
+/// its first bytes) within [`CONNECT_DEADLINE`]. Holds them until stdin closes.
 async fn idle_part(args: &Args) -> Result<()> {
     let addr = args.addr()?;
     let target = args.target()?;
     let (from, to) = (args.num("from", 0)? as usize, args.num("to", 0)? as usize);
-    let part = args.num("part", 0)? as usize;
+    let parallel = (args.num("parallel", 1_000)? as usize).max(1);
     let tokens: Vec<String> = match args.get("tokens") {
         Some(f) => std::fs::read_to_string(f)
             .map_err(err)?
@@ -765,11 +1054,17 @@ async fn idle_part(args: &Args) -> Result<()> {
             .collect(),
         None => Vec::new(),
     };
-    let opened = Arc::new(AtomicU64::new(0));
-    let gate = Arc::new(tokio::sync::Semaphore::new(256));
-    let mut tasks = Vec::new();
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let mut line = String::new();
+    println!("set");
+    if stdin.read_line(&mut line).await.map_err(err)? == 0 {
+        return Ok(());
+    }
+    let gate = Arc::new(tokio::sync::Semaphore::new(parallel));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // Each task holds its stream until this process exits.
     for i in from..to {
-        let (opened, gate) = (opened.clone(), gate.clone());
+        let (gate, tx) = (gate.clone(), tx.clone());
         let (path, headers) = match target {
             Target::Ours => (
                 "/api/v1/events",
@@ -780,31 +1075,127 @@ async fn idle_part(args: &Args) -> Result<()> {
             ),
             Target::Nchan => ("/sub", vec![]),
         };
-        tasks.push(tokio::spawn(async move {
-            let permit = gate.acquire_owned().await.map_err(err)?;
-            let mut body =
-                open_stream(addr, Some(source(part * 8 + i % 8)), path, &headers).await?;
-            // The first bytes (our retry hint, nchan's stream opening) prove the stream is live.
-            let _ = body.frame().await;
+        tokio::spawn(async move {
+            let permit = gate.acquire_owned().await;
+            let opened = live_stream(addr, source(i), path, &headers).await;
             drop(permit);
-            opened.fetch_add(1, Ordering::Relaxed);
-            while let Some(Ok(_)) = body.frame().await {}
-            Ok::<(), Error>(())
-        }));
+            match opened {
+                Ok(mut body) => {
+                    let _ = tx.send(Ok(()));
+                    while let Some(Ok(_)) = body.frame().await {}
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(format!("stream {i}: {e}")));
+                }
+            }
+        });
     }
-    let total = to - from;
-    while (opened.load(Ordering::Relaxed) as usize) < total {
-        if tasks.iter().all(|t| t.is_finished()) {
-            break;
+    drop(tx);
+    let total = to.saturating_sub(from);
+    let (mut opened, mut answered, mut failure) = (0usize, 0usize, None);
+    let deadline = tokio::time::sleep(CONNECT_DEADLINE);
+    tokio::pin!(deadline);
+    while answered < total {
+        tokio::select! {
+            r = rx.recv() => match r {
+                Some(Ok(())) => opened += 1,
+                Some(Err(e)) => { failure.get_or_insert(e); }
+                None => break,
+            },
+            _ = &mut deadline => {
+                failure.get_or_insert(format!(
+                    "{} streams not open after {} s",
+                    total - answered,
+                    CONNECT_DEADLINE.as_secs()
+                ));
+                break;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        answered += 1;
     }
-    println!("ready {}", opened.load(Ordering::Relaxed));
-    let mut line = String::new();
-    let _ = tokio::io::BufReader::new(tokio::io::stdin())
-        .read_line(&mut line)
-        .await;
+    match failure {
+        Some(e) => println!("opened {opened} {e}"),
+        None => println!("opened {opened}"),
+    }
+    line.clear();
+    let _ = stdin.read_line(&mut line).await;
     Ok(())
+}
+
+/// An event stream that answered 200 and sent its first bytes (our `retry:` hint, nchan's
+/// opening), which prove it live.
+async fn live_stream(
+    addr: SocketAddr,
+    src: IpAddr,
+    path: &str,
+    headers: &[(&str, String)],
+) -> Result<Incoming> {
+    let mut body = open_stream(addr, Some(src), path, headers).await?;
+    match body.frame().await {
+        Some(Ok(frame)) if frame.is_data() => Ok(body),
+        Some(Ok(_)) => Err("the stream sent trailers first".into()),
+        Some(Err(e)) => Err(format!("the stream broke before its first bytes: {e}")),
+        None => Err("the stream ended before its first bytes".into()),
+    }
+}
+
+/// Threads of the given processes together (`Threads:` in `/proc/<pid>/status`).
+fn threads(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| proc_field(&format!("/proc/{p}/status"), "Threads:"))
+        .sum()
+}
+
+/// Open sockets of the given processes together (entries of `/proc/<pid>/fd` that link to
+/// `socket:[…]`; a process this one may not read counts 0).
+fn open_sockets(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/fd")).ok())
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().starts_with("socket:"))
+        .count() as u64
+}
+
+/// The most [`threads`] seen, sampled every 5 ms on a thread of its own (the runtime's are
+/// busy with the burst) until dropped.
+struct ThreadPeak {
+    peak: Arc<AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    sampler: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ThreadPeak {
+    fn start(pids: Vec<u32>) -> Self {
+        let peak = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        let sampler = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(threads(&pids), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Self {
+            peak,
+            stop,
+            sampler: Some(sampler),
+        }
+    }
+
+    /// The peak since the last `take` (or the start), and starts over.
+    fn take(&self) -> u64 {
+        self.peak.swap(0, Ordering::Relaxed)
+    }
+}
+
+impl Drop for ThreadPeak {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.sampler.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 // ----- fanout -----
@@ -826,55 +1217,8 @@ async fn fanout(args: &Args) -> Result<Value> {
     let (tokens, group) = match target {
         Target::Ours => {
             let users = accounts(addr, "fan", k).await?;
-            let owner = users[0].0.clone();
-            let names: Vec<String> = (1..k).map(|i| format!("fan{i}")).collect();
-            // Owner asks everyone; everyone asks back: crossing requests are accepted at once.
-            let o = owner.clone();
-            let names2 = names.clone();
-            for_each_conn(addr, names.len(), 4, move |i, mut c| {
-                let (o, n) = (o.clone(), names2[i].clone());
-                async move {
-                    c.json(
-                        "/api/v1/friends/requests",
-                        Some(&o),
-                        &json!({"username": n}),
-                    )
-                    .await?;
-                    Ok(((), c))
-                }
-            })
-            .await?;
-            let u2 = users.clone();
-            for_each_conn(addr, k - 1, 4, move |i, mut c| {
-                let t = u2[i + 1].0.clone();
-                async move {
-                    c.json(
-                        "/api/v1/friends/requests",
-                        Some(&t),
-                        &json!({"username": "fan0"}),
-                    )
-                    .await?;
-                    Ok(((), c))
-                }
-            })
-            .await?;
-            let ids: Vec<u64> = users[1..].iter().map(|u| u.1).collect();
-            let mut c = Conn::open(addr, None).await?;
-            let (s, g) = c
-                .json(
-                    "/api/v1/groups",
-                    Some(&owner),
-                    &json!({"name": "fanout", "members": ids}),
-                )
-                .await?;
-            if s != StatusCode::CREATED || g["group"]["members"].as_array().map(Vec::len) != Some(k)
-            {
-                return Err(format!("creating the group failed: {s} {g}"));
-            }
-            (
-                users.into_iter().map(|u| u.0).collect::<Vec<_>>(),
-                g["group"]["id"].as_u64().unwrap_or(0),
-            )
+            let group = hub_and_group(addr, &users, "fan", "fanout").await?;
+            (users.into_iter().map(|u| u.0).collect::<Vec<_>>(), group)
         }
         Target::Nchan => (Vec::new(), 0),
     };
@@ -1578,6 +1922,17 @@ async fn failover_sender(
 /// The kernel's count of connections dropped because a listen queue was full
 /// (`TcpExt: ListenOverflows` in `/proc/net/netstat`, machine-wide).
 fn listen_overflows() -> u64 {
+    tcp_ext("ListenOverflows")
+}
+
+/// The kernel's count of SYN and SYN-ACK retransmissions (`TcpExt: TCPSynRetrans`,
+/// machine-wide): each costs a connection at least a second.
+fn syn_retransmits() -> u64 {
+    tcp_ext("TCPSynRetrans")
+}
+
+/// A `TcpExt:` counter of `/proc/net/netstat` (machine-wide; 0 if absent).
+fn tcp_ext(name: &str) -> u64 {
     let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
     let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
     let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
@@ -1586,7 +1941,7 @@ fn listen_overflows() -> u64 {
     names
         .split_whitespace()
         .zip(values.split_whitespace())
-        .find(|(n, _)| *n == "ListenOverflows")
+        .find(|(n, _)| *n == name)
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0)
 }
