@@ -3,9 +3,7 @@
 use im_server::{Command, Config, ImServer};
 use std::process::ExitCode;
 
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod trim;
 
 fn main() -> ExitCode {
     let (command, config) = match Config::load(std::env::args().skip(1), std::env::vars()) {
@@ -51,6 +49,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    trim::spawn();
     let result = runtime.block_on(async {
         let server = match ImServer::builder().config(config).bind().await {
             Ok(server) => server,
