@@ -5,7 +5,9 @@
 //! 11 MiB, and `malloc_trim(0)` brought it to 22 MiB (measured with `cargo xtask bench idle`,
 //! trimming by hand from gdb). mimalloc measured worse (it kept 430 MiB after the close), so
 //! the binary keeps the system allocator and trims: a thread looks every [`EVERY`] at the free
-//! memory held in the arenas and trims once it is over [`FREE_BYTES`].
+//! memory malloc holds and trims once it has grown by [`FREE_BYTES`] over its lowest level
+//! since the last trim. (Trimmed memory still counts as free, so "over a fixed level" would
+//! trim again every time after a burst.)
 
 use std::time::Duration;
 
@@ -13,12 +15,26 @@ use std::time::Duration;
 /// lock, which takes well under a millisecond except right after a burst.
 const EVERY: Duration = Duration::from_secs(2);
 
-/// Free memory in the arenas worth giving back; below it a trim would gain little.
+/// Newly freed memory worth giving back; below it a trim would gain little.
 const FREE_BYTES: usize = 16 * 1024 * 1024;
 
-/// Whether `free` bytes held by malloc are worth a trim.
-fn worth_trimming(free: usize) -> bool {
-    free > FREE_BYTES
+/// When to trim, from the free memory malloc reports at each look.
+#[derive(Debug, Default)]
+struct Trigger {
+    /// The lowest free memory seen since the last trim (after a trim: what it left).
+    floor: usize,
+}
+
+impl Trigger {
+    /// Whether `free` bytes, read now, are worth a trim; a trim resets the floor to `free`.
+    fn look(&mut self, free: usize) -> bool {
+        self.floor = self.floor.min(free);
+        let trim = free > self.floor.saturating_add(FREE_BYTES);
+        if trim {
+            self.floor = free;
+        }
+        trim
+    }
 }
 
 /// Starts the `im-trim` thread; it runs for the life of the process.
@@ -27,12 +43,14 @@ pub fn spawn() {
     let started = std::thread::Builder::new()
         .name("im-trim".into())
         .spawn(|| {
+            let mut trigger = Trigger::default();
             loop {
                 std::thread::sleep(EVERY);
-                // SAFETY: both are plain glibc calls without preconditions; they lock each
-                // arena in turn, as malloc itself does.
+                // SAFETY: both are plain glibc calls without preconditions; they lock the
+                // arenas in turn, as malloc itself does. `mallinfo2` reports the main arena
+                // only, a sample of the whole; `malloc_trim` trims every arena.
                 let free = unsafe { libc::mallinfo2() }.fordblks;
-                if worth_trimming(free) {
+                if trigger.look(free) {
                     unsafe { libc::malloc_trim(0) };
                 }
             }
@@ -50,11 +68,18 @@ pub fn spawn() {}
 mod tests {
     use super::*;
 
+    const MIB: usize = 1024 * 1024;
+
     #[test]
-    fn trims_only_when_much_is_free() {
-        assert!(!worth_trimming(0));
-        assert!(!worth_trimming(FREE_BYTES));
-        assert!(worth_trimming(FREE_BYTES + 1));
-        assert!(worth_trimming(240 * 1024 * 1024));
+    fn trims_once_per_burst_of_freed_memory() {
+        let mut t = Trigger::default();
+        assert!(!t.look(0));
+        assert!(!t.look(FREE_BYTES), "a little freed memory is left alone");
+        assert!(t.look(240 * MIB), "a burst closed");
+        assert!(!t.look(240 * MIB), "trimmed memory still counts as free");
+        assert!(!t.look(245 * MIB));
+        // The next burst reuses the free memory, and frees it again when it closes.
+        assert!(!t.look(2 * MIB));
+        assert!(t.look(230 * MIB));
     }
 }
