@@ -33,7 +33,8 @@ commands:
   ci                 cargo fmt --check, clippy -D warnings, all tests, doc tests (fails fast)
   bench [SCENARIO...] [--quick]
                      run benchmarks and update docs/BENCHMARKS.md; SCENARIO is micro (criterion),
-                     idle, fanout, direct, resume (load, side by side with nchan) or cluster
+                     idle, fanout, direct, resume, login (load; idle and fanout side by side
+                     with nchan) or cluster
                      (direct chat on SQLite and on PostgreSQL + Redis with 1-3 nodes, fan-out to
                      5,000 over 2 nodes, clients of a killed node caught up); default: all.
                      --quick: small sizes, our server only, docs/ untouched (CI smoke run)
