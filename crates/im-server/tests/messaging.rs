@@ -188,6 +188,17 @@ async fn client_id_makes_posts_idempotent() {
     server.shutdown().await;
 }
 
+/// The server restarted on its data, and alice logged in again.
+async fn restarted(server: TestServer) -> (TestServer, Client) {
+    let server = server.restart().await;
+    let alice = server
+        .client()
+        .login("alice", "alice-password")
+        .await
+        .unwrap();
+    (server, alice)
+}
+
 /// After alice unfriended bob, a message with a new `client_id` is refused.
 async fn refused_as_strangers(alice: &Client) {
     let fresh = alice
@@ -209,12 +220,7 @@ async fn a_retry_after_a_restart_still_gets_the_first_message() {
         .await
         .unwrap();
     assert_eq!(first.status, StatusCode::CREATED);
-    let server = server.restart().await;
-    let alice = server
-        .client()
-        .login("alice", "alice-password")
-        .await
-        .unwrap();
+    let (server, alice) = restarted(server).await;
     let again = alice
         .post_text(Target::User(UserId(2)), "changed", Some("k-1"))
         .await
@@ -222,12 +228,7 @@ async fn a_retry_after_a_restart_still_gets_the_first_message() {
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(again.json()["message"], first.json()["message"]);
 
-    let server = server.restart().await;
-    let alice = server
-        .client()
-        .login("alice", "alice-password")
-        .await
-        .unwrap();
+    let (server, alice) = restarted(server).await;
     let res = alice
         .call(Method::DELETE, "/api/v1/friends/2", None)
         .await
