@@ -753,10 +753,14 @@ impl App {
             }
         }
         match self.submit(who, draft).await {
-            Err(e) if !known => match self.first_of(who.user, cid.as_deref()).await? {
-                Some(first) => Ok(first),
-                None => Err(e),
-            },
+            // Only a refusal (4xx) may hide a repeat; an overloaded server (503) is not made
+            // busier by a lookup for every post it turns away.
+            Err(e) if !known && (400..500).contains(&e.status) => {
+                match self.first_of(who.user, cid.as_deref()).await? {
+                    Some(first) => Ok(first),
+                    None => Err(e),
+                }
+            }
             answer => answer,
         }
     }
