@@ -6,7 +6,7 @@
 //! trimming by hand from gdb). mimalloc measured worse (it kept 430 MiB after the close), so
 //! the binary keeps the system allocator and trims: a thread looks every [`EVERY`] at the free
 //! memory malloc holds and trims once it has grown by [`FREE_BYTES`] over its lowest level
-//! since the last trim. (Trimmed memory still counts as free, so "over a fixed level" would
+//! since the last trim, and again at the next [`FOLLOW_UPS`] looks. (Trimmed memory still counts as free, so "over a fixed level" would
 //! trim again every time after a burst.)
 
 use std::time::Duration;
@@ -18,18 +18,34 @@ const EVERY: Duration = Duration::from_secs(2);
 /// Newly freed memory worth giving back; below it a trim would gain little.
 const FREE_BYTES: usize = 16 * 1024 * 1024;
 
+/// Looks after a trim that trim again: a burst's memory is freed over some seconds, on every
+/// thread's arena, while `mallinfo2` sees the main arena only.
+const FOLLOW_UPS: u8 = 2;
+
 /// When to trim, from the free memory malloc reports at each look.
 #[derive(Debug, Default)]
 struct Trigger {
     /// The lowest free memory seen since the last trim (after a trim: what it left).
     floor: usize,
+    /// Follow-up trims still to do.
+    follow_ups: u8,
 }
 
 impl Trigger {
-    /// Whether `free` bytes, read now, are worth a trim; a trim resets the floor to `free`.
+    /// Whether to trim now, `free` bytes being free: once they have grown by [`FREE_BYTES`]
+    /// over the floor, and at the [`FOLLOW_UPS`] looks after that. A trim resets the floor
+    /// to `free`.
     fn look(&mut self, free: usize) -> bool {
         self.floor = self.floor.min(free);
-        let trim = free > self.floor.saturating_add(FREE_BYTES);
+        let trim = if free > self.floor.saturating_add(FREE_BYTES) {
+            self.follow_ups = FOLLOW_UPS;
+            true
+        } else if self.follow_ups > 0 {
+            self.follow_ups -= 1;
+            true
+        } else {
+            false
+        };
         if trim {
             self.floor = free;
         }
@@ -76,10 +92,12 @@ mod tests {
         assert!(!t.look(0));
         assert!(!t.look(FREE_BYTES), "a little freed memory is left alone");
         assert!(t.look(240 * MIB), "a burst closed");
+        assert!(t.look(240 * MIB) && t.look(241 * MIB), "the follow-ups");
         assert!(!t.look(240 * MIB), "trimmed memory still counts as free");
         assert!(!t.look(245 * MIB));
         // The next burst reuses the free memory, and frees it again when it closes.
         assert!(!t.look(2 * MIB));
         assert!(t.look(230 * MIB));
+        assert!(t.look(230 * MIB) && t.look(230 * MIB) && !t.look(230 * MIB));
     }
 }
