@@ -101,28 +101,29 @@ pub(super) async fn login(args: &Args) -> Result<Value> {
             let _ = sampler.await;
             tokio::time::sleep(SETTLE).await;
             let after = rss_kib(&pids);
-            let attempts = answers.refused.load(Ordering::Relaxed)
-                + answers.busy.load(Ordering::Relaxed)
-                + answers.other.load(Ordering::Relaxed);
-            let other = answers.other.load(Ordering::Relaxed);
+            let [refused, busy_wrong, other] = [&answers.refused, &answers.busy, &answers.other]
+                .map(|n| n.load(Ordering::Relaxed));
+            let attempts = refused + busy_wrong + other;
+            let peak = peak.load(Ordering::Relaxed);
+            let latency = latency_json(&hist);
             let pct = |v: u64| ((v as f64 / before.max(1) as f64 - 1.0) * 1000.0).round() / 10.0;
             let mut v = json!({
                 "ok": other == 0 && ok > 0,
                 "metrics": {
                     "rss_before_kib": before,
-                    "rss_peak_kib": peak.load(Ordering::Relaxed),
+                    "rss_peak_kib": peak,
                     "rss_after_kib": after,
                     "rss_before_mib": mib(before),
-                    "rss_peak_mib": mib(peak.load(Ordering::Relaxed)),
-                    "peak_vs_before_pct": pct(peak.load(Ordering::Relaxed)),
+                    "rss_peak_mib": mib(peak),
+                    "peak_vs_before_pct": pct(peak),
                     "after_vs_before_pct": pct(after),
                     "wrong_per_sec": (attempts as f64 / span.as_secs_f64() * 10.0).round() / 10.0,
-                    "wrong_refused": answers.refused.load(Ordering::Relaxed),
-                    "wrong_busy": answers.busy.load(Ordering::Relaxed),
+                    "wrong_refused": refused,
+                    "wrong_busy": busy_wrong,
                     "real_ok": ok,
                     "real_busy": busy,
-                    "real_login_p50_ms": latency_json(&hist)["p50_ms"],
-                    "real_login_max_ms": latency_json(&hist)["max_ms"],
+                    "real_login_p50_ms": latency["p50_ms"],
+                    "real_login_max_ms": latency["max_ms"],
                 }
             });
             if other > 0 {
