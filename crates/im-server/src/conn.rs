@@ -21,44 +21,102 @@ pub(crate) struct Sniffed {
     pub h2: bool,
     /// The bytes read to decide, handed back to hyper before the rest of the socket.
     pub prefix: Prefix,
+    /// An event stream's request, read whole and served without hyper (`events_h1`); its
+    /// bytes are not in `prefix`.
+    pub events: Option<http::Request<()>>,
 }
 
-/// Up to the preface's length of bytes already read from the socket.
+/// Bytes already read from the socket, freed once they have been read again.
 #[derive(Default)]
 pub(crate) struct Prefix {
-    buf: [u8; PREFACE.len()],
+    buf: Vec<u8>,
     start: usize,
-    end: usize,
 }
 
 impl Prefix {
     fn pending(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
+        &self.buf[self.start..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.buf.len() {
+            // A long-lived connection keeps no copy of its first request.
+            self.buf = Vec::new();
+            self.start = 0;
+        }
     }
 }
 
+/// The first read's size: most request heads arrive whole in it.
+const FIRST_READ: usize = 1024;
+
 /// Reads the first bytes of a connection until they either match the HTTP/2 preface or
-/// cannot, with no polling: each read waits for the socket. `None` means the client closed
-/// the connection or sent nothing useful before `deadline`.
-pub(crate) async fn sniff(stream: &mut TcpStream, deadline: Duration) -> Option<Sniffed> {
+/// cannot, with no polling: each read waits for the socket. With `events`, a request that
+/// starts as an event stream's `GET` is read on to the end of its head. `None` means the
+/// client closed the connection or sent nothing useful before `deadline`.
+pub(crate) async fn sniff(
+    stream: &mut TcpStream,
+    deadline: Duration,
+    events: bool,
+) -> Option<Sniffed> {
     let read = async {
-        let mut prefix = Prefix::default();
-        loop {
-            let n = stream.read(&mut prefix.buf[prefix.end..]).await.ok()?;
-            if n == 0 {
+        let mut buf = Vec::with_capacity(FIRST_READ);
+        let h2 = loop {
+            if stream.read_buf(&mut buf).await.ok()? == 0 {
                 return None;
             }
-            prefix.end += n;
-            let got = &prefix.buf[..prefix.end];
-            if got != &PREFACE[..prefix.end] {
-                return Some(Sniffed { h2: false, prefix });
+            let k = buf.len().min(PREFACE.len());
+            if buf[..k] != PREFACE[..k] {
+                break false;
             }
-            if prefix.end == PREFACE.len() {
-                return Some(Sniffed { h2: true, prefix });
+            if k == PREFACE.len() {
+                break true;
             }
+        };
+        if events
+            && !h2
+            && let Some(req) = read_events_head(stream, &mut buf).await?
+        {
+            return Some(Sniffed {
+                h2,
+                prefix: Prefix::default(),
+                events: Some(req),
+            });
         }
+        Some(Sniffed {
+            h2,
+            prefix: Prefix { buf, start: 0 },
+            events: None,
+        })
     };
     tokio::time::timeout(deadline, read).await.ok().flatten()
+}
+
+/// Reads on while `buf` may be the head of an event stream's request: `Some(None)` when it
+/// is not one, `None` when the client closed the connection.
+async fn read_events_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<Option<http::Request<()>>> {
+    loop {
+        match crate::events_h1::parse(buf) {
+            crate::events_h1::Head::Events(req) => return Some(Some(*req)),
+            crate::events_h1::Head::Other => return Some(None),
+            crate::events_h1::Head::Partial => loop {
+                // A head ends with a line: parsing again before a new one arrives would
+                // let a client that trickles bytes cost a parse per byte.
+                let scanned = buf.len();
+                buf.reserve(FIRST_READ);
+                if stream.read_buf(buf).await.ok()? == 0 {
+                    return None;
+                }
+                if buf[scanned..].contains(&b'\n') || buf.len() >= crate::events_h1::MAX_HEAD {
+                    break;
+                }
+            },
+        }
+    }
 }
 
 /// A timer that counts only while something is stuck: allocated on the first wait, re-armed
@@ -155,7 +213,7 @@ impl AsyncRead for ConnIo {
         }
         let n = pending.len().min(buf.remaining());
         buf.put_slice(&pending[..n]);
-        this.prefix.start += n;
+        this.prefix.consume(n);
         // Fill the rest of hyper's buffer in the same call, as a plain read would: a first
         // read that returned only the sniffed bytes made hyper grow its read buffer.
         if this.prefix.pending().is_empty() && buf.remaining() > 0 {

@@ -23,7 +23,45 @@ use tokio::time::Instant;
 pub struct ClientAddr(pub std::net::SocketAddr);
 
 /// Every request body, as the routes see it: the connection's body with an idle timeout.
-pub type RequestBody = TimedBody<Incoming>;
+pub type RequestBody = TimedBody<ConnBody>;
+
+/// A request's body as it came off the connection: hyper's, or none for a request whose
+/// head was read without hyper (an event stream's `GET`, see `events_h1`).
+pub enum ConnBody {
+    /// A body that hyper reads from the connection.
+    Hyper(Incoming),
+    /// No body.
+    Empty,
+}
+
+impl HttpBody for ConnBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ConnBody::Hyper(body) => Pin::new(body).poll_frame(cx),
+            ConnBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ConnBody::Hyper(body) => body.is_end_stream(),
+            ConnBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ConnBody::Hyper(body) => body.size_hint(),
+            ConnBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
 
 /// Why a request body could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -7,13 +7,14 @@
 mod assets;
 pub mod config;
 mod conn;
+mod events_h1;
 mod http;
 mod ready;
 mod routes;
 
 pub use config::{BusKind, Command, Config, ConfigError, FilesBackend, StoreKind};
-use http::BodyLimits;
 pub use http::ClientAddr;
+use http::{BodyLimits, ConnBody};
 pub use im_channel::{Channel, Handler, Pending};
 pub use im_classifier::KindSpec;
 pub use im_protocol::{ApiError, ErrorCode};
@@ -565,6 +566,9 @@ impl ImServer {
         });
         tracing::info!(max_connections = slots.max(), "accepting connections");
         let graceful = GracefulShutdown::new();
+        // Held by every event stream served without hyper, which `graceful` cannot watch:
+        // shutdown waits until all are dropped.
+        let (streams_done, streams_open) = tokio::sync::watch::channel(());
         tokio::pin!(shutdown);
         loop {
             let (mut stream, peer) = tokio::select! {
@@ -589,15 +593,27 @@ impl ImServer {
             let app = app.clone();
             let (h1, h2, refusal, watcher) =
                 (h1.clone(), h2.clone(), refusal.clone(), graceful.watcher());
+            let held = streams_open.clone();
             tokio::spawn(async move {
                 let _slot = slot;
-                let Some(sniffed) = conn::sniff(&mut stream, header_timeout).await else {
+                let Some(sniffed) = conn::sniff(&mut stream, header_timeout, !refuse).await else {
                     return; // closed, or nothing sent in time
                 };
-                let io = TokioIo::new(conn::ConnIo::new(stream, sniffed.prefix, write_timeout));
+                let held = sniffed.events.is_some().then_some(held);
+                let mut io = conn::ConnIo::new(stream, sniffed.prefix, write_timeout);
+                if let Some(head) = sniffed.events {
+                    let mut req = head.map(|()| body_limits.wrap(ConnBody::Empty));
+                    req.extensions_mut().insert(ClientAddr(peer));
+                    if let Err(e) = events_h1::serve(app.clone(), req, &mut io).await {
+                        tracing::debug!(error = %e, "event stream connection ended");
+                        return;
+                    }
+                }
+                drop(held);
+                let io = TokioIo::new(io);
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let app = app.clone();
-                    let mut req = req.map(|b| body_limits.wrap(b));
+                    let mut req = req.map(|b| body_limits.wrap(ConnBody::Hyper(b)));
                     req.extensions_mut().insert(ClientAddr(peer));
                     async move {
                         Ok::<_, Infallible>(if refuse {
@@ -607,19 +623,19 @@ impl ImServer {
                         })
                     }
                 });
+                // Boxed, so a connection that never reaches hyper does not carry the size
+                // of hyper's connection in its task.
                 let ended = if refuse {
                     if sniffed.h2 {
                         return;
                     }
-                    (watcher.watch(refusal.serve_connection(io, service)).await).map_err(Into::into)
+                    Box::pin(watcher.watch(refusal.serve_connection(io, service)))
+                        .await
+                        .map_err(Into::into)
                 } else if sniffed.h2 {
-                    watcher
-                        .watch(h2.serve_connection(io, service).into_owned())
-                        .await
+                    Box::pin(watcher.watch(h2.serve_connection(io, service).into_owned())).await
                 } else {
-                    watcher
-                        .watch(h1.serve_connection(io, service).into_owned())
-                        .await
+                    Box::pin(watcher.watch(h1.serve_connection(io, service).into_owned())).await
                 };
                 if let Err(e) = ended {
                     tracing::debug!(error = %e, "connection ended with an error");
@@ -631,8 +647,12 @@ impl ImServer {
         tracing::info!("shutting down: ending event streams");
         app.broker.shutdown();
         let grace = Duration::from_secs(app.config.shutdown_grace_secs);
+        drop(streams_open);
+        let all_closed = async {
+            tokio::join!(graceful.shutdown(), streams_done.closed());
+        };
         tokio::select! {
-            _ = graceful.shutdown() => tracing::info!("all connections closed"),
+            _ = all_closed => tracing::info!("all connections closed"),
             _ = tokio::time::sleep(grace) => tracing::warn!("connections still open after the grace period; closing"),
         }
         Ok(())

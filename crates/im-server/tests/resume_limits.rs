@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{TestServer, alice_and_bob, patient, rss_kib};
+use common::{TestServer, alice_and_bob, dechunk, patient, rss_kib};
 use im_client::Client;
 use im_protocol::sse::{Item, Parser};
 use im_protocol::{Target, UserId};
@@ -107,7 +107,7 @@ impl RawStream {
         .await;
         let mut parser = Parser::new();
         let mut ids = Vec::new();
-        for item in parser.feed(&dechunk(&self.body)) {
+        for item in parser.feed(&dechunk(&self.body).0) {
             if let Item::Event(e) = item
                 && e.event == "message"
             {
@@ -115,21 +115,6 @@ impl RawStream {
             }
         }
         ids
-    }
-}
-
-/// The payload of a `Transfer-Encoding: chunked` body.
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line = raw.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size = usize::from_str_radix(std::str::from_utf8(&raw[..line]).unwrap(), 16).unwrap();
-        raw = &raw[line + 2..];
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&raw[..size]);
-        raw = &raw[size + 2..];
     }
 }
 

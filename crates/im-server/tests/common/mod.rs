@@ -63,6 +63,29 @@ pub async fn upload(c: &Client, name: &str, ct: &str, data: &[u8]) -> serde_json
     res.json()["file"].clone()
 }
 
+/// The payload of the whole chunks of a `Transfer-Encoding: chunked` body so far, and
+/// whether its last chunk has arrived.
+pub fn dechunk(mut raw: &[u8]) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    loop {
+        let Some(line) = raw.windows(2).position(|w| w == b"\r\n") else {
+            return (out, false);
+        };
+        let size = std::str::from_utf8(&raw[..line]).expect("a chunk size line");
+        let size = usize::from_str_radix(size, 16).expect("a hex chunk size");
+        raw = &raw[line + 2..];
+        if raw.len() < size + 2 {
+            return (out, false);
+        }
+        assert_eq!(&raw[size..size + 2], b"\r\n", "a chunk ends with CRLF");
+        if size == 0 {
+            return (out, true);
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
+}
+
 /// Alice (user 1) and Bob (user 2), registered, logged in and friends.
 pub async fn alice_and_bob(anon: &Client) -> (Client, Client) {
     let alice = anon.signup("alice", "alice-password").await.unwrap();
