@@ -9,6 +9,7 @@
 use im_protocol::sse::Frame;
 use im_protocol::{Message, UserId};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Live sessions, as the pool sees them: implemented by the SSE broker.
 pub trait Mailboxes: Send + Sync + 'static {
@@ -32,6 +33,10 @@ pub struct PoolConfig {
     pub queue: usize,
     /// Recipients per delivery chunk, so a huge group does not monopolise a queue slot.
     pub chunk: usize,
+    /// Recipients up to which a message is delivered by the calling thread itself when their
+    /// workers have nothing in hand: a direct message then wakes no dispatcher thread. 0
+    /// sends everything through the workers.
+    pub inline: usize,
 }
 
 impl Default for PoolConfig {
@@ -43,6 +48,7 @@ impl Default for PoolConfig {
             workers: cores,
             queue: 8192,
             chunk: 256,
+            inline: 4,
         }
     }
 }
@@ -52,14 +58,23 @@ struct Delivery {
     users: Vec<UserId>,
 }
 
+/// One dispatcher thread's queue, and how many deliveries it has been given and not yet
+/// finished: at 0, everything sent to it is in its mailboxes.
+struct Worker {
+    queue: flume::Sender<Delivery>,
+    in_hand: Arc<AtomicUsize>,
+}
+
 /// A fixed set of dispatcher threads that turn committed messages into mailbox frames.
 ///
 /// Each message is encoded once; its `Bytes` are shared by every recipient session.
 pub struct ConsumerPool {
-    workers: Vec<flume::Sender<Delivery>>,
+    workers: Vec<Worker>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    mailboxes: Arc<dyn Mailboxes>,
     recipients: Arc<dyn Recipients>,
     chunk: usize,
+    inline: usize,
 }
 
 impl std::fmt::Debug for ConsumerPool {
@@ -82,7 +97,8 @@ impl ConsumerPool {
         let mut threads = Vec::with_capacity(n);
         for i in 0..n {
             let (tx, rx) = flume::bounded::<Delivery>(config.queue.max(1));
-            let mailboxes = mailboxes.clone();
+            let in_hand = Arc::new(AtomicUsize::new(0));
+            let (mailboxes, done) = (mailboxes.clone(), in_hand.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("im-pool-{i}"))
@@ -91,16 +107,19 @@ impl ConsumerPool {
                             for user in d.users {
                                 mailboxes.deliver(user, &d.frame);
                             }
+                            done.fetch_sub(1, Ordering::Release);
                         }
                     })?,
             );
-            workers.push(tx);
+            workers.push(Worker { queue: tx, in_hand });
         }
         Ok(Self {
             workers,
             threads,
+            mailboxes,
             recipients,
             chunk: config.chunk.max(1),
+            inline: config.inline,
         })
     }
 
@@ -114,8 +133,8 @@ impl ConsumerPool {
 
     /// Delivers a committed message to every recipient's sessions.
     ///
-    /// Call it in id order (the store's writer does). It blocks only while a worker queue is
-    /// full, which slows the writer rather than losing a frame.
+    /// Call it in id order, from one thread at a time (the log follower does). It blocks only
+    /// while a worker queue is full, which slows the follower rather than losing a frame.
     pub fn dispatch(&self, msg: &Message) {
         let mut users = Vec::new();
         self.recipients.recipients(msg, &mut users);
@@ -123,6 +142,22 @@ impl ConsumerPool {
         users.dedup();
         let frame = Frame::message(msg);
         let n = self.workers.len();
+        // A worker with nothing in hand has put every earlier frame of its users in their
+        // mailboxes, and only this caller gives it more: delivering here keeps each
+        // session's frames in id order and saves waking a thread.
+        if users.len() <= self.inline
+            && users.iter().all(|&u| {
+                self.workers[worker_of(u, n)]
+                    .in_hand
+                    .load(Ordering::Acquire)
+                    == 0
+            })
+        {
+            for user in users {
+                self.mailboxes.deliver(user, &frame);
+            }
+            return;
+        }
         let mut per_worker: Vec<Vec<UserId>> = vec![Vec::new(); n];
         for u in users {
             per_worker[worker_of(u, n)].push(u);
@@ -131,7 +166,9 @@ impl ConsumerPool {
             // Peel chunks off the end, so each recipient id is moved once.
             while !users.is_empty() {
                 let chunk = users.split_off(users.len().saturating_sub(self.chunk));
+                worker.in_hand.fetch_add(1, Ordering::Relaxed);
                 if worker
+                    .queue
                     .send(Delivery {
                         frame: frame.clone(),
                         users: chunk,
@@ -177,6 +214,62 @@ mod tests {
         }
     }
 
+    /// Odd ids go to users 1 and 2 only (small enough to deliver inline), even ids to all.
+    struct Alternating(u64);
+    impl Recipients for Alternating {
+        fn recipients(&self, msg: &Message, out: &mut Vec<UserId>) {
+            let last = if msg.id.0 % 2 == 1 { 2 } else { self.0 };
+            out.extend((1..=last).map(UserId));
+        }
+    }
+
+    /// Slow for users over 2, so the workers still hold large deliveries when the next
+    /// small message comes.
+    #[derive(Default)]
+    struct SlowRecorder(Recorder);
+    impl Mailboxes for SlowRecorder {
+        fn deliver(&self, user: UserId, frame: &Frame) {
+            if user.0 > 2 {
+                std::thread::sleep(std::time::Duration::from_micros(20));
+            }
+            self.0.deliver(user, frame);
+        }
+    }
+
+    fn text(id: u64) -> Message {
+        Message {
+            id: MessageId(id),
+            conversation: "g1".into(),
+            from: UserId(1),
+            to: Target::User(UserId(2)),
+            kind: "text".into(),
+            body: serde_json::json!({"text": "x"}),
+            client_id: None,
+            sent_at: 0,
+        }
+    }
+
+    #[test]
+    fn inline_and_queued_deliveries_keep_id_order() {
+        let rec = Arc::new(SlowRecorder::default());
+        let cfg = PoolConfig {
+            workers: 2,
+            queue: 4,
+            chunk: 3,
+            inline: 4,
+        };
+        let pool = ConsumerPool::start(cfg, rec.clone(), Arc::new(Alternating(9))).unwrap();
+        for id in 1..=400 {
+            pool.dispatch(&text(id));
+        }
+        pool.shutdown();
+        let got = rec.0.0.lock();
+        for user in 1..=9 {
+            let want: Vec<u64> = (1..=400).filter(|id| user <= 2 || id % 2 == 0).collect();
+            assert_eq!(got[&UserId(user)], want, "user {user}");
+        }
+    }
+
     #[test]
     fn every_recipient_gets_every_message_in_order() {
         let rec = Arc::new(Recorder::default());
@@ -184,19 +277,11 @@ mod tests {
             workers: 3,
             queue: 4,
             chunk: 7,
+            inline: 4,
         };
         let pool = ConsumerPool::start(cfg, rec.clone(), Arc::new(Everyone(50))).unwrap();
         for id in 1..=100 {
-            pool.dispatch(&Message {
-                id: MessageId(id),
-                conversation: "g1".into(),
-                from: UserId(1),
-                to: Target::User(UserId(2)),
-                kind: "text".into(),
-                body: serde_json::json!({"text": "x"}),
-                client_id: None,
-                sent_at: 0,
-            });
+            pool.dispatch(&text(id));
         }
         pool.shutdown();
         let got = rec.0.lock();

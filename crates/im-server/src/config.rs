@@ -280,6 +280,9 @@ pub struct WorkerConfig {
     pub pool_workers: usize,
     /// Bounded queue per pool worker.
     pub pool_queue: usize,
+    /// Recipients up to which the log follower delivers a message itself when their pool
+    /// workers are idle, saving a thread wake-up per direct message; 0 = always the pool.
+    pub pool_inline: usize,
     /// Tokio worker threads, which run every connection; 0 = one per core. Read by the
     /// binary, which builds the runtime; an application embedding the server builds its own.
     pub runtime_threads: usize,
@@ -527,6 +530,7 @@ impl Default for WorkerConfig {
             channel_queue: 4096,
             pool_workers: 0,
             pool_queue: 8192,
+            pool_inline: 4,
             runtime_threads: 0,
             blocking_threads: 8,
         }

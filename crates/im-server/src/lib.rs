@@ -176,6 +176,7 @@ impl ImServerBuilder {
         );
         let mut pool_cfg = PoolConfig {
             queue: cfg.workers.pool_queue,
+            inline: cfg.workers.pool_inline,
             ..PoolConfig::default()
         };
         if cfg.workers.pool_workers > 0 {
