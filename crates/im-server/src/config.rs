@@ -30,11 +30,13 @@ pub enum ConfigError {
 }
 
 /// Command-line help.
-pub const USAGE: &str = "usage: im-server [--config FILE] [--listen ADDR] [--data-dir DIR]
+pub const USAGE: &str =
+    "usage: im-server [--config FILE] [--listen ADDR] [--data-dir DIR] [--self-signed]
 
   --config FILE    TOML configuration file (see docs/API.md, \"Configuration\")
   --listen ADDR    address to listen on (default 127.0.0.1:8080)
   --data-dir DIR   where the SQLite store and files live (default ./im-data)
+  --self-signed    serve HTTPS (and HTTP/2) with a self-signed certificate for localhost
 
 Environment variables IM_<KEY> (and IM_<TABLE>__<KEY>) override the file; flags override both.";
 
@@ -73,12 +75,15 @@ pub struct Config {
     pub max_json_bytes: usize,
     /// How long shutdown waits for connections after ending event streams.
     pub shutdown_grace_secs: u64,
-    /// Marks the session cookie `Secure` (set it behind HTTPS).
-    pub cookie_secure: bool,
+    /// Marks the session cookie `Secure`; unset, it is marked when `[tls]` is on. Set it
+    /// behind a proxy that terminates HTTPS.
+    pub cookie_secure: Option<bool>,
     /// Milliseconds a user with no open stream still counts as online, so reloads do not flap.
     pub presence_grace_ms: u64,
     /// Extra origins allowed to make cookie-authenticated writes, e.g. `https://chat.example`.
     pub allowed_origins: Vec<String>,
+    /// HTTPS on the main listener (`[tls]`).
+    pub tls: TlsConfig,
     /// Event stream tuning.
     pub sse: SseConfig,
     /// Connection caps and timeouts (`[limits]`).
@@ -205,6 +210,40 @@ pub struct PostgresSection {
     pub url: String,
     /// Pooled connections for reads; 0 means the default (16).
     pub pool_size: usize,
+}
+
+/// `[tls]`: HTTPS, with HTTP/2 offered by ALPN. Off unless a certificate is given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM (leaf first).
+    pub cert: Option<PathBuf>,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// Serve a self-signed certificate for `localhost`, made in `data_dir/tls` on first use
+    /// (the `--self-signed` flag): a local HTTPS demo in one command.
+    pub self_signed: bool,
+    /// How often the files are checked for a change (they are also loaded again on
+    /// SIGHUP); new connections get the new certificate, open ones keep theirs.
+    pub reload_secs: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            self_signed: false,
+            reload_secs: 10,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Whether the listener speaks TLS.
+    pub fn enabled(&self) -> bool {
+        self.self_signed || self.cert.is_some()
+    }
 }
 
 /// `[sse]`: event stream tuning.
@@ -430,9 +469,10 @@ impl Default for Config {
             max_message_bytes: 64 * 1024,
             max_json_bytes: 16 * 1024,
             shutdown_grace_secs: 4,
-            cookie_secure: false,
+            cookie_secure: None,
             presence_grace_ms: 5000,
             allowed_origins: Vec::new(),
+            tls: TlsConfig::default(),
             sse: SseConfig::default(),
             limits: LimitsSection::default(),
             workers: WorkerConfig::default(),
@@ -593,6 +633,7 @@ impl Config {
     ) -> Result<(Command, Config), ConfigError> {
         let mut file = None;
         let mut flags = Table::new();
+        let mut self_signed = false;
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let (name, inline) = match arg.split_once('=') {
@@ -615,6 +656,7 @@ impl Config {
                 "--data-dir" => {
                     flags.insert("data_dir".into(), Value::String(value()?));
                 }
+                "--self-signed" if inline.is_none() => self_signed = true,
                 other => return Err(ConfigError::Usage(format!("unknown argument `{other}`"))),
             }
         }
@@ -648,6 +690,13 @@ impl Config {
         }
         for (k, v) in flags {
             table.insert(k, v);
+        }
+        if self_signed {
+            set_path(
+                &mut table,
+                &["tls".into(), "self_signed".into()],
+                Value::Boolean(true),
+            )?;
         }
         let mut config: Config = Value::Table(table)
             .try_into()
@@ -713,7 +762,27 @@ impl Config {
             ));
         }
         self.rate_limits.check()?;
+        match (&self.tls.cert, &self.tls.key, self.tls.self_signed) {
+            (Some(_), Some(_), false) | (None, None, _) => {}
+            (Some(_), Some(_), true) => {
+                return Err(ConfigError::Invalid(
+                    "tls.self_signed makes its own certificate; leave tls.cert and tls.key \
+                     unset, or drop --self-signed"
+                        .into(),
+                ));
+            }
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "tls.cert and tls.key go together (IM_TLS__CERT, IM_TLS__KEY)".into(),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether the session cookie is marked `Secure`: as configured, else when TLS is on.
+    pub fn cookie_is_secure(&self) -> bool {
+        self.cookie_secure.unwrap_or(self.tls.enabled())
     }
 
     /// The directory uploaded bytes go to.
@@ -753,6 +822,7 @@ const KEYS: &[&str] = &[
     "cookie_secure",
     "presence_grace_ms",
     "allowed_origins",
+    "tls",
     "sse",
     "limits",
     "workers",
@@ -794,6 +864,51 @@ fn set_path(table: &mut Table, path: &[String], value: Value) -> Result<(), Conf
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sample_file_in_the_api_docs_loads() {
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/API.md"))
+                .unwrap();
+        let start = doc
+            .find("A sample file with every key at its default")
+            .unwrap();
+        let block = &doc[start..];
+        let block = &block[block.find("```toml\n").unwrap() + 8..];
+        let block = &block[..block.find("```").unwrap()];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("im.toml");
+        std::fs::write(&path, block).unwrap();
+        let (_, c) = Config::load(s(&["--config", path.to_str().unwrap()]), vec![]).unwrap();
+        let d = Config::default();
+        assert_eq!(c.listen, d.listen);
+        assert_eq!(c.tls.reload_secs, d.tls.reload_secs);
+        assert_eq!(c.cookie_secure, d.cookie_secure);
+        assert_eq!(c.workers.pool_inline, d.workers.pool_inline);
+    }
+
+    #[test]
+    fn tls_settings_are_checked_and_self_signed_is_a_flag() {
+        let (_, c) = Config::load(s(&["--self-signed"]), vec![]).unwrap();
+        assert!(c.tls.self_signed && c.tls.enabled() && c.cookie_is_secure());
+        let (_, c) = Config::load(s(&[]), vec![]).unwrap();
+        assert!(!c.tls.enabled() && !c.cookie_is_secure());
+        let e = Config::load(s(&[]), env(&[("IM_TLS__CERT", "/x.pem")])).unwrap_err();
+        assert!(
+            e.to_string().contains("tls.cert and tls.key go together"),
+            "{e}"
+        );
+        let both = env(&[("IM_TLS__CERT", "/x.pem"), ("IM_TLS__KEY", "/y.pem")]);
+        let (_, c) = Config::load(s(&[]), both.clone()).unwrap();
+        assert!(c.cookie_is_secure());
+        assert!(Config::load(s(&["--self-signed"]), both).is_err());
+        let off = env(&[
+            ("IM_TLS__SELF_SIGNED", "true"),
+            ("IM_COOKIE_SECURE", "false"),
+        ]);
+        let (_, c) = Config::load(s(&[]), off).unwrap();
+        assert!(c.tls.enabled() && !c.cookie_is_secure());
+    }
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()

@@ -10,6 +10,83 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+/// An accepted connection's byte stream: the socket, or TLS over it.
+pub(crate) enum Transport {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS, boxed: its buffers and state are large next to a socket.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Transport {
+    /// Whether TLS negotiated HTTP/2 (ALPN `h2`).
+    pub(crate) fn alpn_h2(&self) -> bool {
+        match self {
+            Transport::Plain(_) => false,
+            Transport::Tls(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
+        }
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Transport::Plain(s) => s.is_write_vectored(),
+            Transport::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 use tokio::time::Sleep;
 
 /// The HTTP/2 connection preface, which h2c with prior knowledge starts with.
@@ -56,10 +133,17 @@ const FIRST_READ: usize = 1024;
 /// starts as an event stream's `GET` is read on to the end of its head. `None` means the
 /// client closed the connection or sent nothing useful before `deadline`.
 pub(crate) async fn sniff(
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     deadline: Duration,
     events: bool,
 ) -> Option<Sniffed> {
+    if stream.alpn_h2() {
+        return Some(Sniffed {
+            h2: true,
+            prefix: Prefix::default(),
+            events: None,
+        });
+    }
     let read = async {
         let mut buf = Vec::with_capacity(FIRST_READ);
         let h2 = loop {
@@ -96,7 +180,7 @@ pub(crate) async fn sniff(
 /// Reads on while `buf` may be the head of an event stream's request: `Some(None)` when it
 /// is not one, `None` when the client closed the connection.
 async fn read_events_head(
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     buf: &mut Vec<u8>,
 ) -> Option<Option<http::Request<()>>> {
     loop {
@@ -158,7 +242,7 @@ impl Deadline {
 /// A connection's socket as hyper sees it: the sniffed bytes first, and writes that fail
 /// once they have made no progress for the write timeout.
 pub(crate) struct ConnIo {
-    stream: TcpStream,
+    stream: Transport,
     prefix: Prefix,
     write_timeout: Duration,
     /// Counting while a write is blocked.
@@ -167,7 +251,7 @@ pub(crate) struct ConnIo {
 
 impl ConnIo {
     /// Wraps an accepted socket and the bytes [`sniff`] read from it.
-    pub(crate) fn new(stream: TcpStream, prefix: Prefix, write_timeout: Duration) -> Self {
+    pub(crate) fn new(stream: Transport, prefix: Prefix, write_timeout: Duration) -> Self {
         Self {
             stream,
             prefix,

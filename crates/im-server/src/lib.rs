@@ -11,6 +11,7 @@ mod events_h1;
 mod http;
 mod ready;
 mod routes;
+mod tls;
 
 pub use config::{BusKind, Command, Config, ConfigError, FilesBackend, StoreKind};
 pub use http::ClientAddr;
@@ -19,6 +20,7 @@ pub use im_channel::{Channel, Handler, Pending};
 pub use im_classifier::KindSpec;
 pub use im_protocol::{ApiError, ErrorCode};
 pub use im_users::{Authenticator, Credentials, Principal};
+pub use tls::{TlsError, self_signed};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -67,6 +69,9 @@ pub enum ServerError {
     /// The ordered log could not be read at start-up.
     #[error("reading the log: {0}")]
     Log(String),
+    /// The TLS certificate could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The configuration names something this build leaves out.
     #[error("{0}")]
     Unsupported(String),
@@ -281,6 +286,15 @@ impl ImServerBuilder {
             groups.insert(name, group);
         }
 
+        let tls = match (&cfg.tls.cert, &cfg.tls.key) {
+            (Some(cert), Some(key)) => Some(tls::Tls::new(cert, key)?),
+            _ if cfg.tls.self_signed => {
+                let (cert, key) = tls::self_signed(&cfg.data_dir.join("tls"))?;
+                tracing::info!(cert = %cert.display(), "serving a self-signed certificate");
+                Some(tls::Tls::new(&cert, &key)?)
+            }
+            _ => None,
+        };
         let listener = listen(cfg.listen).map_err(io_err(format!("binding {}", cfg.listen)))?;
         let auth = self.authenticator.unwrap_or_else(|| users.clone());
         let readiness = ready::Readiness::new(
@@ -309,6 +323,7 @@ impl ImServerBuilder {
         Ok(ImServer {
             app: Arc::new(app),
             listener,
+            tls,
         })
     }
 }
@@ -517,6 +532,7 @@ impl Inbound for NodeInbound {
 pub struct ImServer {
     app: Arc<App>,
     listener: TcpListener,
+    tls: Option<tls::Tls>,
 }
 
 impl ImServer {
@@ -530,6 +546,11 @@ impl ImServer {
         self.listener.local_addr()
     }
 
+    /// Whether the listener speaks TLS (`https://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
     pub async fn run_until_signal(self) -> Result<(), ServerError> {
         self.run(shutdown_signal()).await
@@ -538,7 +559,11 @@ impl ImServer {
     /// Serves until `shutdown` completes. Then it stops accepting, ends every event stream,
     /// and gives open requests `shutdown_grace_secs` to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let ImServer { app, listener } = self;
+        let ImServer { app, listener, tls } = self;
+        let acceptor = tls.as_ref().map(|tls| {
+            tls.spawn_reloader(Duration::from_secs(app.config.tls.reload_secs.max(1)));
+            tls.acceptor().clone()
+        });
         let limits = app.config.limits.clone();
         let header_timeout = Duration::from_secs(limits.header_timeout_secs.max(1));
         let write_timeout = Duration::from_secs(limits.write_timeout_secs.max(1));
@@ -572,7 +597,7 @@ impl ImServer {
         let (streams_done, streams_open) = tokio::sync::watch::channel(());
         tokio::pin!(shutdown);
         loop {
-            let (mut stream, peer) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
@@ -595,8 +620,23 @@ impl ImServer {
             let (h1, h2, refusal, watcher) =
                 (h1.clone(), h2.clone(), refusal.clone(), graceful.watcher());
             let held = streams_open.clone();
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let _slot = slot;
+                let mut stream = match acceptor {
+                    None => conn::Transport::Plain(stream),
+                    // The handshake is part of the head: it has the same deadline.
+                    Some(acceptor) => {
+                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => conn::Transport::Tls(Box::new(tls)),
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                };
                 let Some(sniffed) = conn::sniff(&mut stream, header_timeout, !refuse).await else {
                     return; // closed, or nothing sent in time
                 };

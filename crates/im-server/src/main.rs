@@ -65,7 +65,8 @@ fn main() -> ExitCode {
             (e, ExitCode::FAILURE)
         })?;
         // Tests and scripts read this line to find the port when listening on :0.
-        println!("im-server listening on http://{addr}");
+        let scheme = if server.is_tls() { "https" } else { "http" };
+        println!("im-server listening on {scheme}://{addr}");
         tracing::info!(%addr, "listening");
         server
             .run_until_signal()

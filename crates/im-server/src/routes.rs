@@ -353,7 +353,7 @@ impl App {
                     StatusCode::OK,
                     &json!({ "token": out.token, "user": out.user }),
                 );
-                let secure = if self.config.cookie_secure {
+                let secure = if self.config.cookie_is_secure() {
                     "; Secure"
                 } else {
                     ""
