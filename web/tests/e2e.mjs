@@ -5,7 +5,8 @@
 
 import { chromium } from 'playwright-core';
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { X509Certificate, createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { deflateSync } from 'node:zlib';
@@ -78,9 +79,9 @@ function gradientPng(w, h) {
 
 // ----- the server -----
 
-async function startServer() {
+async function startServer(extraArgs = []) {
   const dataDir = mkdtempSync(path.join(tmpdir(), 'web-im-e2e-'));
-  const child = spawn(bin, ['--listen', '127.0.0.1:0', '--data-dir', dataDir], {
+  const child = spawn(bin, ['--listen', '127.0.0.1:0', '--data-dir', dataDir, ...extraArgs], {
     env: { ...process.env, IM_ARGON2__MEMORY_KIB: '64', IM_ARGON2__ITERATIONS: '1', IM_LOG: 'warn', IM_PRESENCE_GRACE_MS: '1000' },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
@@ -142,11 +143,15 @@ async function countExact(page, text) {
 
 const server = await startServer();
 console.log(`im-server at ${server.url}`);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run', '--disable-quic', '--disable-sync'],
-});
+const BROWSER_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run', '--disable-quic', '--disable-sync'];
+function launch(extraArgs = []) {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: [...BROWSER_ARGS, ...extraArgs],
+  });
+}
+const browser = await launch();
 const consoleErrors = [];
 async function newPage(label) {
   const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
@@ -315,6 +320,58 @@ try {
   await browser.close();
   server.child.kill('SIGTERM');
   rmSync(server.dataDir, { recursive: true, force: true });
+}
+
+// ----- over HTTPS with HTTP/2: one user's seven tabs -----
+// Over HTTP/1.1 a browser opens at most six connections to an origin and each tab's event
+// stream holds one, so a seventh tab never loaded. The server's own self-signed certificate is
+// passed to Chromium by its public key hash, as an operator would trust a private CA.
+
+const tlsServer = await startServer(['--self-signed']);
+const https = tlsServer.url.replace('https://127.0.0.1', 'https://localhost');
+const spki = new X509Certificate(readFileSync(path.join(tlsServer.dataDir, 'tls/self-signed.crt'))).publicKey.export({ type: 'spki', format: 'der' });
+const tlsBrowser = await launch([`--ignore-certificate-errors-spki-list=${createHash('sha256').update(spki).digest('base64')}`]);
+try {
+  await test('over HTTPS and HTTP/2, seven tabs of one user all load and all get a message', async () => {
+    assert(tlsServer.url.startsWith('https://'), `the server says https: ${tlsServer.url}`);
+    const dana = await tlsBrowser.newContext({ viewport: { width: 1000, height: 700 } });
+    const first = await dana.newPage();
+    first.setDefaultTimeout(TIMEOUT);
+    await register(first, https, 'dana');
+    assertEq(await first.evaluate(() => performance.getEntriesByType('navigation')[0].nextHopProtocol), 'h2', 'the page came over HTTP/2');
+    const tabs = [first];
+    for (let i = 2; i <= 7; i++) {
+      const tab = await dana.newPage();
+      tab.setDefaultTimeout(TIMEOUT);
+      await tab.goto(https);
+      await tab.locator('#me-name', { hasText: 'dana' }).waitFor();
+      tabs.push(tab);
+    }
+    // A friend writes from another browser context, through the API over the same HTTPS.
+    const erin = await (await tlsBrowser.newContext()).newPage();
+    erin.setDefaultTimeout(TIMEOUT);
+    await erin.goto(https);
+    const api = async (page, method, p, body) => page.evaluate(async ([method, p, body]) => {
+      const res = await fetch(`/api/v1${p}`, { method, headers: { 'Content-Type': 'application/json' }, body: body && JSON.stringify(body) });
+      const text = await res.text();
+      if (!res.ok) throw new Error(`${method} ${p}: ${res.status} ${text}`);
+      return text ? JSON.parse(text) : null;
+    }, [method, p, body]);
+    await api(erin, 'POST', '/auth/register', { username: 'erin', password: 'erin-password' });
+    await api(erin, 'POST', '/auth/login', { username: 'erin', password: 'erin-password' });
+    const { request } = await api(erin, 'POST', '/friends/requests', { username: 'dana' });
+    await api(first, 'POST', `/friends/requests/${request.id}/accept`);
+    await api(erin, 'POST', '/messages', { to: { user: request.to }, kind: 'text', body: { text: 'to all seven tabs' } });
+    // Each tab's own event stream brings the message: its conversation list shows it unread.
+    for (const tab of tabs) {
+      await tab.locator('#conversations li', { hasText: 'erin' }).locator('.unread').filter({ hasText: '1' }).waitFor();
+    }
+    await dana.close();
+  });
+} finally {
+  await tlsBrowser.close();
+  tlsServer.child.kill('SIGTERM');
+  rmSync(tlsServer.dataDir, { recursive: true, force: true });
 }
 
 const passed = results.filter((r) => r.ok).length;
