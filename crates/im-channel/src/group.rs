@@ -53,6 +53,11 @@ impl std::fmt::Debug for ChannelGroup {
 }
 
 impl ChannelGroup {
+    /// Messages waiting in each shard's queue, for metrics.
+    pub fn queue_depths(&self) -> Vec<usize> {
+        self.shards.iter().map(flume::Sender::len).collect()
+    }
+
     /// Starts the shard threads. They end when the group is dropped and their queues drain.
     pub fn start(
         name: impl Into<String>,

@@ -123,6 +123,11 @@ impl ConsumerPool {
         })
     }
 
+    /// Deliveries waiting in each worker's queue, for metrics.
+    pub fn queue_depths(&self) -> Vec<usize> {
+        self.workers.iter().map(|w| w.queue.len()).collect()
+    }
+
     /// Stops accepting work and waits until every queued frame is in its mailbox.
     pub fn shutdown(mut self) {
         self.workers.clear();

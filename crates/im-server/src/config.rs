@@ -84,6 +84,8 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// HTTPS on the main listener (`[tls]`).
     pub tls: TlsConfig,
+    /// `/metrics` for Prometheus (`[metrics]`).
+    pub metrics: MetricsConfig,
     /// Event stream tuning.
     pub sse: SseConfig,
     /// Connection caps and timeouts (`[limits]`).
@@ -210,6 +212,16 @@ pub struct PostgresSection {
     pub url: String,
     /// Pooled connections for reads; 0 means the default (16).
     pub pool_size: usize,
+}
+
+/// `[metrics]`: Prometheus metrics. Off unless one of the two is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serves `GET /metrics` on the main listener to `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Serves `GET /metrics` on this address too, without a token (a private interface).
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[tls]`: HTTPS, with HTTP/2 offered by ALPN. Off unless a certificate is given.
@@ -473,6 +485,7 @@ impl Default for Config {
             presence_grace_ms: 5000,
             allowed_origins: Vec::new(),
             tls: TlsConfig::default(),
+            metrics: MetricsConfig::default(),
             sse: SseConfig::default(),
             limits: LimitsSection::default(),
             workers: WorkerConfig::default(),
@@ -823,6 +836,7 @@ const KEYS: &[&str] = &[
     "presence_grace_ms",
     "allowed_origins",
     "tls",
+    "metrics",
     "sse",
     "limits",
     "workers",

@@ -9,6 +9,7 @@ pub mod config;
 mod conn;
 mod events_h1;
 mod http;
+mod metrics;
 mod ready;
 mod routes;
 mod tls;
@@ -134,6 +135,8 @@ impl ImServerBuilder {
     /// Opens the store, starts the workers and the log follower, and binds the listener.
     pub async fn bind(self) -> Result<ImServer, ServerError> {
         let cfg = &self.config;
+        // First: the handles the components take below must find the recorder installed.
+        let mut metrics = metrics::Metrics::start(&cfg.metrics);
         let node = NodeId::random();
         tracing::info!(%node, store = ?cfg.store, bus = cfg.bus_kind().name(), "this node starts");
         let store = Stores::open(cfg).await?;
@@ -196,6 +199,8 @@ impl ImServerBuilder {
         users.attach_link(link.clone());
         let pool = ConsumerPool::start(pool_cfg, Arc::new(broker.clone()), users.clone())
             .map_err(io_err("starting the consumer pool"))?;
+        let pool = Arc::new(pool);
+        let pools = pool.clone();
 
         let files = FileProxy::new(
             store.file_bytes(cfg).await?,
@@ -296,6 +301,33 @@ impl ImServerBuilder {
             _ => None,
         };
         let listener = listen(cfg.listen).map_err(io_err(format!("binding {}", cfg.listen)))?;
+        let metrics_listener = match cfg.metrics.listen {
+            Some(addr) if metrics.is_some() => {
+                Some(listen(addr).map_err(io_err(format!("binding metrics.listen {addr}")))?)
+            }
+            _ => None,
+        };
+        if let Some(m) = metrics.as_mut() {
+            let (b1, b2, depths) = (broker.clone(), broker.clone(), pools.clone());
+            m.probe([
+                metrics::Probe::new("im_streams_open", vec![], move || b1.streams() as f64),
+                metrics::Probe::new("im_stream_buffered_bytes", vec![], move || {
+                    b2.buffered_bytes() as f64
+                }),
+                metrics::Probe::new("im_queue_depth", vec![("queue", "store_writer".into())], {
+                    let depth = store.writer_queue.clone();
+                    move || depth() as f64
+                }),
+            ]);
+            m.probe((0..pools.queue_depths().len()).map(|i| {
+                let depths = depths.clone();
+                metrics::Probe::new(
+                    "im_queue_depth",
+                    vec![("queue", "pool".into()), ("worker", i.to_string())],
+                    move || depths.queue_depths().get(i).copied().unwrap_or(0) as f64,
+                )
+            }));
+        }
         let auth = self.authenticator.unwrap_or_else(|| users.clone());
         let readiness = ready::Readiness::new(
             store.reader.clone(),
@@ -319,11 +351,13 @@ impl ImServerBuilder {
             readiness,
             limiter,
             recent,
+            metrics: metrics.map(Arc::new),
         };
         Ok(ImServer {
             app: Arc::new(app),
             listener,
             tls,
+            metrics_listener,
         })
     }
 }
@@ -346,6 +380,8 @@ struct Stores {
     reader: Arc<dyn LogReader>,
     /// Connects committed entries to the follower (set once, before the first write).
     listen: Box<dyn FnOnce(Arc<dyn CommitListener>) + Send>,
+    /// Writes waiting for the store's writer, for metrics.
+    writer_queue: Arc<dyn Fn() -> usize + Send + Sync>,
     /// How old stored bytes without metadata must be before upkeep deletes them: at once
     /// with one process, an hour when another node may be mid-upload.
     orphan_grace: Duration,
@@ -362,10 +398,11 @@ impl Stores {
                         ..StoreConfig::default()
                     },
                 )?;
-                let listen = s.clone();
+                let (listen, queue) = (s.clone(), s.clone());
                 Ok(Self::of(
                     s,
                     move |l| listen.set_commit_listener(l),
+                    Arc::new(move || queue.writer_queue()),
                     Duration::ZERO,
                 ))
             }
@@ -378,10 +415,11 @@ impl Stores {
                 // Commits wake the other nodes through NOTIFY only when that is the bus.
                 pg.notify = cfg.bus_kind() == BusKind::Postgres;
                 let s = im_store::PgStore::open(pg).await?;
-                let listen = s.clone();
+                let (listen, queue) = (s.clone(), s.clone());
                 Ok(Self::of(
                     s,
                     move |l| listen.set_commit_listener(l),
+                    Arc::new(move || queue.writer_queue()),
                     Duration::from_secs(3600),
                 ))
             }
@@ -395,6 +433,7 @@ impl Stores {
     fn of<S>(
         s: S,
         listen: impl FnOnce(Arc<dyn CommitListener>) + Send + 'static,
+        writer_queue: Arc<dyn Fn() -> usize + Send + Sync>,
         orphan_grace: Duration,
     ) -> Self
     where
@@ -408,6 +447,7 @@ impl Stores {
             files: Arc::new(s.clone()),
             reader: Arc::new(s),
             listen: Box::new(listen),
+            writer_queue,
             orphan_grace,
         }
     }
@@ -533,6 +573,8 @@ pub struct ImServer {
     app: Arc<App>,
     listener: TcpListener,
     tls: Option<tls::Tls>,
+    /// `metrics.listen`: `/metrics` alone, without a token.
+    metrics_listener: Option<TcpListener>,
 }
 
 impl ImServer {
@@ -559,7 +601,15 @@ impl ImServer {
     /// Serves until `shutdown` completes. Then it stops accepting, ends every event stream,
     /// and gives open requests `shutdown_grace_secs` to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let ImServer { app, listener, tls } = self;
+        let ImServer {
+            app,
+            listener,
+            tls,
+            metrics_listener,
+        } = self;
+        if let Some(l) = metrics_listener {
+            tokio::spawn(metrics::serve(l, app.clone()));
+        }
         let acceptor = tls.as_ref().map(|tls| {
             tls.spawn_reloader(Duration::from_secs(app.config.tls.reload_secs.max(1)));
             tls.acceptor().clone()
@@ -640,6 +690,10 @@ impl ImServer {
                 let Some(sniffed) = conn::sniff(&mut stream, header_timeout, !refuse).await else {
                     return; // closed, or nothing sent in time
                 };
+                let _counted = metrics::OpenConnection::new(
+                    if sniffed.h2 { "h2" } else { "http1" },
+                    matches!(stream, conn::Transport::Tls(_)),
+                );
                 let held = sniffed.events.is_some().then_some(held);
                 let mut io = conn::ConnIo::new(stream, sniffed.prefix, write_timeout);
                 if let Some(head) = sniffed.events {

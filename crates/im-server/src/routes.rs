@@ -47,6 +47,8 @@ pub(crate) struct App {
     pub limiter: Arc<dyn RateLimiter>,
     /// The client ids stored lately, which spare a new one the store read.
     pub recent: Arc<RecentClientIds>,
+    /// `/metrics`, when `[metrics]` is configured.
+    pub metrics: crate::metrics::Shared,
 }
 
 /// `{"message": M}`, serialized straight from the message: building a `serde_json::Value`
@@ -142,6 +144,7 @@ fn logged_out() -> Response<Body> {
 enum Route {
     Asset(&'static assets::Asset),
     Health,
+    Metrics,
     Ready,
     Register,
     Login,
@@ -188,6 +191,7 @@ fn resolve(path: &str) -> Option<(Route, &'static [Method])> {
     Some(match segments.as_slice() {
         _ if assets::find(path).is_some() => (Route::Asset(assets::find(path)?), GET),
         ["healthz"] => (Route::Health, GET),
+        ["metrics"] => (Route::Metrics, GET),
         ["readyz"] => (Route::Ready, GET),
         ["files", token, name] => (
             Route::Download((*token).to_owned(), (*name).to_owned()),
@@ -313,6 +317,23 @@ impl App {
                 );
                 Ok(res)
             }
+            Route::Metrics => {
+                let Some(metrics) = &self.metrics else {
+                    return Err(ApiError::new(ErrorCode::NotFound, "no route /metrics"));
+                };
+                let token = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                if !metrics.allows(token) {
+                    return Err(ApiError::new(
+                        ErrorCode::Unauthorized,
+                        "/metrics needs `Authorization: Bearer <metrics.token>`",
+                    ));
+                }
+                Ok(self.metrics_text(metrics))
+            }
             Route::Health => Ok(bytes_response(
                 StatusCode::OK,
                 "text/plain; charset=utf-8",
@@ -348,7 +369,13 @@ impl App {
                 let out = self
                     .users
                     .login(&body.username, &body.password, &agent)
-                    .await?;
+                    .await
+                    .map_err(|e| {
+                        let e = ApiError::from(e);
+                        metrics::counter!("im_login_failures_total", "code" => e.code.to_string())
+                            .increment(1);
+                        e
+                    })?;
                 let mut res = json(
                     StatusCode::OK,
                     &json!({ "token": out.token, "user": out.user }),
@@ -725,6 +752,12 @@ impl App {
     }
 
     async fn post_message(&self, req: Request<RequestBody>) -> Reply {
+        let answer = self.post_message_counted(req).await;
+        crate::metrics::message_answered(&answer);
+        answer
+    }
+
+    async fn post_message_counted(&self, req: Request<RequestBody>) -> Reply {
         let who = self.principal(&req).await?;
         self.limit(Limit::MessagesPerUser, Key::User(who.user.0))
             .await?;
@@ -763,6 +796,26 @@ impl App {
             }
             answer => answer,
         }
+    }
+
+    /// The exposition text, with the channel shards' queues read now.
+    pub(crate) fn metrics_text(&self, metrics: &crate::metrics::Metrics) -> Response<Body> {
+        for (name, group) in &self.groups {
+            for (shard, depth) in group.queue_depths().into_iter().enumerate() {
+                metrics::gauge!(
+                    "im_queue_depth",
+                    "queue" => "channel",
+                    "group" => name.clone(),
+                    "shard" => shard.to_string()
+                )
+                .set(depth as f64);
+            }
+        }
+        bytes_response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            Bytes::from(metrics.render()),
+        )
     }
 
     /// The 200 answer for a repeated `client_id`, if `from` stored a message with it.
@@ -833,6 +886,7 @@ impl App {
     /// with `Retry-After`.
     async fn limit(&self, limit: Limit, key: Key<'_>) -> Result<(), ApiError> {
         self.limiter.check(limit, key).await.map_err(|wait| {
+            metrics::counter!("im_rate_limited_total", "limit" => limit.name()).increment(1);
             let secs = wait.secs();
             ApiError::new(
                 ErrorCode::RateLimited,

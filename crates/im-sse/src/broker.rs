@@ -97,6 +97,7 @@ pub trait ReplaySource: Send + Sync + 'static {
 /// The frame carries `id: <latest>`, so a browser's next automatic reconnect starts from a
 /// servable position instead of asking for the unservable one again.
 fn resync(head: &mut BytesMut, latest: MessageId) -> u64 {
+    metrics::counter!("im_resyncs_total").increment(1);
     let latest = latest.0;
     let data = format!("{{\"latest\":{latest}}}");
     let mut frame = Vec::new();
@@ -211,6 +212,9 @@ pub(crate) struct Inner {
     pub(crate) replay: Arc<dyn ReplaySource>,
     pub(crate) listener: OnceLock<Arc<dyn SessionListener>>,
     live_head: OnceLock<LiveHead>,
+    /// `im_deliveries_total`: frames put in mailboxes. A handle, so the hot path does no
+    /// registry lookup.
+    deliveries: metrics::Counter,
 }
 
 /// A head known without I/O; see [`SseBroker::set_live_head`].
@@ -251,6 +255,7 @@ impl SseBroker {
                 replay,
                 listener: OnceLock::new(),
                 live_head: OnceLock::new(),
+                deliveries: metrics::counter!("im_deliveries_total"),
                 config,
             }),
         }
@@ -322,6 +327,8 @@ impl SseBroker {
                         ready(&mut head, pos.0);
                         pos.0
                     } else {
+                        metrics::counter!("im_replays_total").increment(1);
+                        metrics::histogram!("im_replay_messages").record(found as f64);
                         replay = Some(Replay::new(latest));
                         pos.0
                     }
@@ -396,9 +403,8 @@ impl SseBroker {
 impl im_pool::Mailboxes for SseBroker {
     fn deliver(&self, user: UserId, frame: &Frame) {
         if let Some(list) = self.inner.shard(user).read().get(&user) {
-            for m in list {
-                m.push(frame);
-            }
+            let pushed = list.iter().filter(|m| m.push(frame)).count();
+            self.inner.deliveries.increment(pushed as u64);
         }
     }
 }

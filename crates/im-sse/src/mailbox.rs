@@ -108,6 +108,8 @@ impl Mailbox {
         let dropped = std::mem::take(&mut s.queue);
         let waker = s.waker.take();
         drop(s);
+        metrics::counter!("im_slow_stream_closes_total").increment(1);
+        metrics::counter!("im_mailbox_dropped_frames_total").increment(dropped.len() as u64);
         drop(dropped);
         if let Some(w) = waker {
             w.wake();

@@ -114,6 +114,7 @@ impl SseStream {
             }
         };
         let mut buf = BytesMut::new();
+        metrics::counter!("im_replayed_messages_total").increment(page.messages.len() as u64);
         for m in &page.messages {
             buf.extend_from_slice(&im_protocol::sse::message_frame(m));
         }

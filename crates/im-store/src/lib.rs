@@ -12,6 +12,7 @@
 //!   writer.
 
 #[cfg(feature = "files")]
+mod commits;
 mod files;
 mod messages;
 mod migrations;
@@ -113,6 +114,11 @@ const READER_CACHE_KIB: i64 = 8 * 1024;
 pub const DB_FILE: &str = "im.sqlite3";
 
 impl SqliteStore {
+    /// Writes waiting for the writer thread, for metrics.
+    pub fn writer_queue(&self) -> usize {
+        self.inner.writer.len()
+    }
+
     /// Opens (creating if needed) the database in `dir`, runs migrations and starts the
     /// writer thread.
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Self, StoreError> {

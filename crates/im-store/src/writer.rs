@@ -145,6 +145,7 @@ fn run(
 ) {
     let mut next_id = committed.load(Ordering::Acquire) + 1;
     let mut batch = Vec::with_capacity(batch_max);
+    let metrics = crate::commits::CommitMetrics::new("sqlite");
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < batch_max {
@@ -153,6 +154,7 @@ fn run(
                 Err(_) => break,
             }
         }
+        let (started, ops) = (std::time::Instant::now(), batch.len());
         let start_id = next_id;
         let mut finishers: Vec<Finish> = Vec::with_capacity(batch.len());
         let mut entries: Vec<LogEntry> = Vec::new();
@@ -185,6 +187,7 @@ fn run(
             conn.execute_batch("COMMIT")?;
             Ok(())
         })();
+        metrics.record(started, ops, result.is_ok());
         match &result {
             Ok(()) => {
                 committed.store(next_id - 1, Ordering::Release);

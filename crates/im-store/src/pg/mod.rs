@@ -84,6 +84,11 @@ impl std::fmt::Debug for PgStore {
 }
 
 impl PgStore {
+    /// Writes waiting for the writer task, for metrics.
+    pub fn writer_queue(&self) -> usize {
+        self.inner.writer.len()
+    }
+
     /// Connects, runs migrations and starts the writer task on the current tokio runtime.
     /// Fails (rather than retrying) when the database cannot be reached, so a node with a
     /// wrong URL does not start half-working.

@@ -63,6 +63,7 @@ async fn run(
 ) {
     let mut client: Option<Object> = None;
     let mut batch = Vec::with_capacity(batch_max);
+    let metrics = crate::commits::CommitMetrics::new("postgres");
     while let Ok(first) = rx.recv_async().await {
         batch.push(first);
         while batch.len() < batch_max {
@@ -71,6 +72,7 @@ async fn run(
                 Err(_) => break,
             }
         }
+        let (started, ops) = (std::time::Instant::now(), batch.len());
         let mut c = match client.take() {
             Some(c) if !c.is_closed() => c,
             _ => match pool.get().await {
@@ -86,6 +88,7 @@ async fn run(
         let mut done = Vec::with_capacity(batch.len());
         let mut entries = Vec::new();
         let result = commit(&mut c, batch.drain(..), &mut done, &mut entries, notify).await;
+        metrics.record(started, ops, result.is_ok());
         if let Err(e) = &result {
             tracing::error!(error = %e, "batch commit failed; nothing in it was acknowledged");
         }
