@@ -25,20 +25,37 @@ pub enum ConfigError {
     #[error("invalid configuration: {0}")]
     Invalid(String),
     /// A flag is unknown or lacks its value.
-    #[error("{0}\n\n{USAGE}")]
+    #[error("{0}")]
     Usage(String),
 }
 
-/// Command-line help.
-pub const USAGE: &str =
-    "usage: im-server [--config FILE] [--listen ADDR] [--data-dir DIR] [--self-signed]
-
-  --config FILE    TOML configuration file (see docs/API.md, \"Configuration\")
-  --listen ADDR    address to listen on (default 127.0.0.1:8080)
-  --data-dir DIR   where the SQLite store and files live (default ./im-data)
-  --self-signed    serve HTTPS (and HTTP/2) with a self-signed certificate for localhost
-
-Environment variables IM_<KEY> (and IM_<TABLE>__<KEY>) override the file; flags override both.";
+/// The command line. Every other setting is in the file or an `IM_*` variable; the layers
+/// are: defaults, then the file, then the variables, then these flags.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "im-server",
+    version,
+    about = "Web-IM: instant messaging for the web (SSE out, HTTP POST in).",
+    after_help = "Every setting of docs/API.md (\"Configuration\") can also be given as an \
+                  environment variable IM_<KEY>, or IM_<TABLE>__<KEY> inside a table \
+                  (IM_SSE__KEEPALIVE_SECS=10). The file is overridden by the variables, and \
+                  both by these flags."
+)]
+struct Cli {
+    /// TOML configuration file (see docs/API.md, "Configuration").
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on [env: IM_LISTEN] [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Where the SQLite store and uploaded files live [env: IM_DATA_DIR] [default: ./im-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Serve HTTPS and HTTP/2 with a self-signed certificate for localhost, made in
+    /// DIR/tls on first use [env: IM_TLS__SELF_SIGNED=true] [default: off].
+    #[arg(long)]
+    self_signed: bool,
+}
 
 /// Everything the server can be told; every field has a default.
 #[derive(Debug, Clone, Deserialize)]
@@ -632,8 +649,8 @@ impl Default for Argon2Config {
 pub enum Command {
     /// Run the server.
     Run,
-    /// Print usage.
-    Help,
+    /// Print this help text.
+    Help(String),
     /// Print the version.
     Version,
 }
@@ -644,35 +661,31 @@ impl Config {
         args: impl IntoIterator<Item = String>,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(Command, Config), ConfigError> {
-        let mut file = None;
-        let mut flags = Table::new();
-        let mut self_signed = false;
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            let (name, inline) = match arg.split_once('=') {
-                Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
-                None => (arg.clone(), None),
-            };
-            let mut value = || {
-                inline
-                    .clone()
-                    .or_else(|| args.next())
-                    .ok_or_else(|| ConfigError::Usage(format!("{name} needs a value")))
-            };
-            match name.as_str() {
-                "-h" | "--help" => return Ok((Command::Help, Config::default())),
-                "-V" | "--version" => return Ok((Command::Version, Config::default())),
-                "--config" => file = Some(PathBuf::from(value()?)),
-                "--listen" => {
-                    flags.insert("listen".into(), Value::String(value()?));
-                }
-                "--data-dir" => {
-                    flags.insert("data_dir".into(), Value::String(value()?));
-                }
-                "--self-signed" if inline.is_none() => self_signed = true,
-                other => return Err(ConfigError::Usage(format!("unknown argument `{other}`"))),
+        let cli = match <Cli as clap::Parser>::try_parse_from(
+            std::iter::once("im-server".to_owned()).chain(args),
+        ) {
+            Ok(cli) => cli,
+            Err(e) => {
+                return match e.kind() {
+                    clap::error::ErrorKind::DisplayHelp => {
+                        Ok((Command::Help(e.render().to_string()), Config::default()))
+                    }
+                    clap::error::ErrorKind::DisplayVersion => {
+                        Ok((Command::Version, Config::default()))
+                    }
+                    _ => Err(ConfigError::Usage(e.render().to_string())),
+                };
             }
+        };
+        let file = cli.config;
+        let mut flags = Table::new();
+        if let Some(listen) = cli.listen {
+            flags.insert("listen".into(), Value::String(listen));
         }
+        if let Some(dir) = cli.data_dir {
+            flags.insert("data_dir".into(), Value::String(dir.display().to_string()));
+        }
+        let self_signed = cli.self_signed;
         let mut table = match &file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -1035,10 +1048,18 @@ mod tests {
             Config::load(args, vec![]),
             Err(ConfigError::Invalid(_))
         ));
-        assert_eq!(
-            Config::load(s(&["--help"]), vec![]).unwrap().0,
-            Command::Help
-        );
+        let Command::Help(help) = Config::load(s(&["--help"]), vec![]).unwrap().0 else {
+            panic!("--help asks for help")
+        };
+        for flag in [
+            "--config",
+            "--listen",
+            "--data-dir",
+            "--self-signed",
+            "IM_LISTEN",
+        ] {
+            assert!(help.contains(flag), "{flag} in {help}");
+        }
         let vars = vec![("IM_STORE".to_owned(), "postgres".to_owned())];
         assert!(matches!(
             Config::load(vec![], vars),

@@ -14,8 +14,8 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Help => {
-            println!("{}", im_server::config::USAGE);
+        Command::Help(text) => {
+            println!("{text}");
             return ExitCode::SUCCESS;
         }
         Command::Version => {
