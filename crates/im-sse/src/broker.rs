@@ -313,6 +313,13 @@ impl SseBroker {
                     ready(&mut head, pos.0);
                     pos.0
                 } else {
+                    // The live head may lag the store (a busy follower): what it has not yet
+                    // dispatched was committed before the stream registered, yet would come
+                    // through the mailbox and could overflow it while the replay runs. The
+                    // replay reads up to the store's head instead, and the mailbox skips
+                    // what the replay carries. The store is read here anyway.
+                    let latest = latest.max(self.inner.replay.latest_id().await?);
+                    mailbox.set_floor(latest.0);
                     // Counting reads no record; the replay itself is read a page at a time
                     // as the body is written (`SseStream`), up to `latest`: everything
                     // after that was committed after registering, so it is in the mailbox.

@@ -188,13 +188,15 @@ mod tests {
         assert_eq!(store.2.load(Ordering::Relaxed), 0, "no count, no head read");
         assert_eq!(store.1.load(Ordering::Relaxed), 0, "no page read");
 
-        // Behind the live head: the replay reaches it, then live delivery goes on.
+        // Behind the live head: the replay reaches the store's head (9 and 10 are committed,
+        // on their way to delivery), and the delivered 9 is not written twice.
         let mut body = broker
             .open(who(), Resume::After(MessageId(6)))
             .await
             .unwrap();
         broker.deliver(UserId(2), &Frame::message(&msg(9)));
-        assert_eq!(read_ids(&mut body, 3).await.0, vec![7, 8, 9]);
+        broker.deliver(UserId(2), &Frame::message(&msg(11)));
+        assert_eq!(read_ids(&mut body, 5).await.0, vec![7, 8, 9, 10, 11]);
 
         // Ahead of this node's live head (the client saw 10 on a node further on): the store's
         // head serves it, so it is no resync.
@@ -203,6 +205,30 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ready_at(&mut body).await.as_deref(), Some("10"));
+    }
+
+    #[tokio::test]
+    async fn a_lagging_follower_does_not_fill_a_replaying_mailbox() {
+        // The store has committed up to 10; the follower has dispatched only up to 4.
+        let store = log(10);
+        let broker = SseBroker::new(small_pages(), store.clone());
+        broker.set_live_head(|| MessageId(4));
+        let mut body = broker
+            .open(who(), Resume::After(MessageId(2)))
+            .await
+            .unwrap();
+        // The follower catches up while the replay has not been read: the replay carries
+        // 5..=10, so the mailbox holds none of them.
+        for id in 5..=10 {
+            broker.deliver(UserId(2), &big(id));
+        }
+        assert_eq!(broker.buffered_bytes(), 0, "nothing queued behind the replay");
+        broker.deliver(UserId(2), &Frame::message(&msg(11)));
+        assert_eq!(
+            read_ids(&mut body, 9).await.0,
+            (3..=11).collect::<Vec<_>>(),
+            "each once, in order"
+        );
     }
 
     #[tokio::test]

@@ -48,6 +48,8 @@ struct State {
     bytes: usize,
     closed: bool,
     waker: Option<Waker>,
+    /// Durable frames up to here are in the stream's replay: pushing them is a no-op.
+    floor: u64,
 }
 
 /// What a poll of the mailbox found.
@@ -80,6 +82,9 @@ impl Mailbox {
         let mut s = self.state.lock();
         if s.closed {
             return false;
+        }
+        if frame.id.is_some_and(|id| id <= s.floor) {
+            return true;
         }
         let bytes = s.bytes + frame.bytes.len() + SLOT;
         let fits = s.queue.is_empty()
@@ -114,6 +119,25 @@ impl Mailbox {
         if let Some(w) = waker {
             w.wake();
         }
+    }
+
+    /// Skips durable frames up to `id` from now on, and drops those queued: the stream's
+    /// replay carries them.
+    pub(crate) fn set_floor(&self, id: u64) {
+        let mut s = self.state.lock();
+        s.floor = s.floor.max(id);
+        let before = s.bytes;
+        let floor = s.floor;
+        let mut bytes = before;
+        s.queue.retain(|f| match f.id {
+            Some(fid) if fid <= floor => {
+                bytes -= f.bytes.len() + SLOT;
+                false
+            }
+            _ => true,
+        });
+        s.bytes = bytes;
+        self.budget.release(charge_for(before) - charge_for(bytes));
     }
 
     /// Whether the mailbox was closed (slow reader, logout, shutdown, the stream cap).
