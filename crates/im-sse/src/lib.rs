@@ -222,7 +222,11 @@ mod tests {
         for id in 5..=10 {
             broker.deliver(UserId(2), &big(id));
         }
-        assert_eq!(broker.buffered_bytes(), 0, "nothing queued behind the replay");
+        assert_eq!(
+            broker.buffered_bytes(),
+            0,
+            "nothing queued behind the replay"
+        );
         broker.deliver(UserId(2), &Frame::message(&msg(11)));
         assert_eq!(
             read_ids(&mut body, 9).await.0,
