@@ -121,10 +121,8 @@ fn ensure_schemathesis(work: &Path) -> Result<PathBuf> {
         make_venv("/usr/bin/python3", &venv)?;
     }
     run_tool(
-        Command::new(&python)
+        Command::new(venv.join("bin/pip"))
             .args([
-                "-m",
-                "pip",
                 "install",
                 "--quiet",
                 "--no-input",
@@ -222,7 +220,11 @@ struct Fixture {
     file: (String, String),
 }
 
+/// Where friend requests are made.
+const REQUESTS: &str = "/api/v1/friends/requests";
+
 impl Fixture {
+    /// Makes the data through the API itself, on the server at `addr`.
     async fn create(addr: SocketAddr) -> Result<Self> {
         let users = load::accounts(addr, "openapi", 4).await?;
         let [(token, me), (friend_token, friend), strangers @ ..] = &users[..] else {
@@ -230,24 +232,12 @@ impl Fixture {
         };
         let mut c = Conn::open(addr, None).await?;
         let ask = |name: &str| json!({ "username": name });
-        post(&mut c, "/api/v1/friends/requests", token, &ask("openapi1")).await?;
+        post(&mut c, REQUESTS, token, &ask("openapi1")).await?;
         // The crossing request is accepted at once.
-        post(
-            &mut c,
-            "/api/v1/friends/requests",
-            friend_token,
-            &ask("openapi0"),
-        )
-        .await?;
+        post(&mut c, REQUESTS, friend_token, &ask("openapi0")).await?;
         let mut requests = Vec::new();
         for (stranger, _) in strangers {
-            let pending = post(
-                &mut c,
-                "/api/v1/friends/requests",
-                stranger,
-                &ask("openapi0"),
-            )
-            .await?;
+            let pending = post(&mut c, REQUESTS, stranger, &ask("openapi0")).await?;
             requests.push(id(&pending["request"])?);
         }
         let [accept, decline] = requests[..] else {
