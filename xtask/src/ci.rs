@@ -77,6 +77,8 @@ pub fn run() -> Result<()> {
         "the end-to-end tests on PostgreSQL",
     )?;
     browser_tests(&root)?;
+    // The server's answers against its OpenAPI document, by a property-based checker.
+    crate::openapi::run()?;
     // A short pass over every fuzz target; `cargo xtask fuzz` is the long one.
     crate::fuzz::run(&crate::fuzz::Options {
         seconds: 10,

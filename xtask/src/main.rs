@@ -10,6 +10,9 @@
 //! - `cargo xtask soak [--minutes N]` drives mixed traffic at a release server and reports
 //!   whether its memory and open files stay flat.
 //!
+//! - `cargo xtask openapi` checks the debug server against its OpenAPI document with
+//!   schemathesis (installed from PyPI into a venv under the target dir).
+//!
 //! Nothing here is needed at runtime.
 
 mod balance;
@@ -19,6 +22,7 @@ mod fuzz;
 mod load;
 mod loadbench;
 mod moto;
+mod openapi;
 mod services;
 mod soak;
 mod util;
@@ -49,6 +53,8 @@ commands:
                      60; 50 users, 50 messages/s), sampling its RSS, open files, threads and
                      latency; writes target/soak/soak-TIME.json and judges whether memory and
                      open files stayed flat. --record: write the result into docs/BENCHMARKS.md
+  openapi            check the debug server's answers against crates/im-server/openapi.json
+                     with schemathesis (pip-installed into a venv under the target dir)
   balance LISTEN NODE...
                      a round-robin TCP load balancer, to try a cluster on one machine
                      (README, section Cluster); each connection goes to the next live node
@@ -64,13 +70,14 @@ fn main() -> ExitCode {
         None => return usage_error("no command given"),
     };
     let result = match command {
-        "ci" if rest.is_empty() => ci::run(),
-        "ci" => {
+        "ci" | "openapi" if !rest.is_empty() => {
             return usage_error(&format!(
-                "`ci` takes no arguments, got `{}`",
+                "`{command}` takes no arguments, got `{}`",
                 rest.join(" ")
             ));
         }
+        "ci" => ci::run(),
+        "openapi" => openapi::run(),
         "bench" => match bench::Options::parse(rest) {
             Ok(options) => bench::run(&options),
             Err(e) => return usage_error(&e),

@@ -29,6 +29,10 @@ use std::sync::Arc;
 /// The session cookie's name (api-v1.md).
 pub const SESSION_COOKIE: &str = "im_session";
 
+/// The OpenAPI 3.1 description of every route, served at `GET /api/v1/openapi.json` so
+/// clients and contract checkers read the same document the binary was built with.
+const OPENAPI: &str = include_str!("../openapi.json");
+
 /// The composed server: everything a request may need.
 pub(crate) struct App {
     pub config: Config,
@@ -173,6 +177,7 @@ enum Route {
     GroupMember(GroupId, UserId),
     Upload,
     Download(String, String),
+    OpenApi,
 }
 
 const GET: &[Method] = &[Method::GET, Method::HEAD];
@@ -198,6 +203,7 @@ fn resolve(path: &str) -> Option<(Route, &'static [Method])> {
             GET,
         ),
         ["api", "v1", rest @ ..] => match rest {
+            ["openapi.json"] => (Route::OpenApi, GET),
             ["auth", "register"] => (Route::Register, POST),
             ["auth", "login"] => (Route::Login, POST),
             ["auth", "logout"] => (Route::Logout, POST),
@@ -334,6 +340,11 @@ impl App {
                 }
                 Ok(self.metrics_text(metrics))
             }
+            Route::OpenApi => Ok(bytes_response(
+                StatusCode::OK,
+                "application/json",
+                Bytes::from_static(OPENAPI.as_bytes()),
+            )),
             Route::Health => Ok(bytes_response(
                 StatusCode::OK,
                 "text/plain; charset=utf-8",
