@@ -11,8 +11,8 @@
 //! - Readers use their own connections on the blocking pool; WAL lets them run beside the
 //!   writer.
 
-#[cfg(feature = "files")]
 mod commits;
+#[cfg(feature = "files")]
 mod files;
 mod messages;
 mod migrations;
