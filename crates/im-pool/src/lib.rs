@@ -254,6 +254,20 @@ mod tests {
         }
     }
 
+    /// Dispatches messages 1..=n through a pool and waits until every frame is delivered.
+    fn run(
+        cfg: PoolConfig,
+        mailboxes: Arc<dyn Mailboxes>,
+        recipients: Arc<dyn Recipients>,
+        n: u64,
+    ) {
+        let pool = ConsumerPool::start(cfg, mailboxes, recipients).unwrap();
+        for id in 1..=n {
+            pool.dispatch(&text(id));
+        }
+        pool.shutdown();
+    }
+
     #[test]
     fn inline_and_queued_deliveries_keep_id_order() {
         let rec = Arc::new(SlowRecorder::default());
@@ -263,11 +277,7 @@ mod tests {
             chunk: 3,
             inline: 4,
         };
-        let pool = ConsumerPool::start(cfg, rec.clone(), Arc::new(Alternating(9))).unwrap();
-        for id in 1..=400 {
-            pool.dispatch(&text(id));
-        }
-        pool.shutdown();
+        run(cfg, rec.clone(), Arc::new(Alternating(9)), 400);
         let got = rec.0.0.lock();
         for user in 1..=9 {
             let want: Vec<u64> = (1..=400).filter(|id| user <= 2 || id % 2 == 0).collect();
@@ -284,11 +294,7 @@ mod tests {
             chunk: 7,
             inline: 4,
         };
-        let pool = ConsumerPool::start(cfg, rec.clone(), Arc::new(Everyone(50))).unwrap();
-        for id in 1..=100 {
-            pool.dispatch(&text(id));
-        }
-        pool.shutdown();
+        run(cfg, rec.clone(), Arc::new(Everyone(50)), 100);
         let got = rec.0.lock();
         assert_eq!(got.len(), 50);
         for ids in got.values() {

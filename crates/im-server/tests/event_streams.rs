@@ -186,6 +186,23 @@ async fn a_refused_stream_gets_its_error_and_the_connection_serves_on() {
     server.shutdown().await;
 }
 
+/// Waits on `watching` for the `presence` event that says Bob (user 2) is `online` or not.
+async fn bob_goes(watching: &mut im_client::EventStream, online: bool) {
+    patient("bob's presence", async {
+        while let Some(e) = watching.next_event().await {
+            let e: Event = e.unwrap();
+            if e.event == "presence"
+                && serde_json::from_str::<Value>(&e.data)
+                    .is_ok_and(|v| v["user"] == 2 && v["online"] == online)
+            {
+                return;
+            }
+        }
+        panic!("alice's stream ended");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_client_that_leaves_is_noticed_without_a_write() {
     // No grace: the friend hears `offline` as soon as the server notices the close.
@@ -197,34 +214,11 @@ async fn a_client_that_leaves_is_noticed_without_a_write() {
     raw.head().await;
     raw.events_until(|e| e.iter().any(|(name, _)| name == "ready"))
         .await;
-    let presence = |online: bool| {
-        move |e: &Event| {
-            e.event == "presence"
-                && serde_json::from_str::<Value>(&e.data)
-                    .is_ok_and(|v| v["user"] == 2 && v["online"] == online)
-        }
-    };
-    patient("bob online", async {
-        while let Some(e) = watching.next_event().await {
-            if presence(true)(&e.unwrap()) {
-                return;
-            }
-        }
-        panic!("alice's stream ended");
-    })
-    .await;
+    bob_goes(&mut watching, true).await;
     // Bob's stream is idle (no keep-alive is due for seconds): only the read side can
     // tell the server he left.
     drop(raw);
-    patient("bob offline", async {
-        while let Some(e) = watching.next_event().await {
-            if presence(false)(&e.unwrap()) {
-                return;
-            }
-        }
-        panic!("alice's stream ended");
-    })
-    .await;
+    bob_goes(&mut watching, false).await;
     server.shutdown().await;
 }
 

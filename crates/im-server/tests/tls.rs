@@ -139,6 +139,16 @@ impl H2 {
         (parts.status, parts.headers, value)
     }
 
+    /// Sends `text` from `token`'s user to user 2 (Bob); returns the stored message.
+    async fn send_to_bob(&mut self, token: &str, text: &str) -> Value {
+        let body = json!({"to": {"user": 2}, "kind": "text", "body": {"text": text}});
+        let (status, _, sent) = self
+            .call(Method::POST, "/api/v1/messages", Some(token), Some(body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{sent}");
+        sent["message"].clone()
+    }
+
     /// Registers and logs in `name`; returns the token and the `Set-Cookie` of the login.
     async fn signup(&mut self, name: &str) -> (String, String) {
         let creds = json!({"username": name, "password": format!("{name}-password")});
@@ -199,12 +209,18 @@ async fn next_message(body: &mut hyper::body::Incoming, parser: &mut Parser) -> 
     .await
 }
 
-#[tokio::test]
-async fn seven_streams_of_one_user_share_one_http2_connection() {
+/// A TLS server on fresh certificates, the certificate to trust, and an HTTP/2 connection.
+async fn tls_server() -> (Certs, [CertificateDer<'static>; 1], TestServer, H2) {
     let certs = Certs::new();
     let trusted = [Certs::der(&certs.cert)];
     let server = certs.server().await;
-    let mut h2 = H2::open(server.addr, &trusted).await;
+    let h2 = H2::open(server.addr, &trusted).await;
+    (certs, trusted, server, h2)
+}
+
+#[tokio::test]
+async fn seven_streams_of_one_user_share_one_http2_connection() {
+    let (_certs, _, server, mut h2) = tls_server().await;
     let (status, _, _) = h2.call(Method::GET, "/healthz", None, None).await;
     assert_eq!(status, StatusCode::OK);
     let (alice, bob) = alice_and_bob(&mut h2).await;
@@ -223,14 +239,10 @@ async fn seven_streams_of_one_user_share_one_http2_connection() {
         assert_eq!(res.status(), StatusCode::OK);
         tabs.push((res.into_body(), Parser::new()));
     }
-    let body = json!({"to": {"user": 2}, "kind": "text", "body": {"text": "to every tab"}});
-    let (status, _, sent) = h2
-        .call(Method::POST, "/api/v1/messages", Some(&alice), Some(body))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    let sent = h2.send_to_bob(&alice, "to every tab").await;
     for (body, parser) in &mut tabs {
         let got = next_message(body, parser).await;
-        assert_eq!(got["id"], sent["message"]["id"]);
+        assert_eq!(got["id"], sent["id"]);
         assert_eq!(got["body"]["text"], "to every tab");
     }
     server.shutdown().await;
@@ -238,10 +250,7 @@ async fn seven_streams_of_one_user_share_one_http2_connection() {
 
 #[tokio::test]
 async fn http1_over_tls_serves_the_event_stream() {
-    let certs = Certs::new();
-    let trusted = [Certs::der(&certs.cert)];
-    let server = certs.server().await;
-    let mut h2 = H2::open(server.addr, &trusted).await;
+    let (_certs, trusted, server, mut h2) = tls_server().await;
     let (alice, bob) = alice_and_bob(&mut h2).await;
 
     let mut tls = connect(server.addr, &trusted, &[b"http/1.1"]).await;
@@ -250,11 +259,7 @@ async fn http1_over_tls_serves_the_event_stream() {
         "GET /api/v1/events HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {bob}\r\n\r\n"
     );
     tls.write_all(req.as_bytes()).await.unwrap();
-    let body = json!({"to": {"user": 2}, "kind": "text", "body": {"text": "over tls"}});
-    let (status, _, _) = h2
-        .call(Method::POST, "/api/v1/messages", Some(&alice), Some(body))
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    h2.send_to_bob(&alice, "over tls").await;
     let mut got = Vec::new();
     patient("the message over HTTP/1.1 and TLS", async {
         while !String::from_utf8_lossy(&got).contains("over tls") {
@@ -303,12 +308,8 @@ async fn a_renewed_certificate_is_served_while_old_streams_go_on() {
     .await;
 
     // The stream opened before the renewal still delivers.
-    let body = json!({"to": {"user": 2}, "kind": "text", "body": {"text": "after renewal"}});
-    let (status, _, sent) = h2
-        .call(Method::POST, "/api/v1/messages", Some(&alice), Some(body))
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    let sent = h2.send_to_bob(&alice, "after renewal").await;
     let got = next_message(&mut stream, &mut parser).await;
-    assert_eq!(got["id"], sent["message"]["id"]);
+    assert_eq!(got["id"], sent["id"]);
     server.shutdown().await;
 }
