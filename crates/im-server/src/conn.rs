@@ -183,22 +183,22 @@ async fn read_events_head(
     stream: &mut Transport,
     buf: &mut Vec<u8>,
 ) -> Option<Option<http::Request<()>>> {
+    use crate::events_h1::{Head, MAX_HEAD, parse};
     loop {
-        match crate::events_h1::parse(buf) {
-            crate::events_h1::Head::Events(req) => return Some(Some(*req)),
-            crate::events_h1::Head::Other => return Some(None),
-            crate::events_h1::Head::Partial => loop {
-                // A head ends with a line: parsing again before a new one arrives would
-                // let a client that trickles bytes cost a parse per byte.
-                let scanned = buf.len();
-                buf.reserve(FIRST_READ);
-                if stream.read_buf(buf).await.ok()? == 0 {
-                    return None;
-                }
-                if buf[scanned..].contains(&b'\n') || buf.len() >= crate::events_h1::MAX_HEAD {
-                    break;
-                }
-            },
+        match parse(buf) {
+            Head::Events(req) => return Some(Some(*req)),
+            Head::Other => return Some(None),
+            Head::Partial => {}
+        }
+        // A head ends with a line: parsing again before a new one arrives would let a
+        // client that trickles bytes cost a parse per byte.
+        let mut scanned = buf.len();
+        while !buf[scanned..].contains(&b'\n') && buf.len() < MAX_HEAD {
+            scanned = buf.len();
+            buf.reserve(FIRST_READ);
+            if stream.read_buf(buf).await.ok()? == 0 {
+                return None;
+            }
         }
     }
 }

@@ -327,12 +327,7 @@ impl App {
                 let Some(metrics) = &self.metrics else {
                     return Err(ApiError::new(ErrorCode::NotFound, "no route /metrics"));
                 };
-                let token = req
-                    .headers()
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "));
-                if !metrics.allows(token) {
+                if !metrics.allows(self.credentials(&req).bearer) {
                     return Err(ApiError::new(
                         ErrorCode::Unauthorized,
                         "/metrics needs `Authorization: Bearer <metrics.token>`",
