@@ -202,11 +202,17 @@ async fn a_killed_nodes_users_go_offline_on_the_others() {
     let nodes = cluster.addrs.clone();
     let alice = cluster.user("alice", 0).await;
     let bob = cluster.user("bob", 1).await;
-    befriend(&alice, &bob, "bob", nodes[0], nodes[1]).await;
-    let bob_id = user_id(&bob).await;
-
     let mut watch = alice.at(nodes[0]).events(None).await.unwrap();
     ready(&mut watch).await;
+    befriend(&alice, &bob, "bob", nodes[0], nodes[1]).await;
+    let bob_id = user_id(&bob).await;
+    // The befriending tells alice bob's presence; it crosses the bus from node 1, so it is
+    // read here, before bob connects, rather than mistaken for the answer below.
+    assert!(
+        !presence_of(&mut watch, bob_id).await,
+        "bob offline at first"
+    );
+
     // Bob comes online on node 2: alice hears it on node 0, and node 1 knows it too.
     let mut bobs = bob.at(nodes[2]).events(None).await.unwrap();
     ready(&mut bobs).await;
