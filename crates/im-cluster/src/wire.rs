@@ -68,6 +68,9 @@ pub enum Signal {
     Event(Ephemeral),
     /// The sender's presence news.
     Presence(PresenceNews),
+    /// End these users' event streams on every node (the server API's disconnect). Appended
+    /// last, so older frames keep their variant index; a node of an older release drops it.
+    Disconnect(Vec<UserId>),
 }
 
 /// A frame could not be encoded or decoded.
@@ -95,6 +98,9 @@ enum BodyOut<'a> {
         online: &'a [UserId],
         offline: &'a [UserId],
         hello: bool,
+    },
+    Disconnect {
+        users: &'a [UserId],
     },
 }
 
@@ -131,6 +137,9 @@ enum BodyIn {
         online: Vec<UserId>,
         offline: Vec<UserId>,
         hello: bool,
+    },
+    Disconnect {
+        users: Vec<UserId>,
     },
 }
 
@@ -201,6 +210,7 @@ impl Signal {
                     hello: p.hello,
                 },
             ),
+            Signal::Disconnect(users) => encode(node, BodyOut::Disconnect { users }),
         }
     }
 
@@ -246,6 +256,7 @@ impl Signal {
                 ttl: Duration::from_millis(ttl_ms),
                 hello,
             }),
+            BodyIn::Disconnect { users } => Signal::Disconnect(users),
         };
         Ok((NodeId(node), signal))
     }
@@ -316,6 +327,7 @@ mod tests {
                     hello,
                 })
             ),
+            users().prop_map(Signal::Disconnect),
         ]
     }
 

@@ -103,6 +103,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `/metrics` for Prometheus (`[metrics]`).
     pub metrics: MetricsConfig,
+    /// The API for an application's backends, `/api/v1/server/…` (`[server_api]`).
+    pub server_api: ServerApiSection,
     /// Event stream tuning.
     pub sse: SseConfig,
     /// Connection caps and timeouts (`[limits]`).
@@ -239,6 +241,44 @@ pub struct MetricsConfig {
     pub token: Option<String>,
     /// Serves `GET /metrics` on this address too, without a token (a private interface).
     pub listen: Option<SocketAddr>,
+}
+
+/// `[server_api]`: the API for an application's backends (`/api/v1/server/…`). Off unless a
+/// key is set.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerApiSection {
+    /// The keys a backend presents (`X-Api-Key: <key>` or `Authorization: ApiKey <key>`),
+    /// each at least 16 characters. One string or a list, so that one key fits in
+    /// `IM_SERVER_API__KEYS`; several let a key be replaced without a moment of refusals.
+    #[serde(deserialize_with = "one_or_many")]
+    pub keys: Vec<String>,
+}
+
+impl std::fmt::Debug for ServerApiSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys are secrets: a logged configuration shows how many, never what.
+        f.debug_struct("ServerApiSection")
+            .field("keys", &format_args!("[{} hidden]", self.keys.len()))
+            .finish()
+    }
+}
+
+/// The shortest server API key accepted: shorter ones are guessable.
+pub const MIN_API_KEY_CHARS: usize = 16;
+
+/// A list, or one string standing for a list of one.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// `[tls]`: HTTPS, with HTTP/2 offered by ALPN. Off unless a certificate is given.
@@ -503,6 +543,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             tls: TlsConfig::default(),
             metrics: MetricsConfig::default(),
+            server_api: ServerApiSection::default(),
             sse: SseConfig::default(),
             limits: LimitsSection::default(),
             workers: WorkerConfig::default(),
@@ -788,6 +829,17 @@ impl Config {
             ));
         }
         self.rate_limits.check()?;
+        if self
+            .server_api
+            .keys
+            .iter()
+            .any(|k| k.chars().count() < MIN_API_KEY_CHARS)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "server_api.keys: each key needs at least {MIN_API_KEY_CHARS} characters \
+                 (make one with `openssl rand -hex 32`)"
+            )));
+        }
         match (&self.tls.cert, &self.tls.key, self.tls.self_signed) {
             (Some(_), Some(_), false) | (None, None, _) => {}
             (Some(_), Some(_), true) => {
@@ -850,6 +902,7 @@ const KEYS: &[&str] = &[
     "allowed_origins",
     "tls",
     "metrics",
+    "server_api",
     "sse",
     "limits",
     "workers",
@@ -935,6 +988,25 @@ mod tests {
         ]);
         let (_, c) = Config::load(s(&[]), off).unwrap();
         assert!(c.tls.enabled() && !c.cookie_is_secure());
+    }
+
+    #[test]
+    fn server_api_keys_are_one_or_many_long_enough_and_never_printed() {
+        let one = env(&[("IM_SERVER_API__KEYS", "0123456789abcdef")]);
+        let (_, c) = Config::load(s(&[]), one).unwrap();
+        assert_eq!(c.server_api.keys, ["0123456789abcdef"]);
+        let many = env(&[(
+            "IM_SERVER_API__KEYS",
+            r#"["0123456789abcdef", "fedcba9876543210"]"#,
+        )]);
+        let (_, c) = Config::load(s(&[]), many).unwrap();
+        assert_eq!(c.server_api.keys.len(), 2);
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+        let short = env(&[("IM_SERVER_API__KEYS", "short")]);
+        let e = Config::load(s(&[]), short).unwrap_err();
+        assert!(e.to_string().contains("at least 16 characters"), "{e}");
+        let (_, c) = Config::load(s(&[]), vec![]).unwrap();
+        assert!(c.server_api.keys.is_empty());
     }
 
     fn s(v: &[&str]) -> Vec<String> {

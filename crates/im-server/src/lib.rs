@@ -9,9 +9,11 @@ pub mod config;
 mod conn;
 mod events_h1;
 mod http;
+mod keys;
 mod metrics;
 mod ready;
 mod routes;
+mod server_api;
 mod tls;
 
 pub use config::{BusKind, Command, Config, ConfigError, FilesBackend, StoreKind};
@@ -193,8 +195,9 @@ impl ImServerBuilder {
         broker.set_listener(users.clone());
         users.attach_mailboxes(Arc::new(broker.clone()));
         let closer = broker.clone();
-        users.on_revoke(Arc::new(move |user, session| {
-            closer.close_session(SessionInfo { user, session })
+        users.on_revoke(Arc::new(move |user, session| match session {
+            Some(session) => closer.close_session(SessionInfo { user, session }),
+            None => closer.close_user(user),
         }));
         users.attach_link(link.clone());
         let pool = ConsumerPool::start(pool_cfg, Arc::new(broker.clone()), users.clone())
@@ -338,6 +341,7 @@ impl ImServerBuilder {
         readiness.spawn_lag_log();
         let limiter = Arc::new(cfg.rate_limits.memory_limiter());
         limiter.spawn_purger(RATE_LIMIT_PURGE);
+        let server_keys = keys::Keys::new(self.config.server_api.keys.iter().map(String::as_str));
         let app = App {
             config: self.config,
             classifier,
@@ -352,6 +356,7 @@ impl ImServerBuilder {
             limiter,
             recent,
             metrics: metrics.map(Arc::new),
+            server_keys,
         };
         Ok(ImServer {
             app: Arc::new(app),
@@ -555,6 +560,7 @@ impl Inbound for NodeInbound {
             Signal::Committed { head, .. } => self.follower.wake(head),
             Signal::Event(event) => self.users.deliver_remote(&event),
             Signal::Presence(news) => self.users.presence_news(from, news),
+            Signal::Disconnect(users) => self.users.disconnect_here(&users),
         }
     }
 

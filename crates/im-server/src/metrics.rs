@@ -9,7 +9,6 @@
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::{Arc, OnceLock};
-use subtle::ConstantTimeEq;
 
 /// A figure read at scrape time: its gauge's name and labels, and how to read it.
 pub(crate) struct Probe {
@@ -37,7 +36,7 @@ impl Probe {
 pub(crate) struct Metrics {
     handle: PrometheusHandle,
     probes: Vec<Probe>,
-    token: Option<String>,
+    token: crate::keys::Keys,
 }
 
 impl Metrics {
@@ -51,7 +50,7 @@ impl Metrics {
         Some(Self {
             handle,
             probes: Vec::new(),
-            token: config.token.clone().filter(|t| !t.is_empty()),
+            token: crate::keys::Keys::new(config.token.as_deref()),
         })
     }
 
@@ -62,12 +61,7 @@ impl Metrics {
 
     /// Whether `presented` (a bearer token) may read the metrics on the main listener.
     pub(crate) fn allows(&self, presented: Option<&str>) -> bool {
-        match (&self.token, presented) {
-            (Some(token), Some(presented)) => {
-                bool::from(token.as_bytes().ct_eq(presented.as_bytes()))
-            }
-            _ => false,
-        }
+        self.token.allows(presented)
     }
 
     /// The exposition text.

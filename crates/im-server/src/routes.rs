@@ -53,6 +53,8 @@ pub(crate) struct App {
     pub recent: Arc<RecentClientIds>,
     /// `/metrics`, when `[metrics]` is configured.
     pub metrics: crate::metrics::Shared,
+    /// The keys of the server API (`[server_api]`); none turns it off.
+    pub server_keys: crate::keys::Keys,
 }
 
 /// `{"message": M}`, serialized straight from the message: building a `serde_json::Value`
@@ -178,6 +180,7 @@ enum Route {
     Upload,
     Download(String, String),
     OpenApi,
+    Server(crate::server_api::ServerRoute),
 }
 
 const GET: &[Method] = &[Method::GET, Method::HEAD];
@@ -187,7 +190,7 @@ const DELETE: &[Method] = &[Method::DELETE];
 const PUT_DELETE: &[Method] = &[Method::PUT, Method::DELETE];
 
 /// A numeric path segment; anything else is an unknown route.
-fn num(s: &str) -> Option<u64> {
+pub(crate) fn num(s: &str) -> Option<u64> {
     s.parse().ok().filter(|_| !s.starts_with('+'))
 }
 
@@ -204,6 +207,10 @@ fn resolve(path: &str) -> Option<(Route, &'static [Method])> {
         ),
         ["api", "v1", rest @ ..] => match rest {
             ["openapi.json"] => (Route::OpenApi, GET),
+            ["server", rest @ ..] => {
+                let (route, methods) = crate::server_api::resolve(rest)?;
+                (Route::Server(route), methods)
+            }
             ["auth", "register"] => (Route::Register, POST),
             ["auth", "login"] => (Route::Login, POST),
             ["auth", "logout"] => (Route::Logout, POST),
@@ -462,6 +469,7 @@ impl App {
             Route::Upload => self.upload(req).await,
             Route::Download(token, name) => self.download(&token, &name, req).await,
             Route::Messages => self.post_message(req).await,
+            Route::Server(route) => self.server(route, req).await,
             Route::Conversations => {
                 let who = self.principal(&req).await?;
                 let list = self.history.conversations(who.user).await?;
@@ -484,14 +492,19 @@ impl App {
                 users
                     .settled(|| users.check_party(who.user, &conversation))
                     .await?;
-                let query = req.uri().query();
-                let limit = query_u64(query, "limit")?.unwrap_or(50).clamp(1, 200) as usize;
-                let before = query_u64(query, "before")?.map(MessageId);
-                let messages = self.history.history(&conversation, before, limit).await?;
-                Ok(json(StatusCode::OK, &json!({ "messages": messages })))
+                self.history_page(&conversation, req.uri().query()).await
             }
             other => self.social(other, req).await,
         }
+    }
+
+    /// A page of a conversation's messages: the newest `limit` (50, at most 200) before
+    /// `before`, ascending.
+    pub(crate) async fn history_page(&self, conversation: &str, query: Option<&str>) -> Reply {
+        let limit = query_u64(query, "limit")?.unwrap_or(50).clamp(1, 200) as usize;
+        let before = query_u64(query, "before")?.map(MessageId);
+        let messages = self.history.history(conversation, before, limit).await?;
+        Ok(json(StatusCode::OK, &json!({ "messages": messages })))
     }
 
     /// Friends, blocks, groups, typing and read receipts.
@@ -768,6 +781,12 @@ impl App {
         self.limit(Limit::MessagesPerUser, Key::User(who.user.0))
             .await?;
         let draft: Draft = read_json(req, self.config.max_message_bytes).await?;
+        self.publish(who.user, draft).await
+    }
+
+    /// Stores `from`'s message through its channel group, or answers a repeated
+    /// `client_id` with the first message.
+    pub(crate) async fn publish(&self, from: UserId, draft: Draft) -> Reply {
         if draft
             .client_id
             .as_ref()
@@ -785,17 +804,17 @@ impl App {
         let cid = draft.client_id.clone();
         let known = cid
             .as_deref()
-            .is_some_and(|c| self.recent.may_contain(who.user, c));
+            .is_some_and(|c| self.recent.may_contain(from, c));
         if known {
-            if let Some(first) = self.first_of(who.user, cid.as_deref()).await? {
+            if let Some(first) = self.first_of(from, cid.as_deref()).await? {
                 return Ok(first);
             }
         }
-        match self.submit(who, draft).await {
+        match self.submit(from, draft).await {
             // Only a refusal (4xx) may hide a repeat; an overloaded server (503) is not made
             // busier by a lookup for every post it turns away.
             Err(e) if !known && (400..500).contains(&e.status) => {
-                match self.first_of(who.user, cid.as_deref()).await? {
+                match self.first_of(from, cid.as_deref()).await? {
                     Some(first) => Ok(first),
                     None => Err(e),
                 }
@@ -839,7 +858,7 @@ impl App {
     }
 
     /// Classifies a draft and runs it through its channel group to the log.
-    async fn submit(&self, who: Principal, draft: Draft) -> Reply {
+    async fn submit(&self, from: UserId, draft: Draft) -> Reply {
         let route = self.classifier.classify(&draft.kind, &draft.body)?;
         let group = self.groups.get(route.group).ok_or_else(|| {
             ApiError::new(
@@ -848,9 +867,9 @@ impl App {
             )
         })?;
         let pending = Pending {
-            from: who.user,
+            from,
             to: draft.to,
-            conversation: conversation_of(who.user, draft.to),
+            conversation: conversation_of(from, draft.to),
             kind: route.kind.to_owned(),
             body: draft.body,
             client_id: draft.client_id,

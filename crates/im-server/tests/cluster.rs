@@ -314,6 +314,60 @@ async fn coherence(bus: TestBus) {
     .await;
 }
 
+/// A backend talks to one node; what it does reaches streams and sessions on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backend_on_one_node_reaches_every_node() {
+    const KEY: &str = "cluster-backend-key-0123";
+    let cluster = Cluster::launch(2, TestBus::redis(), &[("IM_SERVER_API__KEYS", KEY)]).await;
+    let n = cluster.addrs.clone();
+    let backend = n[0];
+    let call = |method: Method, path: String, body: Option<serde_json::Value>| async move {
+        common::server_api(backend, method, &path, &[("x-api-key", KEY)], body.as_ref()).await
+    };
+    let bob = cluster.user("bob", 1).await;
+    let bob_id = user_id(&bob).await;
+    let mut stream = bob.at(n[1]).events(None).await.unwrap();
+    ready(&mut stream).await;
+
+    // Published through node 0, delivered on node 1.
+    let draft =
+        json!({"to": {"user": bob_id}, "kind": "text", "body": {"text": "hello from the backend"}});
+    let res = call(Method::POST, "/messages".into(), Some(draft)).await;
+    assert_eq!(res.status, StatusCode::CREATED);
+    let got = next_message(&mut stream)
+        .await
+        .expect("delivered on node 1");
+    assert_eq!(got.id.0, res.json()["message"]["id"].as_u64().unwrap());
+    // Node 0 knows bob is online on node 1.
+    patient("node 0 to list bob online", async {
+        while call(Method::GET, "/online".into(), None).await.json()["users"]
+            != json!([{"id": bob_id, "username": "bob"}])
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    // A disconnect through node 0 ends bob's stream on node 1.
+    let res = call(Method::POST, format!("/users/{bob_id}/disconnect"), None).await;
+    assert_eq!(res.status, StatusCode::NO_CONTENT);
+    assert!(
+        next_message(&mut stream).await.is_none(),
+        "the stream ended"
+    );
+    // A revocation through node 0 holds on node 1.
+    let mut again = bob.at(n[1]).events(None).await.unwrap();
+    ready(&mut again).await;
+    let res = call(Method::DELETE, format!("/users/{bob_id}/sessions"), None).await;
+    assert_eq!(res.status, StatusCode::NO_CONTENT);
+    assert!(next_message(&mut again).await.is_none(), "the stream ended");
+    let me = bob
+        .at(n[1])
+        .call(Method::GET, "/api/v1/me", None)
+        .await
+        .unwrap();
+    assert_eq!(me.status, StatusCode::UNAUTHORIZED);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_logout_holds_on_every_node_despite_concurrent_requests() {
     let cluster = Cluster::start(2).await;

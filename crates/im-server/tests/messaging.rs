@@ -1,6 +1,7 @@
 //! The core flow over real TCP: accounts, event streams, 100 messages, resume, idempotency.
 
 mod common;
+mod server_api;
 
 use common::{TestServer, patient};
 use http::{Method, StatusCode};

@@ -390,6 +390,14 @@ impl SseBroker {
         }
     }
 
+    /// Ends every stream of `user` on this node (a backend's disconnect). The clients come
+    /// back and resume, unless their sessions were revoked as well.
+    pub fn close_user(&self, user: UserId) {
+        if let Some(list) = self.inner.shard(user).read().get(&user) {
+            list.iter().for_each(|m| m.close());
+        }
+    }
+
     /// Open streams of `user`, for presence.
     pub fn sessions_of(&self, user: UserId) -> usize {
         self.inner.shard(user).read().get(&user).map_or(0, Vec::len)

@@ -14,7 +14,9 @@ pub mod social;
 mod store;
 
 pub use change::UserChange;
-pub use manager::{HashParams, LoginOutcome, SessionPolicy, UserManager, UsersConfig};
+pub use manager::{
+    HashParams, LoginOutcome, SYSTEM_USERNAME, SessionPolicy, UserManager, UsersConfig,
+};
 pub use policy::{Authorize, DirectMessages};
 pub use social::{FriendRequest, Group, RequestState, Role, SocialSnapshot, SocialWrite};
 pub use store::{SessionRecord, SessionTimes, UserStore, UserStoreError};

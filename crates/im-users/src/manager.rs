@@ -13,8 +13,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
+mod backend;
 mod cluster;
 mod sessions;
+
+pub use backend::SYSTEM_USERNAME;
 
 pub use sessions::SessionPolicy;
 
@@ -66,8 +69,9 @@ struct Directory {
     ids: HashMap<String, UserId>,
 }
 
-/// Ends the event streams of a revoked session on this node.
-pub type RevokeHook = Arc<dyn Fn(UserId, u64) + Send + Sync>;
+/// Ends event streams on this node: those of one login session of the user (revoked), or
+/// with `None` all of the user's (a backend's disconnect).
+pub type RevokeHook = Arc<dyn Fn(UserId, Option<u64>) + Send + Sync>;
 
 /// Accounts, sessions, the social graph and presence.
 ///
@@ -94,6 +98,8 @@ pub struct UserManager {
     progress: OnceLock<Arc<dyn Progress>>,
     link: OnceLock<Link>,
     on_revoke: OnceLock<RevokeHook>,
+    /// The system sender of the server API, once this node has used or created it.
+    system: OnceLock<UserId>,
     runtime: Option<tokio::runtime::Handle>,
     me: Weak<UserManager>,
     /// Verified against when the username does not exist, so both cases cost the same.
@@ -141,6 +147,7 @@ impl UserManager {
             progress: OnceLock::new(),
             link: OnceLock::new(),
             on_revoke: OnceLock::new(),
+            system: OnceLock::new(),
             runtime,
             me: me.clone(),
             decoy_hash,
@@ -291,8 +298,16 @@ impl UserManager {
     // ----- authorization -----
 
     /// Whether `from` may send to (or type at) `to` under the policy, blocks and membership.
+    /// The system sender may send to any user or group that exists.
     pub fn may_send(&self, from: UserId, to: Target) -> Result<(), UserError> {
         let social = self.social.read();
+        if self.is_system(from) {
+            return match to {
+                Target::User(to) if self.exists(to) => Ok(()),
+                Target::User(_) => Err(UserError::NoSuchUser),
+                Target::Group(g) => social.group(g).map(|_| ()),
+            };
+        }
         match to {
             Target::User(to) => {
                 if !self.exists(to) {
@@ -320,23 +335,20 @@ impl UserManager {
 
     /// Whether `user` may read `conversation`'s history.
     pub fn check_party(&self, user: UserId, conversation: &str) -> Result<(), UserError> {
+        self.check_conversation(conversation)?;
         if let Some((a, b)) = im_protocol::direct_parties(conversation) {
-            if !self.exists(a) || !self.exists(b) {
-                return Err(UserError::NoSuchConversation);
-            }
             return if user == a || user == b {
                 Ok(())
             } else {
                 Err(UserError::NotParticipant)
             };
         }
-        if let Some(g) = im_protocol::group_of(conversation) {
-            return match self.social.read().group(g)?.role_of(user) {
-                Some(_) => Ok(()),
-                None => Err(UserError::NotMember),
-            };
+        let social = self.social.read();
+        match im_protocol::group_of(conversation).map(|g| social.group(g)) {
+            Some(Ok(g)) if g.role_of(user).is_some() => Ok(()),
+            Some(Err(e)) => Err(e),
+            _ => Err(UserError::NotMember),
         }
-        Err(UserError::NoSuchConversation)
     }
 
     /// Everyone who takes part in `conversation` (both users, or the group's members).
@@ -416,6 +428,10 @@ impl UserManager {
         username: &str,
     ) -> Result<FriendRequest, UserError> {
         let to = self.settled(|| self.id_by_name(username)).await?;
+        if username == SYSTEM_USERNAME {
+            // The system sender is nobody's friend.
+            return Err(UserError::NoSuchUser);
+        }
         if to == from {
             return Err(UserError::SelfRelation);
         }
@@ -853,7 +869,7 @@ impl Applier for UserManager {
             UserChange::SessionRevoked { user, session } => {
                 self.sessions.write().forget(session, pos);
                 if let Some(hook) = self.on_revoke.get() {
-                    hook(user, session);
+                    hook(user, Some(session));
                 }
             }
             UserChange::SessionsRevoked { user, sessions } => {
@@ -864,7 +880,9 @@ impl Applier for UserManager {
                     }
                 }
                 if let Some(hook) = self.on_revoke.get() {
-                    sessions.iter().for_each(|&session| hook(user, session));
+                    sessions
+                        .iter()
+                        .for_each(|&session| hook(user, Some(session)));
                 }
             }
             UserChange::Social { write, id } => self.social.write().apply(&write, id),

@@ -168,6 +168,16 @@ impl Presence {
             .collect()
     }
 
+    /// Everyone online on any node, in no order.
+    pub(crate) fn online(&self) -> Vec<UserId> {
+        let users = self.users.lock();
+        users
+            .iter()
+            .filter(|(_, e)| e.online())
+            .map(|(u, _)| *u)
+            .collect()
+    }
+
     /// Whether the user is online on any node (or was within the grace period here).
     pub(crate) fn is_online(&self, user: UserId) -> bool {
         self.users.lock().get(&user).is_some_and(Entry::online)

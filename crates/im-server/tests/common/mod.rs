@@ -25,6 +25,24 @@ pub async fn patient<T>(what: &str, f: impl Future<Output = T>) -> T {
     }
 }
 
+/// A call to the server API (`/api/v1/server{path}`) at `addr`, with `headers` (an API key
+/// among them, or not).
+pub async fn server_api(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&serde_json::Value>,
+) -> im_client::Response {
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    let body = body.map(serde_json::Value::to_string).unwrap_or_default();
+    Client::new(addr)
+        .raw(method, &format!("/api/v1/server{path}"), &all, body)
+        .await
+        .unwrap()
+}
+
 /// A cheap argon2 cost so tests can register many users quickly.
 pub fn test_config(dir: &Path) -> Config {
     let mut c = Config {
