@@ -37,15 +37,20 @@ const REJECTIONS: &str = "[400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428
 const UPLOAD: &[u8] = b"--openapi\r\nContent-Disposition: form-data; name=\"file\"; \
     filename=\"notes.txt\"\r\nContent-Type: text/plain\r\n\r\nsome notes\r\n--openapi--\r\n";
 
+/// The server API key the checker presents (`serverApiKey`).
+const SERVER_API_KEY: &str = "openapi-check-server-api-key";
+
 /// The settings the server runs with: no rate limits (the checker sends hundreds of logins
-/// and registrations from one address), cheap password hashing, and `/metrics` on behind a
-/// token the checker does not have (so it meets the 401s the document promises).
-const SERVER_ENV: [(&str, &str); 5] = [
+/// and registrations from one address), cheap password hashing, `/metrics` on behind a
+/// token the checker does not have (so it meets the 401s the document promises), and the
+/// server API on with a key it has.
+const SERVER_ENV: [(&str, &str); 6] = [
     ("IM_RATE_LIMITS__ENABLED", "false"),
     ("IM_ARGON2__MEMORY_KIB", "64"),
     ("IM_ARGON2__ITERATIONS", "1"),
     ("IM_LOG", "warn"),
     ("IM_METRICS__TOKEN", "openapi-check-metrics-token"),
+    ("IM_SERVER_API__KEYS", SERVER_API_KEY),
 ];
 
 /// Runs the whole check: install, build, start the server, set up data, run schemathesis.
@@ -220,6 +225,8 @@ struct Fixture {
     conversation: String,
     /// The first account's uploaded file: its link's token and name.
     file: (String, String),
+    /// The third account, whose sessions the server API may revoke without ending the run's.
+    stranger: u64,
 }
 
 /// Where friend requests are made.
@@ -274,6 +281,7 @@ impl Fixture {
             requests: (accept, decline),
             conversation: format!("d{lo}-{hi}"),
             file,
+            stranger: strangers[0].1,
         })
     }
 
@@ -286,6 +294,7 @@ impl Fixture {
             requests: (accept, decline),
             conversation,
             file: (link, name),
+            stranger,
             ..
         } = self;
         let pin = |op: &str, params: &str| {
@@ -296,12 +305,16 @@ impl Fixture {
         let mut toml = format!(
             "# Written by `cargo xtask openapi` (xtask/src/openapi.rs) for one run.\n\
              [checks]\nnegative_data_rejection.expected-statuses = {REJECTIONS}\n\n\
-             [auth.openapi.bearerAuth]\nbearer = \"{token}\"\n"
+             [auth.openapi.bearerAuth]\nbearer = \"{token}\"\n\n\
+             [auth.openapi.serverApiKey]\napi_key = \"{SERVER_API_KEY}\"\n"
         );
         let conversation = format!("\"path.conversation\" = \"{conversation}\"");
         let file = format!("\"path.token\" = \"{link}\", \"path.name\" = \"{name}\"");
         for (op, params) in [
             ("getHistory", conversation.clone()),
+            ("serverHistory", conversation.clone()),
+            ("serverHistoryHead", conversation.clone()),
+            ("serverRevokeSessions", format!("\"path.user_id\" = {stranger}")),
             ("markRead", conversation),
             ("getGroup", format!("\"path.id\" = {group}")),
             ("addMember", format!("\"path.id\" = {group}")),

@@ -2,10 +2,12 @@
 //! (`[server_api] keys`): publish as the system sender, see who is online, disconnect users,
 //! revoke their sessions and read any conversation. No user session ever reaches it.
 
-use crate::http::{Reply, RequestBody, empty, json, query_param, query_u64, read_json};
+use crate::http::{
+    Body, Reply, RequestBody, empty, error_response, json, query_param, query_u64, read_json,
+};
 use crate::routes::App;
-use http::header;
-use http::{Method, Request, StatusCode};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
 use im_protocol::{ApiError, Draft, ErrorCode, UserId};
 use serde_json::json;
 
@@ -68,7 +70,7 @@ impl App {
             ));
         }
         if !self.server_keys.allows(presented_key(&req)) {
-            return Err(unauthorized());
+            return Ok(refused());
         }
         let users = &self.users;
         match route {
@@ -124,11 +126,15 @@ impl App {
     }
 }
 
-fn unauthorized() -> ApiError {
-    ApiError::new(
+/// 401 with the scheme a backend should use, not the `Bearer` of user routes.
+fn refused() -> Response<Body> {
+    let mut res = error_response(&ApiError::new(
         ErrorCode::Unauthorized,
         "the server API needs a key: `X-Api-Key: <key>` (a user's session is not one)",
-    )
+    ));
+    res.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("ApiKey"));
+    res
 }
 
 /// `users=1,2,3`: between 1 and [`PRESENCE_MAX`] user ids.
@@ -139,7 +145,7 @@ fn presence_query(raw: Option<&str>) -> Result<Vec<UserId>, ApiError> {
     })?;
     let ids = raw
         .split(',')
-        .map(|s| crate::routes::num(s.trim()).map(UserId))
+        .map(|s| crate::routes::num(s).map(UserId))
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| {
             bad(format!(
@@ -163,7 +169,7 @@ mod tests {
     #[test]
     fn presence_asks_for_one_to_a_thousand_ids() {
         assert_eq!(
-            presence_query(Some("1, 2,3")).unwrap(),
+            presence_query(Some("1,2,3")).unwrap(),
             [UserId(1), UserId(2), UserId(3)]
         );
         for bad in [
@@ -173,6 +179,7 @@ mod tests {
             Some("x"),
             Some("+1"),
             Some("1;2"),
+            Some("1, 2"),
         ] {
             assert!(presence_query(bad).is_err(), "{bad:?}");
         }

@@ -95,6 +95,7 @@ async fn the_server_api_takes_keys_and_nothing_else() {
                 "{method} {path} {headers:?}"
             );
             assert_eq!(res.error_code().as_deref(), Some("unauthorized"));
+            assert_eq!(res.headers["www-authenticate"], "ApiKey");
         }
     }
     // Either key, in either form, gets in; the user's session still works where it belongs.
