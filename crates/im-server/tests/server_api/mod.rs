@@ -311,3 +311,61 @@ async fn a_backend_sees_presence_disconnects_and_revokes() {
     let res = backend(&server, Method::DELETE, "/users/99/sessions", None).await;
     assert_eq!(res.error_code().as_deref(), Some("no_such_user"));
 }
+
+/// The backend script of docs/API.md (`examples/backend/notify.py`) works as written.
+/// `python3` is there wherever `cargo xtask ci` runs: the S3 tests need it for moto.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_example_runs_as_documented() {
+    let server = with_keys().await;
+    let (alice, _bob) = alice_and_bob(&server.client()).await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/backend/notify.py"
+    );
+    let run = |key: &'static str| {
+        let url = format!("http://{}", server.addr);
+        async move {
+            tokio::process::Command::new("python3")
+                .args([script, "1", "the build is green", "build-42"])
+                .env("IM_URL", url)
+                .env("IM_API_KEY", key)
+                .output()
+                .await
+                .expect("python3 runs the backend example")
+        }
+    };
+    let out = run(KEY).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        said.starts_with("message ") && said.ends_with(" stored; user 1 is offline\n"),
+        "{said}"
+    );
+    // The same client id again: the same message, stored once.
+    assert_eq!(String::from_utf8(run(KEY).await.stdout).unwrap(), said);
+    let id: u64 = said.split(' ').nth(1).unwrap().parse().unwrap();
+    let list = alice
+        .call(Method::GET, "/api/v1/conversations", None)
+        .await
+        .unwrap()
+        .json();
+    let chat = &list["conversations"][0];
+    assert_eq!(chat["last_message"]["id"], id);
+    assert_eq!(chat["last_message"]["body"]["text"], "the build is green");
+    let history = alice
+        .history(chat["conversation"].as_str().unwrap(), None, None)
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1);
+    // A wrong key fails the script with the server's error code.
+    let out = run("not-the-key-0123456789").await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{out:?}"
+    );
+}
