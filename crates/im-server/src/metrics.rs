@@ -9,6 +9,7 @@
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 /// A figure read at scrape time: its gauge's name and labels, and how to read it.
 pub(crate) struct Probe {
@@ -227,6 +228,9 @@ pub(crate) type Shared = Option<Arc<Metrics>>;
 
 /// Serves `GET /metrics` on `metrics.listen`, for a scraper on a private interface; any other
 /// path is 404.
+/// The longest a connection to the `metrics.listen` listener may stay open.
+const SIDE_CONNECTION_MAX: Duration = Duration::from_secs(60);
+
 pub(crate) async fn serve(listener: tokio::net::TcpListener, app: Arc<crate::routes::App>) {
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
@@ -236,6 +240,7 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, app: Arc<crate::rou
             continue;
         };
         let app = app.clone();
+        let limit = app.config.limits.header_timeout_secs;
         tokio::spawn(async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let app = app.clone();
@@ -250,9 +255,14 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, app: Arc<crate::rou
                     Ok::<_, std::convert::Infallible>(res)
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            // A scraper sends its request at once and reads the answer in well under a
+            // minute; anything slower only holds a task, so it is cut off.
+            let headers = Duration::from_secs(limit.max(1));
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(headers)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(SIDE_CONNECTION_MAX, connection).await;
         });
     }
 }

@@ -48,6 +48,7 @@ async fn counters_follow_a_scripted_scenario() {
         move |c| {
             c.metrics.token = Some("scrape-secret".into());
             c.metrics.listen = Some(side_addr);
+            c.limits.header_timeout_secs = 1;
         },
         |b| b,
     )
@@ -120,5 +121,16 @@ async fn counters_follow_a_scripted_scenario() {
     assert!(String::from_utf8_lossy(&res.body).contains("im_messages_total"));
     let res = side.raw(Method::GET, "/api/v1/me", &[], "").await.unwrap();
     assert_eq!(res.status, StatusCode::NOT_FOUND);
+    // A client there that sends nothing does not hold its task: the header timeout ends it.
+    let mut silent = tokio::net::TcpStream::connect(side_addr).await.unwrap();
+    let mut buf = [0u8; 256];
+    let read = common::patient("a silent connection to be closed", async {
+        tokio::io::AsyncReadExt::read(&mut silent, &mut buf).await
+    })
+    .await;
+    assert!(
+        !matches!(read, Ok(n) if n > 0 && !buf.starts_with(b"HTTP/1.1 408")),
+        "{read:?}"
+    );
     server.shutdown().await;
 }
