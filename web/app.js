@@ -123,6 +123,8 @@ async function loadFriends() {
   renderFriends();
   renderGroupForm();
   renderChatHeader();
+  // A message may have been listed before its sender's name was known.
+  renderConversations();
 }
 
 async function loadRequests() {
@@ -132,6 +134,7 @@ async function loadRequests() {
     state.names.set(r.to, r.to_username);
   }
   renderRequests(incoming, outgoing);
+  renderConversations();
 }
 
 async function loadGroups() {
@@ -140,6 +143,7 @@ async function loadGroups() {
   for (const g of groups) for (const m of g.members) state.names.set(m.id, m.username);
   renderGroups();
   renderChatHeader();
+  renderConversations();
 }
 
 async function loadConversations() {
@@ -520,8 +524,11 @@ function wireEvents() {
   im.on('up', () => ($('banner').hidden = true));
   // Each (re)connection says where it caught up: everything after arrives live, so history
   // loaded now closes any gap (a message committed while the page loaded or was offline).
+  // Ephemeral events are not replayed: a friendship or group change made before the stream
+  // opened is only in the lists, so they are loaded again too (else a new friend's messages
+  // show as from "user 7").
   im.on('ready', async () => {
-    await loadConversations().catch(() => {});
+    await Promise.all([loadConversations(), refreshSocial()]).catch(() => {});
     if (state.current) {
       const cur = state.current;
       const messages = await im.history(cur.conversation, { limit: 50 }).catch(() => []);
