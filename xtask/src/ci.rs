@@ -35,10 +35,11 @@ const STEPS: [&[&str]; 5] = [
 
 /// The in-process end-to-end tests that run a second time with every server on a PostgreSQL
 /// database of its own (`IM_TEST_STORE=postgres`), so both adapters serve the same contract.
-const PG_AGAIN: [&str; 13] = [
+/// `--workspace` resolves the features of the gate's test build, which it reuses; `-p
+/// im-server` would build most crates again (about 3 minutes here).
+const PG_AGAIN: [&str; 12] = [
     "test",
-    "-p",
-    "im-server",
+    "--workspace",
     "--test",
     "messaging",
     "--test",
@@ -160,7 +161,7 @@ fn browser_tests(root: &Path) -> Result<()> {
             .current_dir(&tests),
         "npm ci (playwright-core)",
     )?;
-    run_cargo(root, &["build", "-p", "im-server"])?;
+    run_cargo(root, &crate::util::DEBUG_BUILD)?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));

@@ -514,10 +514,7 @@ fn with_sizes<'a>(
 /// and nothing written to docs/.
 pub fn run(scenarios: &[&str], quick: bool) -> Result<Value> {
     let root = workspace_root();
-    run_cargo(
-        &root,
-        &["build", "--release", "-p", "im-server", "-p", "xtask"],
-    )?;
+    run_cargo(&root, &crate::util::RELEASE_BUILD)?;
     let target_dir = target_dir(&root);
     let bins = Bins {
         server: target_dir.join("release/im-server"),

@@ -61,7 +61,7 @@ pub fn run() -> Result<()> {
     let work = target.join("openapi");
     std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
     let st = ensure_schemathesis(&work)?;
-    run_cargo(&root, &["build", "-p", "im-server"])?;
+    run_cargo(&root, &crate::util::DEBUG_BUILD)?;
     let dir = loadbench::temp_dir("openapi")?;
     let mut cmd = loadbench::server_command(&target.join("debug/im-server"), &dir);
     cmd.envs(SERVER_ENV);
@@ -314,7 +314,10 @@ impl Fixture {
             ("getHistory", conversation.clone()),
             ("serverHistory", conversation.clone()),
             ("serverHistoryHead", conversation.clone()),
-            ("serverRevokeSessions", format!("\"path.user_id\" = {stranger}")),
+            (
+                "serverRevokeSessions",
+                format!("\"path.user_id\" = {stranger}"),
+            ),
             ("markRead", conversation),
             ("getGroup", format!("\"path.id\" = {group}")),
             ("addMember", format!("\"path.id\" = {group}")),

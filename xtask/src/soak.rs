@@ -235,7 +235,7 @@ impl Options {
 /// refused, lost or doubled, or a judged run did not stay flat.
 pub fn run(options: &Options) -> Result<()> {
     let root = workspace_root();
-    run_cargo(&root, &["build", "--release", "-p", "im-server"])?;
+    run_cargo(&root, &crate::util::RELEASE_BUILD)?;
     let target = loadbench::target_dir(&root);
     let out_dir = target.join("soak");
     std::fs::create_dir_all(&out_dir)

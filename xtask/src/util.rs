@@ -34,6 +34,15 @@ pub fn cargo(root: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// The debug build the browser tests and the OpenAPI check run (`target/debug/im-server`):
+/// the gate's own test build, so after `cargo test --workspace --all-targets` it is already
+/// fresh. `cargo build -p im-server` would resolve other features and build most crates again.
+pub const DEBUG_BUILD: [&str; 4] = ["test", "--workspace", "--all-targets", "--no-run"];
+
+/// The release build of the server and the load generator that the soak and the load
+/// benchmarks share; one feature set, so the second of them finds it built.
+pub const RELEASE_BUILD: [&str; 6] = ["build", "--release", "-p", "im-server", "-p", "xtask"];
+
 /// Runs `cargo <args>` in `root`, showing its output; an error if it fails to start or fails.
 pub fn run_cargo(root: &Path, args: &[&str]) -> Result<()> {
     let shown = display_cargo(args);
