@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{TestServer, alice_and_bob, patient};
+use common::{TestServer, alice_and_bob, ended, patient};
 use http::{Method, StatusCode};
 use im_client::{Client, EventStream};
 use im_protocol::{Target, UserId};
@@ -69,17 +69,6 @@ async fn a_token_fails_once_logout_returned_despite_concurrent_requests() {
 // ----- expiry, the session list, ending sessions, password change -----
 
 /// Reads `stream` until the server ends it.
-async fn ended(what: &str, stream: &mut EventStream) {
-    patient(what, async {
-        while let Some(item) = stream.next_item().await {
-            if item.is_err() {
-                break;
-            }
-        }
-    })
-    .await;
-}
-
 /// Waits for the stream's `ready` event, so the stream is registered before the test acts.
 async fn opened(c: &Client) -> EventStream {
     let mut s = c.events(None).await.unwrap();

@@ -43,6 +43,18 @@ pub async fn server_api(
         .unwrap()
 }
 
+/// Reads `stream` until the server ends it (`what` names it if it never does).
+pub async fn ended(what: &str, stream: &mut im_client::EventStream) {
+    patient(what, async {
+        while let Some(item) = stream.next_item().await {
+            if item.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// A cheap argon2 cost so tests can register many users quickly.
 pub fn test_config(dir: &Path) -> Config {
     let mut c = Config {

@@ -2,8 +2,8 @@
 //! sender, presence, disconnects and revocations. Part of `messaging`, so it runs on SQLite
 //! and again on PostgreSQL.
 
-use crate::common::cluster::ready;
-use crate::common::{TestServer, alice_and_bob, patient, server_api};
+use crate::common::cluster::{create_group, ready};
+use crate::common::{TestServer, alice_and_bob, ended, patient, server_api};
 use http::{Method, StatusCode};
 use im_client::{EventStream, Response};
 use im_protocol::{Message, Target, UserId};
@@ -47,18 +47,6 @@ async fn message(stream: &mut EventStream) -> Message {
         .await
         .expect("the stream ended")
         .unwrap()
-}
-
-/// Reads `stream` until the server ends it.
-async fn ends(stream: &mut EventStream) {
-    patient("the stream to end", async {
-        while let Some(item) = stream.next_item().await {
-            if item.is_err() {
-                break;
-            }
-        }
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,19 +170,7 @@ async fn a_backend_publishes_to_users_and_groups_durably() {
     );
 
     // To a group: every member hears it, though the system sender is no member.
-    let group = alice
-        .call(
-            Method::POST,
-            "/api/v1/groups",
-            Some(&json!({"name": "team", "members": [bob_id]})),
-        )
-        .await
-        .unwrap()
-        .expect(StatusCode::CREATED)
-        .unwrap()
-        .json()["group"]["id"]
-        .as_u64()
-        .unwrap();
+    let group = create_group(&alice, "team", &[bob_id.0]).await;
     let mut bobs = bob.events(None).await.unwrap();
     ready(&mut bobs).await;
     let draft =
@@ -295,8 +271,8 @@ async fn a_backend_sees_presence_disconnects_and_revokes() {
     ready(&mut second).await;
     let res = backend(&server, Method::POST, "/users/1/disconnect", None).await;
     assert_eq!(res.status, StatusCode::NO_CONTENT);
-    ends(&mut first).await;
-    ends(&mut second).await;
+    ended("the first stream", &mut first).await;
+    ended("the second stream", &mut second).await;
     let mut back = alice.events(None).await.unwrap();
     ready(&mut back).await;
     let res = backend(&server, Method::POST, "/users/99/disconnect", None).await;
@@ -305,7 +281,7 @@ async fn a_backend_sees_presence_disconnects_and_revokes() {
     // A revocation ends her streams and her session.
     let res = backend(&server, Method::DELETE, "/users/1/sessions", None).await;
     assert_eq!(res.status, StatusCode::NO_CONTENT);
-    ends(&mut back).await;
+    ended("the stream after the revocation", &mut back).await;
     let me = alice.call(Method::GET, "/api/v1/me", None).await.unwrap();
     assert_eq!(me.status, StatusCode::UNAUTHORIZED);
     let res = backend(&server, Method::DELETE, "/users/99/sessions", None).await;
