@@ -1,5 +1,4 @@
 #![doc = include_str!("../README.md")]
-#![forbid(unsafe_code)]
 //!
 //! Both adapters keep one connection per node, reconnect on their own, and report each
 //! reconnect to the node ([`im_cluster::Inbound::reconnected`]), whose follower then reads

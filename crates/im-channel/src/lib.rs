@@ -1,5 +1,4 @@
 #![doc = include_str!("../README.md")]
-#![forbid(unsafe_code)]
 //!
 //! A [`Channel`] is an ordered chain of [`Handler`]s. A [`ChannelGroup`] runs one channel on
 //! N shards; a message goes to the shard of its conversation, so order holds per

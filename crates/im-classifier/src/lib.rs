@@ -1,5 +1,4 @@
 #![doc = include_str!("../README.md")]
-#![forbid(unsafe_code)]
 //!
 //! The classifier is the first step of the message path: it decides whether a kind exists,
 //! checks that the body fits it, and names the channel group that will run the message's

@@ -1,5 +1,4 @@
 #![doc = include_str!("../README.md")]
-#![forbid(unsafe_code)]
 //!
 //! The client speaks plain HTTP/1.1 over TCP with hyper, one connection per request (plus one
 //! per event stream), so a test or a load generator sees exactly what a browser would.

@@ -1,5 +1,4 @@
 #![doc = include_str!("../README.md")]
-#![forbid(unsafe_code)]
 //!
 //! Invariants:
 //! - Every committed change reaches memory through the [`Follower`], strictly in position

@@ -5,7 +5,7 @@
 pub const INLINE_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
 
 /// How many leading bytes [`sniff`] wants.
-pub const SNIFF_LEN: usize = 512;
+pub(crate) const SNIFF_LEN: usize = 512;
 
 /// The content type of a file from its first bytes: binary magic numbers first, then markup
 /// that browsers would run (SVG, HTML), then plain text.

@@ -1,5 +1,4 @@
 #![doc = include_str!("../README.md")]
-#![forbid(unsafe_code)]
 //!
 //! Invariants:
 //! - An upload is streamed to the [`FileStore`] in chunks; the size cap is enforced while
@@ -176,10 +175,10 @@ impl Usage {
     fn add(&self, owner: UserId, bytes: u64, quota: Option<u64>) -> Result<(), FileError> {
         let mut map = self.0.lock();
         let used = map.entry(owner).or_default();
-        if let Some(q) = quota {
-            if *used + bytes > q {
-                return Err(FileError::QuotaExceeded(q));
-            }
+        if let Some(q) = quota
+            && *used + bytes > q
+        {
+            return Err(FileError::QuotaExceeded(q));
         }
         *used += bytes;
         Ok(())

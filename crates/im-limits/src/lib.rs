@@ -1,5 +1,4 @@
 #![doc = include_str!("../README.md")]
-#![forbid(unsafe_code)]
 //!
 //! Invariants:
 //! - A check never blocks: it answers at once, with how long to wait when over budget.

@@ -1,5 +1,4 @@
 #![doc = include_str!("../README.md")]
-#![forbid(unsafe_code)]
 //!
 //! The pool never waits on a session: it hands frames to the [`Mailboxes`] port, whose
 //! `deliver` must not block. Recipients are partitioned over workers by user, and every

@@ -4,6 +4,8 @@
 //! session shares, so `sse/encode_message` is paid once per message no matter the fan-out.
 //! `sse/parse_message` is the client side (`im-client` and the tests) reading that frame
 //! back. Throughput is in bytes of the frame.
+// `criterion_group!` defines a public function it cannot document.
+#![allow(missing_docs)]
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use im_protocol::sse::{self, Item, Parser};

@@ -4,7 +4,6 @@
 //! This crate does no I/O and has no async runtime, so clients, servers and tools can all
 //! depend on it.
 #![doc = include_str!("../README.md")]
-#![forbid(unsafe_code)]
 
 mod error;
 mod ids;

@@ -7,7 +7,7 @@ use im_server::{Config, ImServer, KindSpec};
 use serde_json::Value;
 
 /// `{"lat": -90..90, "lon": -180..180, "label"?: string up to 100 chars}`.
-pub fn location_kind() -> KindSpec {
+pub(crate) fn location_kind() -> KindSpec {
     KindSpec::new("location").validator(|body: &Value| {
         let obj = body.as_object().ok_or("body must be an object")?;
         if let Some(k) = obj

@@ -5,7 +5,7 @@
 use im_server::{ApiError, Config, Handler, ImServer, Pending};
 
 /// Masks `masked` words with asterisks and rejects messages containing a `forbidden` word.
-pub struct WordFilter {
+pub(crate) struct WordFilter {
     /// Rewritten to `****`.
     pub masked: Vec<String>,
     /// Rejected with 422 `forbidden_word`.
@@ -55,7 +55,7 @@ impl Handler for WordFilter {
 }
 
 /// The filter this example runs with.
-pub fn demo_filter() -> WordFilter {
+pub(crate) fn demo_filter() -> WordFilter {
     WordFilter {
         masked: vec!["darn".into(), "heck".into()],
         forbidden: vec!["spam".into()],

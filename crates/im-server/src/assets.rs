@@ -13,7 +13,7 @@ pub(crate) struct Asset {
 
 impl Asset {
     /// A strong validator for `If-None-Match`, from the bytes.
-    pub fn etag(&self) -> &'static str {
+    pub(crate) fn etag(&self) -> &'static str {
         static TAGS: OnceLock<Vec<String>> = OnceLock::new();
         let tags = TAGS.get_or_init(|| {
             ASSETS
@@ -36,22 +36,22 @@ pub(crate) const ASSETS: &[Asset] = &[
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        body: include_bytes!("../../../web/index.html"),
+        body: include_bytes!("../web/index.html"),
     },
     Asset {
         path: "/app.js",
         content_type: JS,
-        body: include_bytes!("../../../web/app.js"),
+        body: include_bytes!("../web/app.js"),
     },
     Asset {
         path: "/im-client.js",
         content_type: JS,
-        body: include_bytes!("../../../web/im-client.js"),
+        body: include_bytes!("../web/im-client.js"),
     },
     Asset {
         path: "/app.css",
         content_type: "text/css; charset=utf-8",
-        body: include_bytes!("../../../web/app.css"),
+        body: include_bytes!("../web/app.css"),
     },
 ];
 

@@ -23,11 +23,11 @@ use tokio::time::Instant;
 pub struct ClientAddr(pub std::net::SocketAddr);
 
 /// Every request body, as the routes see it: the connection's body with an idle timeout.
-pub type RequestBody = TimedBody<ConnBody>;
+pub(crate) type RequestBody = TimedBody<ConnBody>;
 
 /// A request's body as it came off the connection: hyper's, or none for a request whose
 /// head was read without hyper (an event stream's `GET`, see `events_h1`).
-pub enum ConnBody {
+pub(crate) enum ConnBody {
     /// A body that hyper reads from the connection.
     Hyper(Incoming),
     /// No body.
@@ -86,7 +86,7 @@ impl From<BodyError> for std::io::Error {
 
 /// The pace a request body must keep (`[limits]`), applied to every request.
 #[derive(Clone, Copy, Debug)]
-pub struct BodyLimits {
+pub(crate) struct BodyLimits {
     /// The longest wait for the next byte, and the grace before `min_rate` applies.
     pub idle: Duration,
     /// Bytes per second the body must average after the grace; 0 for no minimum.
@@ -95,7 +95,7 @@ pub struct BodyLimits {
 
 impl BodyLimits {
     /// The limits of a configuration.
-    pub fn of(config: &crate::Config) -> Self {
+    pub(crate) fn of(config: &crate::Config) -> Self {
         Self {
             idle: Duration::from_secs(config.limits.body_timeout_secs.max(1)),
             min_rate: config.limits.body_min_rate,
@@ -103,7 +103,7 @@ impl BodyLimits {
     }
 
     /// Puts a body under these limits.
-    pub fn wrap<B>(self, inner: B) -> TimedBody<B> {
+    pub(crate) fn wrap<B>(self, inner: B) -> TimedBody<B> {
         TimedBody {
             inner,
             limits: self,
@@ -119,7 +119,7 @@ impl BodyLimits {
 /// period, as Apache's `mod_reqtimeout` does), so a client that trickles a body, or stops
 /// halfway, cannot hold a connection and a handler forever. The clocks run only while the
 /// body is waited on.
-pub struct TimedBody<B> {
+pub(crate) struct TimedBody<B> {
     inner: B,
     limits: BodyLimits,
     /// When the body was first waited on.
@@ -182,13 +182,13 @@ where
 }
 
 /// Every response body: a buffered one, an event stream or a file.
-pub type Body = Either<Full<Bytes>, Either<SseStream, FileBody>>;
+pub(crate) type Body = Either<Full<Bytes>, Either<SseStream, FileBody>>;
 
 /// What a route handler returns.
-pub type Reply = Result<Response<Body>, ApiError>;
+pub(crate) type Reply = Result<Response<Body>, ApiError>;
 
 /// A JSON response.
-pub fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
+pub(crate) fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
     match serde_json::to_vec(value) {
         Ok(bytes) => bytes_response(status, "application/json", Bytes::from(bytes)),
         Err(e) => {
@@ -202,7 +202,7 @@ pub fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
 }
 
 /// A response with a fixed body and content type.
-pub fn bytes_response(
+pub(crate) fn bytes_response(
     status: StatusCode,
     content_type: &'static str,
     body: Bytes,
@@ -215,14 +215,14 @@ pub fn bytes_response(
 }
 
 /// An empty response.
-pub fn empty(status: StatusCode) -> Response<Body> {
+pub(crate) fn empty(status: StatusCode) -> Response<Body> {
     let mut res = Response::new(Either::Left(Full::new(Bytes::new())));
     *res.status_mut() = status;
     res
 }
 
-/// The error body of api-v1.md, with `Retry-After` on 429 and 503 and `Allow` on 405.
-pub fn error_response(err: &ApiError) -> Response<Body> {
+/// The error body of docs/API.md, with `Retry-After` on 429 and 503 and `Allow` on 405.
+pub(crate) fn error_response(err: &ApiError) -> Response<Body> {
     let status = StatusCode::from_u16(err.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut res = bytes_response(status, "application/json", Bytes::from(err.to_json()));
     let retry = match (err.retry_after, status) {
@@ -243,9 +243,9 @@ pub fn error_response(err: &ApiError) -> Response<Body> {
     res
 }
 
-/// Reads a JSON body of at most `limit` bytes, with the status codes api-v1.md promises:
+/// Reads a JSON body of at most `limit` bytes, with the status codes docs/API.md promises:
 /// 415 for another content type, 413 over the limit, 400 for bad JSON or a wrong shape.
-pub async fn read_json<T: DeserializeOwned>(
+pub(crate) async fn read_json<T: DeserializeOwned>(
     req: Request<RequestBody>,
     limit: usize,
 ) -> Result<T, ApiError> {
@@ -304,7 +304,7 @@ pub async fn read_json<T: DeserializeOwned>(
 
 /// Parses JSON, telling malformed JSON (`malformed_json`) from a wrong shape
 /// (`invalid_request`).
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
@@ -319,7 +319,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// One query parameter, percent-decoding not needed for the numeric ones we take.
-pub fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+pub(crate) fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then_some(v)
@@ -327,7 +327,7 @@ pub fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 }
 
 /// A numeric query parameter; a present but malformed one is a 400.
-pub fn query_u64(query: Option<&str>, name: &str) -> Result<Option<u64>, ApiError> {
+pub(crate) fn query_u64(query: Option<&str>, name: &str) -> Result<Option<u64>, ApiError> {
     query_param(query, name)
         .map(|v| {
             v.parse::<u64>().map_err(|_| {
@@ -341,7 +341,7 @@ pub fn query_u64(query: Option<&str>, name: &str) -> Result<Option<u64>, ApiErro
 }
 
 /// A cookie's value from the `Cookie` header.
-pub fn cookie<'a>(req: &'a Request<RequestBody>, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie<'a>(req: &'a Request<RequestBody>, name: &str) -> Option<&'a str> {
     req.headers()
         .get_all(header::COOKIE)
         .iter()

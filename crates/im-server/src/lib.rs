@@ -1,5 +1,4 @@
 #![doc = include_str!("../README.md")]
-#![forbid(unsafe_code)]
 //!
 //! This crate composes the others and holds no domain logic: configuration, routing,
 //! authentication plumbing, the static web client and graceful shutdown.
@@ -93,7 +92,7 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerEr
     move |source| ServerError::Io { context, source }
 }
 
-/// Builds an [`ImServer`]: the seed's `IM` wrapper, where applications plug in their kinds,
+/// Builds an [`ImServer`]: the original Go Web-IM's `IM` wrapper, where applications plug in their kinds,
 /// handlers and authenticator.
 #[derive(Default)]
 pub struct ImServerBuilder {

@@ -26,8 +26,8 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// The session cookie's name (api-v1.md).
-pub const SESSION_COOKIE: &str = "im_session";
+/// The session cookie's name (docs/API.md).
+pub(crate) const SESSION_COOKIE: &str = "im_session";
 
 /// The OpenAPI 3.1 description of every route, served at `GET /api/v1/openapi.json` so
 /// clients and contract checkers read the same document the binary was built with.
@@ -250,7 +250,7 @@ fn resolve(path: &str) -> Option<(Route, &'static [Method])> {
 }
 
 impl App {
-    pub async fn handle(self: Arc<Self>, req: Request<RequestBody>) -> Response<Body> {
+    pub(crate) async fn handle(self: Arc<Self>, req: Request<RequestBody>) -> Response<Body> {
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         let mut res = match resolve(&path) {
             None => error_response(&ApiError::new(
@@ -288,7 +288,7 @@ impl App {
 
     /// Answers a connection over `limits.max_connections`: health probes as usual, so a
     /// load balancer can still tell the node is alive, and everything else 503.
-    pub async fn handle_over_capacity(
+    pub(crate) async fn handle_over_capacity(
         self: Arc<Self>,
         req: Request<RequestBody>,
     ) -> Response<Body> {
@@ -805,10 +805,8 @@ impl App {
         let known = cid
             .as_deref()
             .is_some_and(|c| self.recent.may_contain(from, c));
-        if known {
-            if let Some(first) = self.first_of(from, cid.as_deref()).await? {
-                return Ok(first);
-            }
+        if known && let Some(first) = self.first_of(from, cid.as_deref()).await? {
+            return Ok(first);
         }
         match self.submit(from, draft).await {
             // Only a refusal (4xx) may hide a repeat; an overloaded server (503) is not made

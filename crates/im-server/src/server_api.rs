@@ -12,7 +12,7 @@ use im_protocol::{ApiError, Draft, ErrorCode, UserId};
 use serde_json::json;
 
 /// The header a backend sends its key in (`Authorization: ApiKey <key>` works too).
-pub const API_KEY_HEADER: &str = "x-api-key";
+pub(crate) const API_KEY_HEADER: &str = "x-api-key";
 /// Users listed by one `GET /server/online` page unless `limit` says otherwise, and at most.
 const ONLINE_PAGE: (u64, u64) = (1000, 10_000);
 /// Users one `GET /server/presence` may ask about.

@@ -8,6 +8,10 @@
 //! memory malloc holds and trims once it has grown by [`FREE_BYTES`] over its lowest level
 //! since the last trim, and again at the next [`FOLLOW_UPS`] looks. (Trimmed memory still counts as free, so "over a fixed level" would
 //! trim again every time after a burst.)
+//!
+//! The two libc calls are the workspace's only `unsafe` code: neither takes a pointer, and
+//! both are safe to call from any thread at any time.
+#![allow(unsafe_code)]
 
 use std::time::Duration;
 
@@ -55,7 +59,7 @@ impl Trigger {
 
 /// Starts the `im-trim` thread; it runs for the life of the process.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub fn spawn() {
+pub(crate) fn spawn() {
     let started = std::thread::Builder::new()
         .name("im-trim".into())
         .spawn(|| {

@@ -4,6 +4,8 @@
 //! 1,000 users hold one stream each. One iteration delivers 10 shared frames to every user
 //! (10,000 pushes) and, in `deliver_and_drain`, then polls every stream once, which takes its
 //! 10 frames as one buffer. `deliver` times the pushes alone and drains outside the clock.
+// `criterion_group!` defines a public function it cannot document.
+#![allow(missing_docs)]
 
 use async_trait::async_trait;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

@@ -1,5 +1,4 @@
 #![doc = include_str!("../README.md")]
-#![forbid(unsafe_code)]
 //!
 //! Invariants:
 //! - A session is registered for live delivery *before* its replay is read from the store,

@@ -1,5 +1,4 @@
 #![doc = include_str!("../README.md")]
-#![forbid(unsafe_code)]
 //!
 //! Invariants:
 //! - One writer thread owns the only write connection. It takes whatever is queued, runs it

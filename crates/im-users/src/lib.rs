@@ -1,5 +1,4 @@
 #![doc = include_str!("../README.md")]
-#![forbid(unsafe_code)]
 //!
 //! Passwords are hashed with argon2id on a few dedicated threads that reuse their memory,
 //! behind a bounded queue. Session tokens are 256 random bits; only their SHA-256 is stored,
@@ -15,7 +14,7 @@ mod store;
 
 pub use change::UserChange;
 pub use manager::{
-    HashParams, LoginOutcome, SYSTEM_USERNAME, SessionPolicy, UserManager, UsersConfig,
+    HashParams, LoginOutcome, RevokeHook, SYSTEM_USERNAME, SessionPolicy, UserManager, UsersConfig,
 };
 pub use policy::{Authorize, DirectMessages};
 pub use social::{FriendRequest, Group, RequestState, Role, SocialSnapshot, SocialWrite};
@@ -52,7 +51,7 @@ pub struct Credentials<'a> {
     pub cookie: Option<&'a str>,
 }
 
-/// The seed's onConnection: decides who a request (or an event stream) belongs to.
+/// The original Go Web-IM's onConnection: decides who a request (or an event stream) belongs to.
 ///
 /// The default is [`UserManager`]'s session tokens; applications may plug in their own, e.g.
 /// to accept tokens issued by another system.
@@ -199,7 +198,7 @@ impl From<UserStoreError> for UserError {
     }
 }
 
-/// Checks the username rule of api-v1.md.
+/// Checks the username rule of docs/API.md.
 pub fn valid_username(name: &str) -> bool {
     (3..=32).contains(&name.len())
         && name

@@ -1,6 +1,6 @@
 //! The social graph: friend requests, friendships, blocks and groups with roles.
 //!
-//! [`Social`] is the in-memory copy that channel handlers consult without I/O. Every change is
+//! `Social` is the in-memory copy that channel handlers consult without I/O. Every change is
 //! planned here as a [`SocialWrite`], made durable by the [`crate::UserStore`] in one
 //! transaction, and only then applied to memory.
 

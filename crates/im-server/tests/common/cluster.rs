@@ -13,7 +13,7 @@ use std::time::Duration;
 
 /// The bus a test cluster runs on; Redis and NATS get a prefix of their own per cluster.
 #[derive(Debug, Clone)]
-pub enum TestBus {
+pub(crate) enum TestBus {
     /// PostgreSQL `LISTEN/NOTIFY`.
     Postgres,
     /// Redis pub/sub, with this prefix.
@@ -24,12 +24,12 @@ pub enum TestBus {
 
 impl TestBus {
     /// Redis on its own prefix.
-    pub fn redis() -> Self {
+    pub(crate) fn redis() -> Self {
         TestBus::Redis(unique_prefix(':'))
     }
 
     /// NATS on its own prefix.
-    pub fn nats() -> Self {
+    pub(crate) fn nats() -> Self {
         TestBus::Nats(unique_prefix('.'))
     }
 
@@ -52,7 +52,7 @@ impl TestBus {
 }
 
 /// A deployment of `n` nodes sharing one database and one file directory.
-pub struct Cluster {
+pub(crate) struct Cluster {
     // Fields drop in order: the nodes stop before their database goes.
     pub nodes: Vec<Option<ServerProcess>>,
     pub addrs: Vec<SocketAddr>,
@@ -66,12 +66,12 @@ pub struct Cluster {
 
 impl Cluster {
     /// `n` nodes on the PostgreSQL bus.
-    pub async fn start(n: usize) -> Self {
+    pub(crate) async fn start(n: usize) -> Self {
         Self::launch(n, TestBus::Postgres, &[]).await
     }
 
     /// `n` nodes on `bus`, each with the extra `IM_*` variables `env`.
-    pub async fn launch(n: usize, bus: TestBus, env: &[(&str, &str)]) -> Self {
+    pub(crate) async fn launch(n: usize, bus: TestBus, env: &[(&str, &str)]) -> Self {
         let db = TempDatabase::create().await;
         let files = tempfile::tempdir().unwrap();
         let mut vars: Vec<(String, String)> = [
@@ -108,17 +108,17 @@ impl Cluster {
     }
 
     /// Starts node `i` again on its old address (after [`Cluster::kill`] or a clean stop).
-    pub fn restart(&mut self, i: usize) {
+    pub(crate) fn restart(&mut self, i: usize) {
         let node =
             ServerProcess::start_vars(self.dirs[i].path(), &self.envs[i], Some(self.addrs[i]));
         self.nodes[i] = Some(node);
     }
 
-    pub fn node(&self, i: usize) -> SocketAddr {
+    pub(crate) fn node(&self, i: usize) -> SocketAddr {
         self.addrs[i % self.addrs.len()]
     }
 
-    pub fn kill(&mut self, i: usize) {
+    pub(crate) fn kill(&mut self, i: usize) {
         if let Some(node) = self.nodes[i].take() {
             node.signal("KILL");
             drop(node);
@@ -126,7 +126,7 @@ impl Cluster {
     }
 
     /// Signs up `name` on node `i`.
-    pub async fn user(&self, name: &str, i: usize) -> Client {
+    pub(crate) async fn user(&self, name: &str, i: usize) -> Client {
         Client::new(self.node(i))
             .signup(name, &format!("{name}-password"))
             .await
@@ -134,7 +134,7 @@ impl Cluster {
     }
 
     /// The ids PostgreSQL holds for a conversation, ascending.
-    pub async fn stored_ids(&self, conversation: &str) -> Vec<u64> {
+    pub(crate) async fn stored_ids(&self, conversation: &str) -> Vec<u64> {
         let (client, conn) = tokio_postgres::connect(self.db.url(), tokio_postgres::NoTls)
             .await
             .unwrap();
@@ -153,7 +153,7 @@ impl Cluster {
 }
 
 /// `a` asks through one node and `b` accepts through another.
-pub async fn befriend(
+pub(crate) async fn befriend(
     a: &Client,
     b: &Client,
     b_name: &str,
@@ -166,7 +166,7 @@ pub async fn befriend(
 }
 
 /// Creates a group through `owner`'s node; returns its id.
-pub async fn create_group(owner: &Client, name: &str, members: &[u64]) -> u64 {
+pub(crate) async fn create_group(owner: &Client, name: &str, members: &[u64]) -> u64 {
     owner
         .call(
             Method::POST,
@@ -183,7 +183,7 @@ pub async fn create_group(owner: &Client, name: &str, members: &[u64]) -> u64 {
 }
 
 /// The stream's `ready` position.
-pub async fn ready(stream: &mut EventStream) -> u64 {
+pub(crate) async fn ready(stream: &mut EventStream) -> u64 {
     loop {
         let e = patient("ready", stream.next_event())
             .await
@@ -195,7 +195,7 @@ pub async fn ready(stream: &mut EventStream) -> u64 {
     }
 }
 
-pub async fn next_message(stream: &mut EventStream) -> Option<Message> {
+pub(crate) async fn next_message(stream: &mut EventStream) -> Option<Message> {
     match tokio::time::timeout(PATIENCE, stream.next_message()).await {
         Ok(Some(Ok(m))) => Some(m),
         Ok(_) => None, // the stream ended (its node died, say)
@@ -205,7 +205,7 @@ pub async fn next_message(stream: &mut EventStream) -> Option<Message> {
 
 /// Reads `want` messages, reconnecting to the next node with `Last-Event-ID` after every
 /// `every` messages (and whenever a stream ends), as a browser behind a balancer would.
-pub async fn read_all(
+pub(crate) async fn read_all(
     client: Client,
     nodes: Vec<SocketAddr>,
     mut after: u64,
@@ -237,7 +237,7 @@ pub async fn read_all(
 
 /// POSTs a text, retrying with the same `client_id` on the next node when a node gives no
 /// answer; returns the stored message.
-pub async fn send_anywhere(
+pub(crate) async fn send_anywhere(
     client: &Client,
     nodes: &[SocketAddr],
     first: usize,
@@ -255,7 +255,7 @@ pub async fn send_anywhere(
     panic!("no node stored {text}");
 }
 
-pub fn assert_in_order_once(got: &[Message], who: &str) {
+pub(crate) fn assert_in_order_once(got: &[Message], who: &str) {
     assert!(
         got.windows(2).all(|w| w[0].id < w[1].id),
         "{who} got every message once, in id order"
@@ -263,7 +263,7 @@ pub fn assert_in_order_once(got: &[Message], who: &str) {
 }
 
 /// The user id behind a client's session.
-pub async fn user_id(client: &Client) -> u64 {
+pub(crate) async fn user_id(client: &Client) -> u64 {
     client
         .call(Method::GET, "/api/v1/me", None)
         .await

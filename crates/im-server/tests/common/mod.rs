@@ -2,7 +2,7 @@
 //! either in this process or as the `im-server` binary (for kill and signal tests).
 #![allow(dead_code)]
 
-pub mod cluster;
+pub(crate) mod cluster;
 
 use im_client::Client;
 use im_server::{Config, ImServer, ImServerBuilder};
@@ -15,10 +15,10 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Generous bound so a broken test fails instead of hanging CI; never a timing assertion.
-pub const PATIENCE: Duration = Duration::from_secs(60);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Fails the test if `f` does not finish within [`PATIENCE`].
-pub async fn patient<T>(what: &str, f: impl Future<Output = T>) -> T {
+pub(crate) async fn patient<T>(what: &str, f: impl Future<Output = T>) -> T {
     match tokio::time::timeout(PATIENCE, f).await {
         Ok(v) => v,
         Err(_) => panic!("gave up waiting for {what}"),
@@ -27,7 +27,7 @@ pub async fn patient<T>(what: &str, f: impl Future<Output = T>) -> T {
 
 /// A call to the server API (`/api/v1/server{path}`) at `addr`, with `headers` (an API key
 /// among them, or not).
-pub async fn server_api(
+pub(crate) async fn server_api(
     addr: SocketAddr,
     method: http::Method,
     path: &str,
@@ -44,7 +44,7 @@ pub async fn server_api(
 }
 
 /// Reads `stream` until the server ends it (`what` names it if it never does).
-pub async fn ended(what: &str, stream: &mut im_client::EventStream) {
+pub(crate) async fn ended(what: &str, stream: &mut im_client::EventStream) {
     patient(what, async {
         while let Some(item) = stream.next_item().await {
             if item.is_err() {
@@ -56,7 +56,7 @@ pub async fn ended(what: &str, stream: &mut im_client::EventStream) {
 }
 
 /// A cheap argon2 cost so tests can register many users quickly.
-pub fn test_config(dir: &Path) -> Config {
+pub(crate) fn test_config(dir: &Path) -> Config {
     let mut c = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_owned(),
@@ -72,7 +72,8 @@ pub fn test_config(dir: &Path) -> Config {
 
 /// A memory figure of process `pid` in KiB from `/proc/<pid>/status`: `field` is e.g.
 /// `"VmRSS:"` (now) or `"VmHWM:"` (peak).
-pub fn rss_kib(pid: u32, field: &str) -> u64 {
+#[cfg(target_os = "linux")]
+pub(crate) fn rss_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
@@ -82,7 +83,7 @@ pub fn rss_kib(pid: u32, field: &str) -> u64 {
 }
 
 /// Uploads a file and returns its JSON (`F`); anything but 201 fails the test.
-pub async fn upload(c: &Client, name: &str, ct: &str, data: &[u8]) -> serde_json::Value {
+pub(crate) async fn upload(c: &Client, name: &str, ct: &str, data: &[u8]) -> serde_json::Value {
     let res = c.upload(name, ct, data).await.unwrap();
     assert_eq!(
         res.status,
@@ -95,7 +96,7 @@ pub async fn upload(c: &Client, name: &str, ct: &str, data: &[u8]) -> serde_json
 
 /// The payload of the whole chunks of a `Transfer-Encoding: chunked` body so far, and
 /// whether its last chunk has arrived.
-pub fn dechunk(mut raw: &[u8]) -> (Vec<u8>, bool) {
+pub(crate) fn dechunk(mut raw: &[u8]) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     loop {
         let Some(line) = raw.windows(2).position(|w| w == b"\r\n") else {
@@ -117,7 +118,7 @@ pub fn dechunk(mut raw: &[u8]) -> (Vec<u8>, bool) {
 }
 
 /// Alice (user 1) and Bob (user 2), registered, logged in and friends.
-pub async fn alice_and_bob(anon: &Client) -> (Client, Client) {
+pub(crate) async fn alice_and_bob(anon: &Client) -> (Client, Client) {
     let alice = anon.signup("alice", "alice-password").await.unwrap();
     let bob = anon.signup("bob", "bob-password").await.unwrap();
     alice.befriend(&bob, "bob").await.unwrap();
@@ -125,7 +126,7 @@ pub async fn alice_and_bob(anon: &Client) -> (Client, Client) {
 }
 
 /// An in-process server; dropping it shuts it down.
-pub struct TestServer {
+pub(crate) struct TestServer {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     /// The server's own PostgreSQL database when `IM_TEST_STORE=postgres`.
@@ -135,17 +136,19 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_with(|b| b).await
     }
 
     /// Starts a server after `customize` added kinds, handlers or config.
-    pub async fn start_with(customize: impl FnOnce(ImServerBuilder) -> ImServerBuilder) -> Self {
+    pub(crate) async fn start_with(
+        customize: impl FnOnce(ImServerBuilder) -> ImServerBuilder,
+    ) -> Self {
         Self::start_config(|_| {}, customize).await
     }
 
     /// Starts a server with test config changed by `configure`.
-    pub async fn start_config(
+    pub(crate) async fn start_config(
         configure: impl FnOnce(&mut Config),
         customize: impl FnOnce(ImServerBuilder) -> ImServerBuilder,
     ) -> Self {
@@ -161,7 +164,7 @@ impl TestServer {
 
     /// Stops the server gracefully and starts a new one on the same data (its directory, and
     /// its database on PostgreSQL), with the test config.
-    pub async fn restart(mut self) -> Self {
+    pub(crate) async fn restart(mut self) -> Self {
         self.stop().await;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let db = self.db.take();
@@ -202,12 +205,12 @@ impl TestServer {
         }
     }
 
-    pub fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         Client::new(self.addr)
     }
 
     /// Triggers graceful shutdown and waits for the server to finish.
-    pub async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(mut self) {
         self.stop().await;
     }
 
@@ -222,19 +225,19 @@ impl TestServer {
 }
 
 /// The `im-server` binary running as a child process.
-pub struct ServerProcess {
+pub(crate) struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
 }
 
 impl ServerProcess {
     /// Starts the binary on `data_dir` with a cheap argon2 cost and waits until it listens.
-    pub fn start(data_dir: &Path) -> Self {
+    pub(crate) fn start(data_dir: &Path) -> Self {
         Self::start_env(data_dir, &[])
     }
 
     /// Like [`ServerProcess::start`], with extra `IM_*` variables.
-    pub fn start_env(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start_env(data_dir: &Path, env: &[(&str, &str)]) -> Self {
         let vars: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -244,7 +247,7 @@ impl ServerProcess {
 
     /// Like [`ServerProcess::start_env`], on `listen` if given (a restarted node keeps its
     /// address).
-    pub fn start_vars(
+    pub(crate) fn start_vars(
         data_dir: &Path,
         env: &[(String, String)],
         listen: Option<SocketAddr>,
@@ -274,12 +277,12 @@ impl ServerProcess {
         Self { child, addr }
     }
 
-    pub fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         Client::new(self.addr)
     }
 
     /// Sends a signal by name (`TERM`, `KILL`) through kill(1), to avoid unsafe FFI.
-    pub fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let ok = Command::new("kill")
             .args([format!("-{name}"), self.child.id().to_string()])
             .status()
