@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// The cargo invocations of the gate, cheapest first; the first failure stops the run.
-const STEPS: [&[&str]; 5] = [
+const STEPS: [&[&str]; 7] = [
     &["fmt", "--all", "--", "--check"],
     &[
         "clippy",
@@ -29,6 +29,17 @@ const STEPS: [&[&str]; 5] = [
         "-D",
         "warnings",
     ],
+    // Every crate's docs build without a broken link or a bad code block.
+    &[
+        "doc",
+        "--workspace",
+        "--no-deps",
+        "--config",
+        "build.rustdocflags=[\"-D\", \"warnings\"]",
+    ],
+    // Every crate packages on its own (`--no-verify`: building each again would double the
+    // gate); what a package embeds is held inside it by a test in `xtask/src/drift.rs`.
+    &["package", "--workspace", "--no-verify", "--allow-dirty"],
     &["test", "--workspace", "--all-targets"],
     &["test", "--workspace", "--doc"],
 ];

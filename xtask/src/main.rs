@@ -18,6 +18,8 @@
 mod balance;
 mod bench;
 mod ci;
+#[cfg(test)]
+mod drift;
 mod fuzz;
 mod load;
 mod loadbench;

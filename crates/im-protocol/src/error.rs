@@ -188,7 +188,7 @@ impl ApiError {
         self
     }
 
-    /// The JSON body `{"error":{"code","message"}}` of api-v1.md.
+    /// The JSON body `{"error":{"code","message"}}` of docs/API.md.
     pub fn to_json(&self) -> String {
         let body = ErrorBody {
             error: ErrorDetail {

@@ -27,7 +27,7 @@ pub struct Draft {
     pub client_id: Option<String>,
 }
 
-/// A durable message as clients see it (the `M` of api-v1.md).
+/// A durable message as clients see it (the `M` of docs/API.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     /// Stream position, increasing across the deployment.

@@ -1,4 +1,4 @@
-//! Bad input gets the status and error code of api-v1.md, never a 500 or a dropped
+//! Bad input gets the status and error code of docs/API.md, never a 500 or a dropped
 //! connection, and nothing is half-written.
 
 mod common;

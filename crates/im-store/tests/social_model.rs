@@ -65,7 +65,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The rules of api-v1.md and docs/API.md, written as plainly as possible.
+/// The rules of docs/API.md, written as plainly as possible.
 #[derive(Debug, Default)]
 struct Model {
     friends: BTreeSet<(u64, u64)>,
