@@ -1,6 +1,7 @@
 //! Memory stays bounded while a large upload streams to S3: a 200 MiB upload raises the
 //! process's resident set by at most 32 MiB. This file holds one test, so it runs in a
 //! process of its own and the RSS it reads is this upload's alone.
+#![cfg(target_os = "linux")] // reads /proc/self/status
 
 use im_files::{FileStore, ObjectFileStore, S3Credentials, S3Settings};
 use im_testkit::{MOTO_KEY_ID, MOTO_REGION, MOTO_SECRET, MotoServer};

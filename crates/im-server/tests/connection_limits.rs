@@ -266,6 +266,7 @@ impl http_body::Body for HalfBody {
 }
 
 /// CPU seconds this process (the in-process server and the idle client) has used so far.
+#[cfg(target_os = "linux")]
 fn cpu_secs() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
     // The fields after the command name, which ends with the last ')'.
@@ -274,6 +275,7 @@ fn cpu_secs() -> f64 {
     ticks / 100.0
 }
 
+#[cfg(target_os = "linux")] // reads /proc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_for_the_rest_of_an_h2_preface_costs_no_cpu() {
     let server = TestServer::start().await;

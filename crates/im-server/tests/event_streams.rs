@@ -236,6 +236,7 @@ async fn open_streams(addr: SocketAddr, token: &str, n: usize) -> Vec<TcpStream>
     streams
 }
 
+#[cfg(target_os = "linux")] // reads /proc
 #[tokio::test]
 async fn an_open_stream_holds_no_connection_buffers() {
     // The binary, so that its memory is the server's alone.

@@ -227,6 +227,7 @@ async fn an_upload_flood_is_refused_per_user() {
 /// 64 wrong logins at once, three times over, at the real argon2 cost and with no rate
 /// limit: the server's memory afterwards is not much above where it was (argon2 runs on a few
 /// threads that reuse their memory), and a real login made during the flood is answered.
+#[cfg(target_os = "linux")] // reads /proc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parallel_login_flood_leaves_memory_where_it_was() {
     let dir = tempfile::tempdir().unwrap();
