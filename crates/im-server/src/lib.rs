@@ -12,7 +12,6 @@ mod keys;
 mod metrics;
 mod ready;
 mod routes;
-mod server_api;
 mod tls;
 
 pub use config::{BusKind, Command, Config, ConfigError, FilesBackend, StoreKind};

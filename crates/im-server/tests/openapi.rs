@@ -17,7 +17,7 @@ const GET_POST: &[&str] = &["GET", "HEAD", "POST"];
 const DELETE: &[&str] = &["DELETE"];
 const PUT_DELETE: &[&str] = &["PUT", "DELETE"];
 
-/// Every route of `resolve()` in `src/routes.rs` as an OpenAPI path template, with its methods
+/// Every route of `resolve()` in `src/routes/mod.rs` (and the server API's in `routes/server.rs`) as an OpenAPI path template, with its methods
 /// in the order of its `Allow` header.
 const ROUTES: &[(&str, &[&str])] = &[
     ("/", GET),
@@ -216,9 +216,9 @@ fn arms_of<'a>(source: &'a str, base: &[&'a str]) -> BTreeSet<String> {
 fn resolve_has_no_route_missing_from_the_list() {
     // `resolve()` is private to the crate, so its arms are read from the source: each one
     // is a slice pattern of path segments, `"literal"` or a binding.
-    let mut arms = arms_of(include_str!("../src/routes.rs"), &[]);
+    let mut arms = arms_of(include_str!("../src/routes/mod.rs"), &[]);
     let server = arms_of(
-        include_str!("../src/server_api.rs"),
+        include_str!("../src/routes/server.rs"),
         &["api", "v1", "server"],
     );
     assert!(server.len() >= 6, "the server API's routes: {server:?}");

@@ -2,10 +2,10 @@
 //! (`[server_api] keys`): publish as the system sender, see who is online, disconnect users,
 //! revoke their sessions and read any conversation. No user session ever reaches it.
 
+use super::{App, Endpoint};
 use crate::http::{
     Body, Reply, RequestBody, empty, error_response, json, query_param, query_u64, read_json,
 };
-use crate::routes::App;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use im_protocol::{ApiError, Draft, ErrorCode, UserId};
@@ -29,21 +29,20 @@ pub(crate) enum ServerRoute {
     History(String),
 }
 
-const GET: &[Method] = &[Method::GET, Method::HEAD];
-const POST: &[Method] = &[Method::POST];
-const DELETE: &[Method] = &[Method::DELETE];
-
 /// The route and its methods for the path after `/api/v1/server/`.
-pub(crate) fn resolve(rest: &[&str]) -> Option<(ServerRoute, &'static [Method])> {
-    let user = |s: &str| crate::routes::num(s).map(UserId);
+pub(super) fn resolve(rest: &[&str]) -> Option<Endpoint<ServerRoute>> {
+    use Method as M;
+    use ServerRoute as S;
+    let one = Endpoint::one;
+    let user = |s: &str| super::num(s).map(UserId);
     Some(match rest {
-        ["messages"] => (ServerRoute::Publish, POST),
-        ["online"] => (ServerRoute::Online, GET),
-        ["presence"] => (ServerRoute::Presence, GET),
-        ["users", id, "disconnect"] => (ServerRoute::Disconnect(user(id)?), POST),
-        ["users", id, "sessions"] => (ServerRoute::Sessions(user(id)?), DELETE),
+        ["messages"] => one(M::POST, S::Publish),
+        ["online"] => one(M::GET, S::Online),
+        ["presence"] => one(M::GET, S::Presence),
+        ["users", id, "disconnect"] => one(M::POST, S::Disconnect(user(id)?)),
+        ["users", id, "sessions"] => one(M::DELETE, S::Sessions(user(id)?)),
         ["conversations", c, "messages"] if !c.is_empty() => {
-            (ServerRoute::History((*c).to_owned()), GET)
+            one(M::GET, S::History((*c).to_owned()))
         }
         _ => return None,
     })
@@ -62,7 +61,7 @@ fn presented_key(req: &Request<RequestBody>) -> Option<&str> {
 
 impl App {
     /// Answers a server API request: the key first, then the route.
-    pub(crate) async fn server(&self, route: ServerRoute, req: Request<RequestBody>) -> Reply {
+    pub(super) async fn server(&self, route: ServerRoute, req: Request<RequestBody>) -> Reply {
         if self.server_keys.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::NotFound,
@@ -145,7 +144,7 @@ fn presence_query(raw: Option<&str>) -> Result<Vec<UserId>, ApiError> {
     })?;
     let ids = raw
         .split(',')
-        .map(|s| crate::routes::num(s).map(UserId))
+        .map(|s| super::num(s).map(UserId))
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| {
             bad(format!(
