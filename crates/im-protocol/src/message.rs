@@ -27,6 +27,24 @@ pub struct Draft {
     pub client_id: Option<String>,
 }
 
+impl Draft {
+    /// The longest `client_id`, in bytes: enough for a UUID or a backend's own event key,
+    /// small enough for the store's unique index.
+    pub const CLIENT_ID_MAX: usize = 128;
+
+    /// The rules a draft must meet whatever its kind: a `client_id`, if any, has 1 to
+    /// [`Draft::CLIENT_ID_MAX`] bytes.
+    pub fn check(&self) -> Result<(), crate::ApiError> {
+        match &self.client_id {
+            Some(c) if c.is_empty() || c.len() > Self::CLIENT_ID_MAX => Err(crate::ApiError::new(
+                crate::ErrorCode::InvalidRequest,
+                format!("`client_id` must be 1–{} bytes", Self::CLIENT_ID_MAX),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A durable message as clients see it (the `M` of docs/API.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Message {
@@ -85,6 +103,23 @@ pub fn now_millis() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_id_has_one_to_128_bytes() {
+        let draft = |client_id: Option<String>| Draft {
+            to: Target::User(UserId(1)),
+            kind: "text".into(),
+            body: Value::Null,
+            client_id,
+        };
+        for ok in [None, Some("a".to_owned()), Some("é".repeat(64))] {
+            assert!(draft(ok.clone()).check().is_ok(), "{ok:?}");
+        }
+        for bad in [String::new(), "a".repeat(129), "é".repeat(65)] {
+            let e = draft(Some(bad)).check().unwrap_err();
+            assert_eq!(e.code, "invalid_request");
+        }
+    }
 
     #[test]
     fn target_wire_form() {

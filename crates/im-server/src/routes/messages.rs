@@ -118,16 +118,7 @@ impl App {
     /// Stores `from`'s message through its channel group, or answers a repeated
     /// `client_id` with the first message.
     pub(super) async fn publish(&self, from: UserId, draft: Draft) -> Reply {
-        if draft
-            .client_id
-            .as_ref()
-            .is_some_and(|c| c.is_empty() || c.len() > 128)
-        {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                "`client_id` must be 1–128 bytes",
-            ));
-        }
+        draft.check()?;
         // A retry of a stored message gets the first answer, whatever the handlers would say now
         // (a file that expired, a friendship that ended). A `client_id` used lately is looked
         // up before anything runs; any other is new but for a rare old retry, which the writer
