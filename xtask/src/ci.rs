@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// The cargo invocations of the gate, cheapest first; the first failure stops the run.
-const STEPS: [&[&str]; 7] = [
+const STEPS: [&[&str]; 8] = [
     &["fmt", "--all", "--", "--check"],
     &[
         "clippy",
@@ -40,6 +40,9 @@ const STEPS: [&[&str]; 7] = [
     // Every crate packages on its own (`--no-verify`: building each again would double the
     // gate); what a package embeds is held inside it by a test in `xtask/src/drift.rs`.
     &["package", "--workspace", "--no-verify", "--allow-dirty"],
+    // Licenses, banned crates (a second TLS stack) and sources, by `deny.toml`; the RustSec
+    // advisories need GitHub, which the CI machine cannot reach.
+    &["deny", "check", "bans", "licenses", "sources"],
     &["test", "--workspace", "--all-targets"],
     &["test", "--workspace", "--doc"],
 ];
@@ -67,6 +70,7 @@ const PG_AGAIN: [&str; 12] = [
 pub fn run() -> Result<()> {
     let root = workspace_root();
     ensure_components(&root)?;
+    ensure_cargo_deny(&root)?;
     crate::services::ensure_postgres()?;
     crate::services::ensure_redis()?;
     crate::services::ensure_nats()?;
@@ -144,6 +148,22 @@ fn ensure_components(root: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The cargo-deny release `deny.toml` is written for, installed from crates.io when missing.
+const CARGO_DENY: &str = "0.20.2";
+
+/// Installs `cargo deny` (pinned, `--locked`) if `cargo deny --version` fails.
+fn ensure_cargo_deny(root: &Path) -> Result<()> {
+    if cargo_succeeds(root, &["deny", "--version"]) {
+        return Ok(());
+    }
+    banner(&format!("cargo install cargo-deny@{CARGO_DENY} --locked"));
+    run_cargo(
+        root,
+        &["install", &format!("cargo-deny@{CARGO_DENY}"), "--locked"],
+    )
+    .map_err(|e| format!("installing cargo-deny: {e}"))
 }
 
 /// The browser end-to-end tests (`web/tests/e2e.mjs`): Debian's chromium driven by
