@@ -10,18 +10,9 @@ use im_protocol::{Message, UserId};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Live sessions, as the pool sees them: implemented by the SSE broker.
-pub trait Mailboxes: Send + Sync + 'static {
-    /// Queues `frame` on every live session of `user`. Must not block: a session whose
-    /// mailbox is full is closed, and its client resumes from the store.
-    fn deliver(&self, user: UserId, frame: &Frame);
-}
-
-/// Who receives a message: implemented by the user manager, which knows group members.
-pub trait Recipients: Send + Sync + 'static {
-    /// Appends every user who must receive `msg`, the sender included (their other sessions).
-    fn recipients(&self, msg: &Message, out: &mut Vec<UserId>);
-}
+/// The pool's ports, defined in `im-protocol` so that their implementers (the SSE broker, the
+/// user manager) need not depend on the pool.
+pub use im_protocol::delivery::{Mailboxes, Recipients};
 
 /// Sizing of a [`ConsumerPool`].
 #[derive(Debug, Clone, Copy)]

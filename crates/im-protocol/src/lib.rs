@@ -5,6 +5,7 @@
 //! depend on it.
 #![doc = include_str!("../README.md")]
 
+pub mod delivery;
 mod error;
 mod ids;
 mod message;

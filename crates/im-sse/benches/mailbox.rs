@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http_body::Body;
-use im_pool::Mailboxes;
+use im_protocol::delivery::Mailboxes;
 use im_protocol::sse::Frame;
 use im_protocol::{Message, MessageId, Target, UserId};
 use im_sse::{

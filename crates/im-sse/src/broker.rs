@@ -113,15 +113,9 @@ pub(crate) fn ready(head: &mut BytesMut, position: u64) {
     head.extend_from_slice(&frame);
 }
 
-/// Hears every stream open and close, e.g. to track presence. Calls come from any thread and
-/// must not block; opens and closes of one user may arrive in any order relative to each
-/// other, so keep counts rather than flags.
-pub trait SessionListener: Send + Sync + 'static {
-    /// A stream of `user` opened.
-    fn opened(&self, user: UserId);
-    /// A stream of `user` closed.
-    fn closed(&self, user: UserId);
-}
+/// The broker's listener port, defined in `im-protocol` so that its implementer (the user
+/// manager's presence) need not depend on the broker.
+pub use im_protocol::delivery::SessionListener;
 
 /// Tuning of the broker.
 #[derive(Debug, Clone)]
@@ -415,7 +409,7 @@ impl SseBroker {
     }
 }
 
-impl im_pool::Mailboxes for SseBroker {
+impl im_protocol::delivery::Mailboxes for SseBroker {
     fn deliver(&self, user: UserId, frame: &Frame) {
         if let Some(list) = self.inner.shard(user).read().get(&user) {
             let pushed = list.iter().filter(|m| m.push(frame)).count();

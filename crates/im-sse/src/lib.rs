@@ -34,7 +34,7 @@ mod tests {
     use super::*;
     use async_trait::async_trait;
     use http_body_util::BodyExt;
-    use im_pool::Mailboxes;
+    use im_protocol::delivery::Mailboxes;
     use im_protocol::sse::{Frame, Item, Parser};
     use im_protocol::{Message, MessageId, Target, UserId};
     use std::sync::Arc;

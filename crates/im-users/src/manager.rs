@@ -3,7 +3,7 @@ use crate::presence::Presence;
 use crate::social::{FriendRequest, Group, RequestState, Role, Social, SocialWrite, successor};
 use crate::{DirectMessages, Principal, User, UserError, UserStore, valid_username};
 use im_cluster::{Applier, Entry, Link, Logged, Position, Progress};
-use im_pool::Mailboxes;
+use im_protocol::delivery::Mailboxes;
 use im_protocol::record::Versioned;
 use im_protocol::{GroupId, Message, MessageId, Target, UserId, conversation_of};
 use parking_lot::RwLock;
@@ -890,7 +890,7 @@ impl Applier for UserManager {
     }
 }
 
-impl im_pool::Recipients for UserManager {
+impl im_protocol::delivery::Recipients for UserManager {
     fn recipients(&self, msg: &Message, out: &mut Vec<UserId>) {
         out.push(msg.from);
         match msg.to {

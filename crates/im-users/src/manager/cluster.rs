@@ -172,7 +172,7 @@ async fn presence_upkeep(me: Weak<UserManager>, ttl: Duration) {
     }
 }
 
-impl im_sse::SessionListener for UserManager {
+impl im_protocol::delivery::SessionListener for UserManager {
     fn opened(&self, user: UserId) {
         let t = self.presence.opened(user);
         self.presence_moved(user, t);
