@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{TestServer, alice_and_bob, ended, patient};
+use common::{TestServer, alice_and_bob, ended, patient, status_of_me};
 use http::{Method, StatusCode};
 use im_client::{Client, EventStream};
 use im_protocol::{Target, UserId};
@@ -25,13 +25,6 @@ fn hammer(client: &Client, stop: &Arc<AtomicBool>) -> Vec<tokio::task::JoinHandl
             })
         })
         .collect()
-}
-
-async fn status_of_me(c: &Client) -> StatusCode {
-    c.call(Method::GET, "/api/v1/me", None)
-        .await
-        .unwrap()
-        .status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -187,8 +180,7 @@ async fn an_idle_session_expires_everywhere_and_its_stream_ends() {
     let mut stream = opened(&bob).await;
     // An open stream is not use: with no request for idle_secs, the session ends.
     ended("the stream of an idle session", &mut stream).await;
-    let me = bob.call(Method::GET, "/api/v1/me", None).await.unwrap();
-    assert_eq!(me.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(status_of_me(&bob).await, StatusCode::UNAUTHORIZED);
     let refused = bob.events(None).await;
     assert!(
         matches!(refused, Err(im_client::ClientError::Status { status, .. }) if status == StatusCode::UNAUTHORIZED),
@@ -275,8 +267,7 @@ async fn ending_one_session_ends_its_stream_and_no_other() {
     .expect(StatusCode::NO_CONTENT)
     .unwrap();
     ended("the ended session's stream", &mut s2).await;
-    let res = bob2.call(Method::GET, "/api/v1/me", None).await.unwrap();
-    assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(status_of_me(&bob2).await, StatusCode::UNAUTHORIZED);
     still_delivers(&alice, &mut s1, "still here").await;
     assert_eq!(sessions_of(&bob).await.len(), 1);
     server.shutdown().await;
@@ -304,16 +295,10 @@ async fn logout_everywhere_ends_every_session_and_clears_the_cookie() {
     ended("the first stream", &mut s1).await;
     ended("the second stream", &mut s2).await;
     for c in [&bob, &bob2] {
-        let res = c.call(Method::GET, "/api/v1/me", None).await.unwrap();
-        assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(status_of_me(c).await, StatusCode::UNAUTHORIZED);
     }
     // Nobody else is touched.
-    alice
-        .call(Method::GET, "/api/v1/me", None)
-        .await
-        .unwrap()
-        .expect(StatusCode::OK)
-        .unwrap();
+    assert_eq!(status_of_me(&alice).await, StatusCode::OK);
     server.shutdown().await;
 }
 
@@ -360,14 +345,9 @@ async fn a_password_change_ends_the_other_sessions_and_keeps_this_one() {
     .expect(StatusCode::NO_CONTENT)
     .unwrap();
     ended("the other session's stream", &mut s2).await;
-    let res = bob2.call(Method::GET, "/api/v1/me", None).await.unwrap();
-    assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(status_of_me(&bob2).await, StatusCode::UNAUTHORIZED);
     // This session carries on, stream and all.
-    bob.call(Method::GET, "/api/v1/me", None)
-        .await
-        .unwrap()
-        .expect(StatusCode::OK)
-        .unwrap();
+    assert_eq!(status_of_me(&bob).await, StatusCode::OK);
     let m = patient("the message sent before", s1.next_message())
         .await
         .unwrap()

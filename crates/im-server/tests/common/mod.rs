@@ -43,6 +43,14 @@ pub(crate) async fn server_api(
         .unwrap()
 }
 
+/// The status of `GET /api/v1/me` with `c`'s session: whether it is still signed in.
+pub(crate) async fn status_of_me(c: &Client) -> http::StatusCode {
+    c.call(http::Method::GET, "/api/v1/me", None)
+        .await
+        .unwrap()
+        .status
+}
+
 /// Reads `stream` until the server ends it (`what` names it if it never does).
 pub(crate) async fn ended(what: &str, stream: &mut im_client::EventStream) {
     patient(what, async {

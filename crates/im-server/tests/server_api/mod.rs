@@ -3,7 +3,7 @@
 //! and again on PostgreSQL.
 
 use crate::common::cluster::{create_group, ready};
-use crate::common::{TestServer, alice_and_bob, ended, patient, server_api};
+use crate::common::{TestServer, alice_and_bob, ended, patient, server_api, status_of_me};
 use http::{Method, StatusCode};
 use im_client::{EventStream, Response};
 use im_protocol::{Message, Target, UserId};
@@ -106,12 +106,7 @@ async fn the_server_api_takes_keys_and_nothing_else() {
     )
     .await;
     assert_eq!(ok.status, StatusCode::OK);
-    alice
-        .call(Method::GET, "/api/v1/me", None)
-        .await
-        .unwrap()
-        .expect(StatusCode::OK)
-        .unwrap();
+    assert_eq!(status_of_me(&alice).await, StatusCode::OK);
     // A wrong method or an unknown route of the server API answers as everywhere else.
     let res = backend(&server, Method::GET, "/messages", None).await;
     assert_eq!(res.status, StatusCode::METHOD_NOT_ALLOWED);
@@ -282,8 +277,7 @@ async fn a_backend_sees_presence_disconnects_and_revokes() {
     let res = backend(&server, Method::DELETE, "/users/1/sessions", None).await;
     assert_eq!(res.status, StatusCode::NO_CONTENT);
     ended("the stream after the revocation", &mut back).await;
-    let me = alice.call(Method::GET, "/api/v1/me", None).await.unwrap();
-    assert_eq!(me.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(status_of_me(&alice).await, StatusCode::UNAUTHORIZED);
     let res = backend(&server, Method::DELETE, "/users/99/sessions", None).await;
     assert_eq!(res.error_code().as_deref(), Some("no_such_user"));
 }
