@@ -10,8 +10,7 @@ pub struct LogError(pub String);
 
 impl From<LogError> for im_protocol::ApiError {
     fn from(e: LogError) -> Self {
-        tracing::error!(error = %e, "message log failure");
-        im_protocol::ApiError::new(im_protocol::ErrorCode::Internal, "storage failure")
+        im_protocol::ApiError::new(im_protocol::ErrorCode::Internal, "storage failure").caused_by(e)
     }
 }
 

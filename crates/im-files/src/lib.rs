@@ -104,8 +104,7 @@ impl From<FileError> for ApiError {
             FileError::NotFound => ErrorCode::NotFound,
             FileError::Lagging => ErrorCode::Overloaded,
             FileError::Io(_) | FileError::Index(_) => {
-                tracing::error!(error = %e, "file storage failure");
-                return ApiError::new(ErrorCode::Internal, "file storage failure");
+                return ApiError::new(ErrorCode::Internal, "file storage failure").caused_by(e);
             }
         };
         ApiError::new(code, e.to_string())

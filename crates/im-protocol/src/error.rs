@@ -1,5 +1,6 @@
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
+use std::sync::Arc;
 
 /// Every error code the HTTP API can answer with, so clients can match on a closed set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -144,8 +145,10 @@ impl ErrorCode {
 /// An API error: a status, a stable code and a human message.
 ///
 /// `code` is a string rather than [`ErrorCode`] so application handlers can reject with
-/// codes of their own (for example `profanity`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// codes of their own (for example `profanity`). A server fault keeps what caused it
+/// ([`ApiError::caused_by`], [`std::error::Error::source`]) for the one log line written where
+/// the error becomes a response; the client sees only the code and message.
+#[derive(Clone, Debug)]
 pub struct ApiError {
     /// HTTP status.
     pub status: u16,
@@ -155,7 +158,19 @@ pub struct ApiError {
     pub message: Cow<'static, str>,
     /// Seconds the client should wait before trying again (`Retry-After`); 429 and 503 set it.
     pub retry_after: Option<u32>,
+    /// What caused it, for the server's log only.
+    cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
+
+/// Equal when a client could not tell them apart: the cause is not compared.
+impl PartialEq for ApiError {
+    fn eq(&self, other: &Self) -> bool {
+        (self.status, &self.code, &self.message, self.retry_after)
+            == (other.status, &other.code, &other.message, other.retry_after)
+    }
+}
+
+impl Eq for ApiError {}
 
 impl ApiError {
     /// An error with a built-in code and its usual status.
@@ -165,6 +180,7 @@ impl ApiError {
             code: Cow::Borrowed(code.as_str()),
             message: message.into(),
             retry_after: None,
+            cause: None,
         }
     }
 
@@ -179,7 +195,26 @@ impl ApiError {
             code: code.into(),
             message: message.into(),
             retry_after: None,
+            cause: None,
         }
+    }
+
+    /// The same error, keeping `cause` (an error, or a `String` saying what failed) for the
+    /// log.
+    pub fn caused_by(mut self, cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        self.cause = Some(Arc::from(cause.into()));
+        self
+    }
+
+    /// The cause and its own sources, `: `-separated, for a log line; empty without one.
+    pub fn cause_chain(&self) -> String {
+        let mut chain = Vec::new();
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            chain.push(e.to_string());
+            next = e.source();
+        }
+        chain.join(": ")
     }
 
     /// The same error, telling the client to wait `secs` seconds before trying again.
@@ -208,7 +243,13 @@ impl std::fmt::Display for ApiError {
     }
 }
 
-impl std::error::Error for ApiError {}
+impl std::error::Error for ApiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// The wire shape of an error body, for clients that parse it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,6 +270,22 @@ pub struct ErrorDetail {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cause_is_kept_for_the_log_and_never_sent() {
+        let io = std::io::Error::other("disk full");
+        let e = ApiError::new(ErrorCode::Internal, "storage failure").caused_by(io);
+        assert_eq!(e.cause_chain(), "disk full");
+        assert!(!e.to_json().contains("disk full"));
+        assert_eq!(e, ApiError::new(ErrorCode::Internal, "storage failure"));
+        let said =
+            ApiError::new(ErrorCode::Internal, "x").caused_by("a handler panicked".to_owned());
+        assert_eq!(
+            std::error::Error::source(&said).map(|s| s.to_string()),
+            Some("a handler panicked".to_owned())
+        );
+        assert_eq!(ApiError::new(ErrorCode::NotFound, "x").cause_chain(), "");
+    }
 
     #[test]
     fn body_shape() {

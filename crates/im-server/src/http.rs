@@ -224,6 +224,10 @@ pub(crate) fn empty(status: StatusCode) -> Response<Body> {
 /// The error body of docs/API.md, with `Retry-After` on 429 and 503 and `Allow` on 405.
 pub(crate) fn error_response(err: &ApiError) -> Response<Body> {
     let status = StatusCode::from_u16(err.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    // The one place a server fault is logged: the crates keep its cause rather than log it.
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(code = %err.code, message = %err.message, cause = %err.cause_chain(), "answered 500");
+    }
     let mut res = bytes_response(status, "application/json", Bytes::from(err.to_json()));
     let retry = match (err.retry_after, status) {
         (Some(secs), _) => Some(secs.max(1)),

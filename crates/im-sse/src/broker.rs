@@ -27,8 +27,7 @@ impl From<ReplayError> for ApiError {
         match e {
             ReplayError::ShuttingDown => ApiError::new(ErrorCode::Overloaded, e.to_string()),
             ReplayError::Store(_) => {
-                tracing::error!(error = %e, "replay failed");
-                ApiError::new(ErrorCode::Internal, "storage failure")
+                ApiError::new(ErrorCode::Internal, "storage failure").caused_by(e)
             }
         }
     }

@@ -127,6 +127,12 @@ pub enum UserError {
     /// The store failed.
     #[error("user store: {0}")]
     Store(String),
+    /// Password hashing failed (its threads, or argon2 itself).
+    #[error("password hashing: {0}")]
+    Hashing(String),
+    /// The operating system's random source failed (a token or salt could not be made).
+    #[error("the random source failed: {0}")]
+    Randomness(String),
     /// This node has not applied the log far enough to answer (the store is unreachable, or
     /// the node is overloaded); retrying later or on another node helps.
     #[error("this node is catching up; try again")]
@@ -177,8 +183,11 @@ impl From<UserError> for ApiError {
             UserError::NoSuchGroup => ErrorCode::NoSuchGroup,
             UserError::NoSuchConversation | UserError::NoSuchSession => ErrorCode::NotFound,
             UserError::Store(_) => {
-                tracing::error!(error = %e, "user store failure");
-                return ApiError::new(ErrorCode::Internal, "storage failure");
+                return ApiError::new(ErrorCode::Internal, "storage failure").caused_by(e);
+            }
+            UserError::Hashing(_) | UserError::Randomness(_) => {
+                return ApiError::new(ErrorCode::Internal, "the server could not check that")
+                    .caused_by(e);
             }
             UserError::Lagging => ErrorCode::Overloaded,
             UserError::Busy => {

@@ -196,13 +196,11 @@ impl App {
                     continue;
                 }
                 Outcome::Rejected(e) => Err(e),
-                Outcome::Failed(reason) => {
-                    tracing::error!(%reason, "message not stored");
-                    Err(ApiError::new(
-                        ErrorCode::Internal,
-                        "the message was not stored",
-                    ))
-                }
+                Outcome::Failed(reason) => Err(ApiError::new(
+                    ErrorCode::Internal,
+                    "the message was not stored",
+                )
+                .caused_by(reason)),
             };
         }
     }
