@@ -11,6 +11,7 @@ mod ids;
 mod message;
 pub mod record;
 pub mod sse;
+pub mod wire;
 
 pub use error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
 pub use ids::{GroupId, MessageId, UserId};

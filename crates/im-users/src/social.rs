@@ -5,32 +5,10 @@
 //! transaction, and only then applied to memory.
 
 use crate::UserError;
+pub use im_protocol::wire::{RequestState, Role};
 use im_protocol::{GroupId, UserId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
-
-/// State of a friend request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RequestState {
-    /// Waiting for the addressee.
-    Pending,
-    /// Accepted: the two are friends.
-    Accepted,
-    /// Declined, or cancelled by a block.
-    Declined,
-}
-
-impl RequestState {
-    /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RequestState::Pending => "pending",
-            RequestState::Accepted => "accepted",
-            RequestState::Declined => "declined",
-        }
-    }
-}
 
 /// A friend request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -43,44 +21,6 @@ pub struct FriendRequest {
     pub to: UserId,
     /// Where it stands.
     pub state: RequestState,
-}
-
-/// A member's role in a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Created the group or inherited it; exactly one per group.
-    Owner,
-    /// May add and remove members.
-    Admin,
-    /// May post and read.
-    Member,
-}
-
-impl Role {
-    /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Owner => "owner",
-            Role::Admin => "admin",
-            Role::Member => "member",
-        }
-    }
-
-    /// Parses the stored spelling.
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "owner" => Some(Role::Owner),
-            "admin" => Some(Role::Admin),
-            "member" => Some(Role::Member),
-            _ => None,
-        }
-    }
-
-    /// Owners and admins manage membership.
-    pub fn manages(self) -> bool {
-        matches!(self, Role::Owner | Role::Admin)
-    }
 }
 
 /// A group and its members in joining order.

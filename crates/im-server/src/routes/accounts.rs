@@ -98,7 +98,7 @@ impl App {
             }
             Route::Sessions => {
                 let who = self.principal(&req).await?;
-                let sessions = self.users.sessions_json(who).await?;
+                let sessions = self.users.session_list(who).await?;
                 Ok(json(StatusCode::OK, &json!({ "sessions": sessions })))
             }
             Route::EndSession(id) => {

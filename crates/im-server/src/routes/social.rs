@@ -93,7 +93,7 @@ impl App {
             }
             Route::FriendRequests => {
                 let (incoming, outgoing) = users.requests(who);
-                let list = |v: Vec<_>| v.iter().map(|r| users.request_json(r)).collect::<Vec<_>>();
+                let list = |v: Vec<_>| v.iter().map(|r| users.request_view(r)).collect::<Vec<_>>();
                 Ok(json(
                     StatusCode::OK,
                     &json!({"incoming": list(incoming), "outgoing": list(outgoing)}),
@@ -104,14 +104,14 @@ impl App {
                 let r = users.request_friend(who, &body.username).await?;
                 Ok(json(
                     StatusCode::CREATED,
-                    &json!({ "request": users.request_json(&r) }),
+                    &json!({ "request": users.request_view(&r) }),
                 ))
             }
             Route::AnswerRequest(id, accept) => {
                 let r = users.answer_request(who, id, accept).await?;
                 Ok(json(
                     StatusCode::OK,
-                    &json!({ "request": users.request_json(&r) }),
+                    &json!({ "request": users.request_view(&r) }),
                 ))
             }
             Route::Blocked => Ok(json(
@@ -131,7 +131,7 @@ impl App {
                 let groups: Vec<_> = users
                     .groups(who)
                     .iter()
-                    .map(|g| users.group_json(g))
+                    .map(|g| users.group_view(g))
                     .collect();
                 Ok(json(StatusCode::OK, &json!({ "groups": groups })))
             }
@@ -140,14 +140,14 @@ impl App {
                 let g = users.create_group(who, &body.name, &body.members).await?;
                 Ok(json(
                     StatusCode::CREATED,
-                    &json!({ "group": users.group_json(&g) }),
+                    &json!({ "group": users.group_view(&g) }),
                 ))
             }
             Route::Group(id) => {
                 let g = users.settled(|| users.group(who, id)).await?;
                 Ok(json(
                     StatusCode::OK,
-                    &json!({ "group": users.group_json(&g) }),
+                    &json!({ "group": users.group_view(&g) }),
                 ))
             }
             Route::AddMember(id) => {
@@ -155,7 +155,7 @@ impl App {
                 let g = users.add_member(who, id, body.user_id).await?;
                 Ok(json(
                     StatusCode::OK,
-                    &json!({ "group": users.group_json(&g) }),
+                    &json!({ "group": users.group_view(&g) }),
                 ))
             }
             Route::SetRole(id, user) => {
@@ -163,7 +163,7 @@ impl App {
                 let g = users.set_role(who, id, user, body.role).await?;
                 Ok(json(
                     StatusCode::OK,
-                    &json!({ "group": users.group_json(&g) }),
+                    &json!({ "group": users.group_view(&g) }),
                 ))
             }
             Route::RemoveMember(id, user) => {

@@ -5,7 +5,8 @@ use super::UserManager;
 use im_cluster::{Ephemeral, Link, NodeId, PresenceNews, Signal};
 use im_protocol::UserId;
 use im_protocol::sse::Frame;
-use serde_json::{Value, json};
+use im_protocol::wire::PresenceEvent;
+use serde::Serialize;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
@@ -61,9 +62,16 @@ impl UserManager {
 
     /// Delivers an ephemeral event to this node's streams of `users` and sends it over the
     /// bus to the other nodes' streams.
-    pub(super) fn emit(&self, users: impl IntoIterator<Item = UserId>, event: &str, data: &Value) {
+    pub(super) fn emit(
+        &self,
+        users: impl IntoIterator<Item = UserId>,
+        event: &str,
+        data: &impl Serialize,
+    ) {
         let users: Vec<UserId> = users.into_iter().collect();
-        let frame = self.emit_here(&users, event, data);
+        let Some(frame) = self.emit_here(&users, event, data) else {
+            return;
+        };
         if let Some(link) = self.link.get() {
             link.send(&Signal::Event(Ephemeral {
                 users,
@@ -73,25 +81,29 @@ impl UserManager {
     }
 
     /// Delivers an ephemeral event to this node's streams of `users` only.
-    fn emit_here(&self, users: &[UserId], event: &str, data: &Value) -> Frame {
-        let frame = Frame::ephemeral(event, &data.to_string());
+    fn emit_here(&self, users: &[UserId], event: &str, data: &impl Serialize) -> Option<Frame> {
+        let data = match serde_json::to_string(data) {
+            Ok(data) => data,
+            Err(e) => {
+                // The payloads are plain structs; this would be a bug, not bad input.
+                tracing::error!(event, error = %e, "an ephemeral event could not be encoded");
+                return None;
+            }
+        };
+        let frame = Frame::ephemeral(event, &data);
         if let Some(m) = self.mailboxes.get() {
             for u in users {
                 m.deliver(*u, &frame);
             }
         }
-        frame
+        Some(frame)
     }
 
     /// Tells the user's friends whose streams are on this node; every node does the same for
     /// its own streams, so the event itself never crosses the bus.
     fn announce_presence(&self, user: UserId, online: bool) {
         let friends = self.social.read().friends_of(user);
-        self.emit_here(
-            &friends,
-            "presence",
-            &json!({"user": user, "online": online}),
-        );
+        self.emit_here(&friends, "presence", &PresenceEvent { online, user });
     }
 
     /// Acts on a change of this node's presence: news for the other nodes, and an event for

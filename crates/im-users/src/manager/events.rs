@@ -2,8 +2,8 @@
 
 use super::UserManager;
 use crate::UserError;
+use im_protocol::wire::{ReadEvent, TypingEvent};
 use im_protocol::{MessageId, Target, UserId, conversation_of};
-use serde_json::json;
 
 impl UserManager {
     /// Tells the other parties (not the typist's own sessions) that `from` is typing.
@@ -18,7 +18,11 @@ impl UserManager {
         self.emit(
             others,
             "typing",
-            &json!({"from": from, "to": to, "conversation": conversation}),
+            &TypingEvent {
+                conversation,
+                from,
+                to,
+            },
         );
         Ok(())
     }
@@ -29,7 +33,11 @@ impl UserManager {
     /// may write to them (a block either way, or the policy, stops it), as for typing: a read
     /// receipt must not reach strangers or cross a block.
     pub fn announce_read(&self, user: UserId, conversation: &str, up_to: MessageId) {
-        let data = json!({"user": user, "conversation": conversation, "up_to": up_to});
+        let data = ReadEvent {
+            conversation: conversation.to_owned(),
+            up_to,
+            user,
+        };
         let mut parties = self.parties(conversation);
         if im_protocol::direct_parties(conversation).is_some() {
             parties.retain(|p| {

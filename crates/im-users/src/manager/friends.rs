@@ -6,15 +6,26 @@ use crate::social::{FriendRequest, RequestState, SocialWrite};
 use crate::{User, UserError};
 use im_cluster::Logged;
 use im_protocol::UserId;
-use serde_json::{Value, json};
+use im_protocol::wire::{FriendRequestEvent, FriendRequestView, PresenceEvent};
 
 impl UserManager {
-    /// The JSON of a friend request, with both usernames for display.
-    pub fn request_json(&self, r: &FriendRequest) -> Value {
-        json!({
-            "id": r.id, "from": r.from, "to": r.to, "state": r.state,
-            "from_username": self.name_of(r.from), "to_username": self.name_of(r.to),
-        })
+    /// A friend request as the API shows it, with both usernames for display.
+    pub fn request_view(&self, r: &FriendRequest) -> FriendRequestView {
+        FriendRequestView {
+            from: r.from,
+            from_username: self.name_of(r.from),
+            id: r.id,
+            state: r.state,
+            to: r.to,
+            to_username: self.name_of(r.to),
+        }
+    }
+
+    /// The `friend_request` event about `r`.
+    fn request_event(&self, r: &FriendRequest) -> FriendRequestEvent {
+        FriendRequestEvent {
+            request: self.request_view(r),
+        }
     }
 
     /// Makes a graph change durable and waits until this node's follower has applied it.
@@ -73,11 +84,7 @@ impl UserManager {
                 to,
                 state: RequestState::Pending,
             };
-            self.emit(
-                [to],
-                "friend_request",
-                &json!({"request": self.request_json(&r)}),
-            );
+            self.emit([to], "friend_request", &self.request_event(&r));
             return Ok(r);
         }
         let w = SocialWrite::Answer {
@@ -99,16 +106,15 @@ impl UserManager {
 
     /// Both sides learn of a new friendship, and each other's presence.
     pub(super) fn befriended(&self, r: &FriendRequest) {
-        self.emit(
-            [r.from, r.to],
-            "friend_request",
-            &json!({"request": self.request_json(r)}),
-        );
+        self.emit([r.from, r.to], "friend_request", &self.request_event(r));
         for (a, b) in [(r.from, r.to), (r.to, r.from)] {
             self.emit(
                 [b],
                 "presence",
-                &json!({"user": a, "online": self.is_online(a)}),
+                &PresenceEvent {
+                    online: self.is_online(a),
+                    user: a,
+                },
             );
         }
     }
@@ -152,11 +158,7 @@ impl UserManager {
         if accept {
             self.befriended(&r);
         } else {
-            self.emit(
-                [r.from],
-                "friend_request",
-                &json!({"request": self.request_json(&r)}),
-            );
+            self.emit([r.from], "friend_request", &self.request_event(&r));
         }
         Ok(r)
     }

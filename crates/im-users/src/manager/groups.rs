@@ -4,28 +4,41 @@
 use super::UserManager;
 use crate::UserError;
 use crate::social::{Group, Role, SocialWrite, successor};
+use im_protocol::wire::{GroupChange, GroupEvent, GroupView, MemberView};
 use im_protocol::{GroupId, UserId};
-use serde_json::{Value, json};
 
 impl UserManager {
-    /// The JSON of a group: id, name, owner and members with usernames and roles.
-    pub fn group_json(&self, g: &Group) -> Value {
-        let members: Vec<Value> = g
+    /// A group as the API shows it: id, name, owner and members with usernames and roles.
+    pub fn group_view(&self, g: &Group) -> GroupView {
+        let members = g
             .members
             .iter()
-            .map(|(u, r)| json!({"id": u, "username": self.name_of(*u), "role": r}))
+            .map(|&(id, role)| MemberView {
+                id,
+                role,
+                username: self.name_of(id),
+            })
             .collect();
-        json!({"id": g.id, "name": g.name, "owner": g.owner(), "members": members})
+        GroupView {
+            id: g.id,
+            members,
+            name: g.name.clone(),
+            owner: g.owner(),
+        }
     }
 
     pub(super) fn announce_group(
         &self,
         group: &Group,
-        change: &str,
+        change: GroupChange,
         user: UserId,
         extra: Option<UserId>,
     ) {
-        let data = json!({"change": change, "user": user, "group": self.group_json(group)});
+        let data = GroupEvent {
+            change,
+            group: self.group_view(group),
+            user,
+        };
         self.emit(group.member_ids().chain(extra), "group", &data);
     }
 
@@ -65,7 +78,7 @@ impl UserManager {
             })
             .await?;
         let group = self.social.read().group(GroupId(id))?.clone();
-        self.announce_group(&group, "created", owner, None);
+        self.announce_group(&group, GroupChange::Created, owner, None);
         Ok(group)
     }
 
@@ -121,7 +134,7 @@ impl UserManager {
         })
         .await?;
         let group = self.social.read().group(id)?.clone();
-        self.announce_group(&group, "member_added", user, None);
+        self.announce_group(&group, GroupChange::MemberAdded, user, None);
         Ok(group)
     }
 
@@ -154,7 +167,7 @@ impl UserManager {
         })
         .await?;
         let group = self.social.read().group(id)?.clone();
-        self.announce_group(&group, "role_changed", user, None);
+        self.announce_group(&group, GroupChange::RoleChanged, user, None);
         Ok(group)
     }
 
@@ -206,8 +219,8 @@ impl UserManager {
         self.write(&w).await?;
         let after = self.social.read().group(id).ok().cloned();
         match after {
-            Some(g) => self.announce_group(&g, "member_removed", user, Some(user)),
-            None => self.announce_group(&before, "deleted", user, None),
+            Some(g) => self.announce_group(&g, GroupChange::MemberRemoved, user, Some(user)),
+            None => self.announce_group(&before, GroupChange::Deleted, user, None),
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use crate::{
 use async_trait::async_trait;
 use im_cluster::{Logged, Position};
 use im_protocol::now_millis;
-use serde_json::{Value, json};
+use im_protocol::wire::SessionView;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -270,23 +270,21 @@ impl UserManager {
         self.applied(pos).await
     }
 
-    /// The caller's live sessions as JSON, oldest first, the calling one marked `current`.
-    pub async fn sessions_json(&self, principal: Principal) -> Result<Vec<Value>, UserError> {
+    /// The caller's live sessions, oldest first, the calling one marked `current`.
+    pub async fn session_list(&self, principal: Principal) -> Result<Vec<SessionView>, UserError> {
         let policy = self.config.sessions;
         let now = now_millis();
         let list: Vec<SessionRecord> = self.store.sessions_of(principal.user).await?;
         Ok(list
             .into_iter()
             .filter(|s| !policy.expired(s.times, now))
-            .map(|s| {
-                json!({
-                    "id": s.id,
-                    "created_at": s.times.created_at,
-                    "last_seen_at": s.times.last_seen_at,
-                    "expires_at": policy.expires_at(s.times),
-                    "user_agent": s.user_agent,
-                    "current": s.id == principal.session,
-                })
+            .map(|s| SessionView {
+                created_at: s.times.created_at,
+                current: s.id == principal.session,
+                expires_at: policy.expires_at(s.times),
+                id: s.id,
+                last_seen_at: s.times.last_seen_at,
+                user_agent: s.user_agent,
             })
             .collect())
     }
