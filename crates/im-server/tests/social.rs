@@ -70,7 +70,7 @@ async fn next_of(stream: &mut EventStream, name: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn friend_requests_and_blocks() {
+async fn a_friend_request_is_answered_by_its_addressee_only() {
     let server = TestServer::start().await;
     let u = users(&server, &["alice", "bob", "carol"]).await;
     let (alice, bob, carol) = (&u[0], &u[1], &u[2]);
@@ -153,7 +153,14 @@ async fn friend_requests_and_blocks() {
         json!([{"id": 1, "username": "alice", "online": false}])
     );
 
-    // Bad requests.
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_friend_requests_get_their_codes() {
+    let server = TestServer::start().await;
+    let u = users(&server, &["alice", "bob", "carol"]).await;
+    let alice = &u[0];
     assert_eq!(
         code(&ask_friend(alice, json!({"username": "nobody"})).await),
         err(404, "no_such_user")
@@ -167,6 +174,14 @@ async fn friend_requests_and_blocks() {
         err(400, "invalid_request")
     );
 
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_declined_or_a_crossing_one_accepted_at_once() {
+    let server = TestServer::start().await;
+    let u = users(&server, &["alice", "bob", "carol"]).await;
+    let (alice, bob, carol) = (&u[0], &u[1], &u[2]);
     // Decline.
     let r = ask_friend(carol, json!({"username": "alice"})).await.json();
     let decline = format!("/friends/requests/{}/decline", r["request"]["id"]);
@@ -191,6 +206,16 @@ async fn friend_requests_and_blocks() {
             .is_empty()
     );
 
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_friend_is_removed() {
+    let server = TestServer::start().await;
+    let u = users(&server, &["alice", "bob", "carol"]).await;
+    let (bob, carol) = (&u[1], &u[2]);
+    ask_friend(carol, json!({"username": "bob"})).await;
+    ask_friend(bob, json!({"username": "carol"})).await;
     // Remove a friend.
     assert_eq!(
         call(carol, Method::DELETE, "/friends/2", None).await.status,
@@ -201,13 +226,29 @@ async fn friend_requests_and_blocks() {
             .as_array()
             .unwrap()
             .len(),
-        1
+        0
     );
     assert_eq!(
         outcome(carol, Method::DELETE, "/friends/99", None).await,
         err(404, "no_such_user")
     );
 
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_ends_the_friendship_and_stops_both_ways() {
+    let server = TestServer::start().await;
+    let u = users(&server, &["alice", "bob", "carol"]).await;
+    let (alice, bob) = (&u[0], &u[1]);
+    let id = ask_friend(alice, json!({"username": "bob"})).await.json()["request"]["id"].clone();
+    call(
+        bob,
+        Method::POST,
+        &format!("/friends/requests/{id}/accept"),
+        None,
+    )
+    .await;
     // Block: ends the friendship, stops messages and requests both ways.
     let res = call(bob, Method::POST, "/blocks", Some(json!({"user_id": 1}))).await;
     assert_eq!(res.status, StatusCode::NO_CONTENT);
