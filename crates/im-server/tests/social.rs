@@ -379,14 +379,40 @@ async fn group_message_reaches_every_member_session_once() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group_membership_roles_and_events() {
+/// Five users: 1 owner, 2 admin-to-be, 3 member, 4 late, 5 stranger; the owner is friends
+/// with 2, 3 and 4, and 2 with 4.
+async fn five_users() -> (TestServer, Vec<Client>) {
     let server = TestServer::start().await;
     let u = users(&server, &["owner", "admin", "member", "late", "stranger"]).await;
     for (i, name) in ["admin", "member", "late"].iter().enumerate() {
         u[0].befriend(&u[i + 1], name).await.unwrap();
     }
     u[1].befriend(&u[3], "late").await.unwrap();
+    (server, u)
+}
+
+/// [`five_users`] and the owner's group of 2 and 3: its id, its path, and the path of its
+/// members.
+async fn group_of_three() -> (TestServer, Vec<Client>, u64, String, String) {
+    let (server, u) = five_users().await;
+    let g = call(
+        &u[0],
+        Method::POST,
+        "/groups",
+        Some(json!({"name": "g", "members": [2, 3]})),
+    )
+    .await
+    .json()["group"]
+        .clone();
+    let gid = g["id"].as_u64().unwrap();
+    let base = format!("/groups/{gid}");
+    let members = format!("{base}/members");
+    (server, u, gid, base, members)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_is_made_of_friends_and_read_by_its_members() {
+    let (server, u) = five_users().await;
     let create = |members: Value| {
         let owner = u[0].clone();
         async move {
@@ -412,8 +438,6 @@ async fn group_membership_roles_and_events() {
     let g = create(json!([2, 3])).await.json()["group"].clone();
     let gid = g["id"].as_u64().unwrap();
     let base = format!("/groups/{gid}");
-    let members = format!("{base}/members");
-
     assert_eq!(
         outcome(&u[4], Method::GET, &base, None).await,
         err(403, "not_member")
@@ -431,6 +455,12 @@ async fn group_membership_roles_and_events() {
         gid
     );
 
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_and_membership_change_by_rank_and_members_hear_of_it() {
+    let (server, u, _, _, members) = group_of_three().await;
     // Roles: only the owner promotes; a plain member cannot add.
     let mut member_events = u[2].events(None).await.unwrap();
     assert_eq!(
@@ -491,6 +521,15 @@ async fn group_membership_roles_and_events() {
         (json!("member_removed"), json!(4))
     );
 
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_who_leaves_hands_the_group_on_and_the_last_one_out_ends_it() {
+    let (server, u, gid, base, members) = group_of_three().await;
+    let promote = Some(json!({"role": "admin"}));
+    let res = call(&u[0], Method::PUT, &format!("{members}/2"), promote).await;
+    assert_eq!(res.status, StatusCode::OK);
     // The owner leaves: the admin inherits.
     assert_eq!(
         call(&u[0], Method::DELETE, &format!("{members}/1"), None)
