@@ -125,17 +125,23 @@ impl<R> Endpoint<R> {
         } else {
             method
         };
-        let mut allowed = Vec::new();
-        for (m, route) in self.0.into_iter().flatten() {
+        // The methods passed over are kept as they are; the `Allow` text is built only for a
+        // 405, so a hit on a path's second method allocates nothing.
+        let mut passed: [Option<Method>; 2] = [None, None];
+        for (slot, (m, route)) in passed.iter_mut().zip(self.0.into_iter().flatten()) {
             if m == *wanted {
                 return Ok(route);
             }
-            allowed.push(if m == Method::GET {
-                "GET, HEAD".to_owned()
-            } else {
-                m.to_string()
-            });
+            *slot = Some(m);
         }
+        let allowed: Vec<String> = passed
+            .into_iter()
+            .flatten()
+            .map(|m| match m {
+                Method::GET => "GET, HEAD".to_owned(),
+                m => m.to_string(),
+            })
+            .collect();
         Err(allowed.join(", "))
     }
 }

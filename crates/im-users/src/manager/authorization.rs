@@ -44,19 +44,31 @@ impl UserManager {
 
     /// Whether `user` may read `conversation`'s history.
     pub fn check_party(&self, user: UserId, conversation: &str) -> Result<(), UserError> {
-        self.check_conversation(conversation)?;
+        self.check_access(Some(user), conversation)
+    }
+
+    /// Whether `conversation` exists and, with a `party`, whether they take part in it: the
+    /// key is parsed and the graph read once for both answers.
+    pub(super) fn check_access(
+        &self,
+        party: Option<UserId>,
+        conversation: &str,
+    ) -> Result<(), UserError> {
         if let Some((a, b)) = im_protocol::direct_parties(conversation) {
-            return if user == a || user == b {
-                Ok(())
-            } else {
-                Err(UserError::NotParticipant)
+            if !self.exists(a) || !self.exists(b) {
+                return Err(UserError::NoSuchConversation);
+            }
+            return match party {
+                Some(user) if user != a && user != b => Err(UserError::NotParticipant),
+                _ => Ok(()),
             };
         }
+        let group = im_protocol::group_of(conversation).ok_or(UserError::NoSuchConversation)?;
         let social = self.social.read();
-        match im_protocol::group_of(conversation).map(|g| social.group(g)) {
-            Some(Ok(g)) if g.role_of(user).is_some() => Ok(()),
-            Some(Err(e)) => Err(e),
-            _ => Err(UserError::NotMember),
+        let group = social.group(group)?;
+        match party {
+            Some(user) if group.role_of(user).is_none() => Err(UserError::NotMember),
+            _ => Ok(()),
         }
     }
 

@@ -94,15 +94,6 @@ impl UserManager {
     /// Whether `conversation` names a conversation that exists (for reads that no party
     /// makes).
     pub fn check_conversation(&self, conversation: &str) -> Result<(), UserError> {
-        if let Some((a, b)) = im_protocol::direct_parties(conversation) {
-            return match self.exists(a) && self.exists(b) {
-                true => Ok(()),
-                false => Err(UserError::NoSuchConversation),
-            };
-        }
-        match im_protocol::group_of(conversation) {
-            Some(g) => self.social.read().group(g).map(|_| ()),
-            None => Err(UserError::NoSuchConversation),
-        }
+        self.check_access(None, conversation)
     }
 }
