@@ -84,6 +84,8 @@ pub fn run() -> Result<()> {
         ));
         run_cargo(&root, args).map_err(|e| format!("ci step {} failed: {e}", i + 1))?;
     }
+    // The oldest compiler the manifests declare, from Debian's packages.
+    crate::msrv::run()?;
     banner(&format!(
         "the server's end-to-end tests again, on PostgreSQL: IM_TEST_STORE=postgres {}",
         display_cargo(&PG_AGAIN)

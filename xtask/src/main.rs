@@ -24,6 +24,7 @@ mod fuzz;
 mod load;
 mod loadbench;
 mod moto;
+mod msrv;
 mod openapi;
 mod services;
 mod soak;
@@ -55,6 +56,8 @@ commands:
                      60; 50 users, 50 messages/s), sampling its RSS, open files, threads and
                      latency; writes target/soak/soak-TIME.json and judges whether memory and
                      open files stayed flat. --record: write the result into docs/BENCHMARKS.md
+  msrv               check the workspace with the oldest compiler it declares (Debian's
+                     rustc-web, unpacked under target/msrv)
   openapi            check the debug server's answers against crates/im-server/openapi.json
                      with schemathesis (pip-installed into a venv under the target dir)
   balance LISTEN NODE...
@@ -72,7 +75,7 @@ fn main() -> ExitCode {
         None => return usage_error("no command given"),
     };
     let result = match command {
-        "ci" | "openapi" if !rest.is_empty() => {
+        "ci" | "openapi" | "msrv" if !rest.is_empty() => {
             return usage_error(&format!(
                 "`{command}` takes no arguments, got `{}`",
                 rest.join(" ")
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         }
         "ci" => ci::run(),
         "openapi" => openapi::run(),
+        "msrv" => msrv::run(),
         "bench" => match bench::Options::parse(rest) {
             Ok(options) => bench::run(&options),
             Err(e) => return usage_error(&e),

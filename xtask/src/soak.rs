@@ -175,7 +175,7 @@ impl Options {
                 }
                 "--users" => {
                     let n = value("whole number")?;
-                    if n.fract() != 0.0 || !(n as usize).is_multiple_of(GROUP_SIZE) {
+                    if n.fract() != 0.0 || (n as usize) % GROUP_SIZE != 0 {
                         return Err(format!(
                             "--users must be a multiple of {GROUP_SIZE} (the group size)"
                         ));
@@ -1833,7 +1833,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
             out.push(',');
         }
         out.push(c);

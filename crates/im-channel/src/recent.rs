@@ -56,10 +56,10 @@ impl RecentClientIds {
             return;
         }
         ring.order.push_back(key);
-        if ring.order.len() > self.per_shard
-            && let Some(old) = ring.order.pop_front()
-        {
-            ring.set.remove(&old);
+        if ring.order.len() > self.per_shard {
+            if let Some(old) = ring.order.pop_front() {
+                ring.set.remove(&old);
+            }
         }
     }
 

@@ -196,10 +196,8 @@ impl Link {
     /// Tells the other nodes what this node just committed, unless the store's commits
     /// already wake them.
     pub fn committed(&self, entries: &[crate::LogEntry]) {
-        if let Some(last) = entries.last()
-            && self.bus.reaches_others()
-            && !self.bus.wakes_with_commits()
-        {
+        let Some(last) = entries.last() else { return };
+        if self.bus.reaches_others() && !self.bus.wakes_with_commits() {
             self.wake(last.pos, entries);
         }
     }

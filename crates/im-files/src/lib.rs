@@ -174,9 +174,7 @@ impl Usage {
     fn add(&self, owner: UserId, bytes: u64, quota: Option<u64>) -> Result<(), FileError> {
         let mut map = self.0.lock();
         let used = map.entry(owner).or_default();
-        if let Some(q) = quota
-            && *used + bytes > q
-        {
+        if let Some(q) = quota.filter(|q| *used + bytes > *q) {
             return Err(FileError::QuotaExceeded(q));
         }
         *used += bytes;
@@ -562,9 +560,7 @@ impl FileProxy {
             }
             FileChange::Swept(id) => {
                 let mut files = self.files.write();
-                if let Some(e) = files.get_mut(&id)
-                    && !e.swept
-                {
+                if let Some(e) = files.get_mut(&id).filter(|e| !e.swept) {
                     e.swept = true;
                     self.by_token.write().remove(&e.meta.token);
                     self.usage.release(e.meta.owner, e.meta.size);

@@ -340,9 +340,8 @@ impl FileSink for ObjectSink {
             return Err(io_err(e));
         }
         writer.finish().await.map_err(io_err)?;
-        if let Some(dir) = &self.dir
-            && let Err(e) = sync_file_and_dir(dir, &self.key).await
-        {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        if let Err(e) = sync_file_and_dir(dir, &self.key).await {
             // The caller records no metadata for a failed commit; leave no bytes either.
             let _ = self.store.delete(&self.location).await;
             return Err(e.into());
@@ -351,9 +350,10 @@ impl FileSink for ObjectSink {
     }
 
     async fn abort(mut self: Box<Self>) {
-        if let Some(writer) = self.writer.take()
-            && let Err(e) = writer.abort().await
-        {
+        let Some(writer) = self.writer.take() else {
+            return;
+        };
+        if let Err(e) = writer.abort().await {
             tracing::warn!(location = %self.location, error = %e, "aborting an upload failed");
         }
     }

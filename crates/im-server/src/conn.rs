@@ -158,15 +158,14 @@ pub(crate) async fn sniff(
                 break true;
             }
         };
-        if events
-            && !h2
-            && let Some(req) = read_events_head(stream, &mut buf).await?
-        {
-            return Some(Sniffed {
-                h2,
-                prefix: Prefix::default(),
-                events: Some(req),
-            });
+        if events && !h2 {
+            if let Some(req) = read_events_head(stream, &mut buf).await? {
+                return Some(Sniffed {
+                    h2,
+                    prefix: Prefix::default(),
+                    events: Some(req),
+                });
+            }
         }
         Some(Sniffed {
             h2,

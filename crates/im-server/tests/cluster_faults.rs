@@ -29,9 +29,8 @@ async fn readyz(addr: SocketAddr) -> Value {
 async fn until_ready(addr: SocketAddr) {
     patient("readiness", async {
         loop {
-            if let Ok(r) = Client::new(addr).call(Method::GET, "/readyz", None).await
-                && r.status == StatusCode::OK
-            {
+            let answer = Client::new(addr).call(Method::GET, "/readyz", None).await;
+            if answer.is_ok_and(|r| r.status == StatusCode::OK) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

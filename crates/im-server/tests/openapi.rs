@@ -201,9 +201,7 @@ fn arms_of<'a>(source: &'a str, base: &[&'a str]) -> BTreeSet<String> {
             continue;
         }
         let mut path: Vec<&str> = base.to_vec();
-        if let Some((at, literals)) = &prefix
-            && indent > *at
-        {
+        if let Some((_, literals)) = prefix.as_ref().filter(|(at, _)| indent > *at) {
             path.extend(literals);
         }
         path.extend(segments);

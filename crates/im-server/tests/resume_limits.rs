@@ -108,10 +108,9 @@ impl RawStream {
         let mut parser = Parser::new();
         let mut ids = Vec::new();
         for item in parser.feed(&dechunk(&self.body).0) {
-            if let Item::Event(e) = item
-                && e.event == "message"
-            {
-                ids.push(e.id.unwrap().parse().unwrap());
+            match item {
+                Item::Event(e) if e.event == "message" => ids.push(e.id.unwrap().parse().unwrap()),
+                _ => {}
             }
         }
         ids

@@ -198,10 +198,11 @@ async fn next_message(body: &mut hyper::body::Incoming, parser: &mut Parser) -> 
                 continue;
             };
             for item in parser.feed(&data) {
-                if let Item::Event(e) = item
-                    && e.event == "message"
-                {
-                    return serde_json::from_str(&e.data).unwrap();
+                match item {
+                    Item::Event(e) if e.event == "message" => {
+                        return serde_json::from_str(&e.data).unwrap();
+                    }
+                    _ => {}
                 }
             }
         }

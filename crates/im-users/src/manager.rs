@@ -205,10 +205,10 @@ impl UserManager {
     ) -> Result<T, UserError> {
         match check() {
             Err(e) if e.may_be_stale() => {
-                if let Some(p) = self.progress.get()
-                    && p.catch_up().await.is_err()
-                {
-                    return Err(UserError::Lagging);
+                if let Some(p) = self.progress.get() {
+                    if p.catch_up().await.is_err() {
+                        return Err(UserError::Lagging);
+                    }
                 }
                 check()
             }

@@ -127,8 +127,10 @@ impl App {
         let known = cid
             .as_deref()
             .is_some_and(|c| self.recent.may_contain(from, c));
-        if known && let Some(first) = self.first_of(from, cid.as_deref()).await? {
-            return Ok(first);
+        if known {
+            if let Some(first) = self.first_of(from, cid.as_deref()).await? {
+                return Ok(first);
+            }
         }
         match self.submit(from, draft).await {
             // Only a refusal (4xx) may hide a repeat; an overloaded server (503) is not made

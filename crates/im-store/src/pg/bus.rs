@@ -95,10 +95,10 @@ async fn publish(url: String, rx: flume::Receiver<String>) {
                 }
             }
         }
-        if let Some(c) = &client
-            && let Err(e) = c
-                .execute("SELECT pg_notify('im_events', $1)", &[&text])
-                .await
+        let Some(c) = &client else { continue };
+        if let Err(e) = c
+            .execute("SELECT pg_notify('im_events', $1)", &[&text])
+            .await
         {
             tracing::warn!(error = %e, "publishing a frame failed");
             client = None;

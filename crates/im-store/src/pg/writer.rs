@@ -362,9 +362,8 @@ async fn first_by_client_id(
 ) -> Result<HashMap<(UserId, String), Message>, StoreError> {
     let (mut senders, mut cids) = (Vec::new(), Vec::new());
     for op in ops {
-        if let Staged::Append(p, _) = op
-            && let Some(c) = &p.client_id
-        {
+        let Staged::Append(p, _) = op else { continue };
+        if let Some(c) = &p.client_id {
             senders.push(p.from.0 as i64);
             cids.push(c.clone());
         }
