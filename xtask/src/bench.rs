@@ -134,7 +134,7 @@ fn read_load_json(root: &Path) -> Value {
 /// Writes the load table into `docs/BENCHMARKS.md` and the results into `docs/BENCHMARKS.json`.
 fn write_load_docs(root: &Path, all: &Value) -> Result<()> {
     let mut header = String::from(
-        "Server and generator are built in release mode; the generator, `xtask loadgen`, runs as \
+        "Server and generator are built in release mode; the generator, `im-loadgen` (crates/im-loadgen), runs as \
          separate processes on the same machine. Figures are medians over the runs. Each \
          scenario's latest run, and the machine it ran on (figures are comparable only within \
          one machine, best within one run):\n",

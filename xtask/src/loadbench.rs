@@ -1,5 +1,5 @@
 //! `cargo xtask bench` for the load scenarios: builds the server and the generator in release
-//! mode, starts the server (and nginx with nchan) on loopback, runs `xtask loadgen` as a
+//! mode, starts the server (and nginx with nchan) on loopback, runs `im-loadgen` as a
 //! separate process per scenario, and records the results. The `cluster` scenario starts a
 //! fresh deployment (a [`Setup`]) for each of its jobs: the `direct` generator against each
 //! setup in [`CLUSTER_DIRECT`] (one SQLite node; PostgreSQL with Redis on one, two and three
@@ -447,8 +447,8 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Runs the `loadgen` scenario `scenario` against one target (one server, or the nodes of one
-/// deployment) in a generator process, with `args` as `--key value`; its JSON result.
+/// Runs the `im-loadgen` scenario `scenario` against one target (one server, or the nodes of
+/// one deployment) in a generator process, with `args` as `--key value`; its JSON result.
 fn generate(
     generator: &Path,
     scenario: &str,
@@ -459,14 +459,43 @@ fn generate(
     let addrs: Vec<String> = servers.iter().map(|s| s.addr.to_string()).collect();
     let addrs = addrs.join(",");
     banner(&format!("{scenario} against {target} ({addrs}) {args:?}"));
-    let mut cmd = Command::new(generator);
-    cmd.args(["loadgen", scenario, "--target", target, "--addr", &addrs]);
     let pids: Vec<String> = servers
         .iter()
         .flat_map(|s| &s.pids)
         .map(u32::to_string)
         .collect();
-    cmd.args(["--pids", &pids.join(",")]);
+    let mut all = vec![
+        ("target", target.to_owned()),
+        ("addr", addrs),
+        ("pids", pids.join(",")),
+    ];
+    all.extend(args.iter().cloned());
+    let (status, result) = run_generator(generator, scenario, &all)?;
+    let result = result.ok_or_else(|| {
+        format!("{scenario}/{target}: the generator printed no result ({status})")
+    })?;
+    if !status.success() || result["ok"] != json!(true) {
+        return Err(format!(
+            "{scenario}/{target} failed: {}",
+            result
+                .get("problem")
+                .cloned()
+                .unwrap_or(json!(status.to_string()))
+        ));
+    }
+    println!("{}", result["median"]);
+    Ok(result)
+}
+
+/// Runs `im-loadgen scenario --key value ...`, its stderr shown as it goes; how it exited, and
+/// the JSON object it printed last on stdout, if any.
+pub(crate) fn run_generator(
+    generator: &Path,
+    scenario: &str,
+    args: &[(&str, String)],
+) -> Result<(std::process::ExitStatus, Option<Value>)> {
+    let mut cmd = Command::new(generator);
+    cmd.arg(scenario);
     for (k, v) in args {
         cmd.arg(format!("--{k}")).arg(v);
     }
@@ -474,29 +503,14 @@ fn generate(
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
-        .map_err(|e| format!("cannot run the generator: {e}"))?;
+        .map_err(|e| format!("cannot run the generator {}: {e}", generator.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let result: Value = text
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .ok_or_else(|| {
-            format!(
-                "{scenario}/{target}: the generator printed no result ({})",
-                out.status
-            )
-        })?;
-    if !out.status.success() || result["ok"] != json!(true) {
-        return Err(format!(
-            "{scenario}/{target} failed: {}",
-            result
-                .get("problem")
-                .cloned()
-                .unwrap_or(json!(out.status.to_string()))
-        ));
-    }
-    println!("{}", result["median"]);
-    Ok(result)
+    let result = text.lines().rev().find_map(|l| {
+        serde_json::from_str::<Value>(l)
+            .ok()
+            .filter(Value::is_object)
+    });
+    Ok((out.status, result))
 }
 
 /// A scenario's sizes as generator arguments, followed by `extra`.
@@ -518,7 +532,7 @@ pub fn run(scenarios: &[&str], quick: bool) -> Result<Value> {
     let target_dir = target_dir(&root);
     let bins = Bins {
         server: target_dir.join("release/im-server"),
-        generator: target_dir.join("release/xtask"),
+        generator: target_dir.join("release/im-loadgen"),
     };
     let mut results = serde_json::Map::new();
     for scenario in scenarios {

@@ -21,7 +21,6 @@ mod ci;
 #[cfg(test)]
 mod drift;
 mod fuzz;
-mod load;
 mod loadbench;
 mod moto;
 mod msrv;
@@ -63,8 +62,6 @@ commands:
   balance LISTEN NODE...
                      a round-robin TCP load balancer, to try a cluster on one machine
                      (README, section Cluster); each connection goes to the next live node
-  loadgen SCENARIO --addr A [...]
-                     the load generator itself (started by `bench`)
   help               show this text
 ";
 
@@ -96,7 +93,6 @@ fn main() -> ExitCode {
             Ok(options) => soak::run(&options),
             Err(e) => return usage_error(&e),
         },
-        "loadgen" => load::main(rest),
         "balance" => balance::main(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");

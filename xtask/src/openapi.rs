@@ -6,11 +6,10 @@
 //! when missing, so a fresh machine needs nothing but this command.
 
 use crate::ci::{apt_install, run_tool};
-use crate::load::{self, Conn};
 use crate::loadbench;
 use crate::util::{Result, banner, run_cargo, workspace_root};
-use bytes::Bytes;
 use hyper::{Method, StatusCode};
+use im_client::Client;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -235,39 +234,42 @@ const REQUESTS: &str = "/api/v1/friends/requests";
 impl Fixture {
     /// Makes the data through the API itself, on the server at `addr`.
     async fn create(addr: SocketAddr) -> Result<Self> {
-        let users = load::accounts(addr, "openapi", 4).await?;
-        let [(token, me), (friend_token, friend), strangers @ ..] = &users[..] else {
+        let mut users = Vec::new();
+        for i in 0..4 {
+            users.push(account(addr, i).await?);
+        }
+        let [(me, first), (friend, second), strangers @ ..] = &users[..] else {
             return Err(format!("4 accounts expected, got {}", users.len()));
         };
-        let mut c = Conn::open(addr, None).await?;
+        let (me, friend) = (*me, *friend);
         let ask = |name: &str| json!({ "username": name });
-        post(&mut c, REQUESTS, token, &ask("openapi1")).await?;
+        post(first, REQUESTS, &ask("openapi1")).await?;
         // The crossing request is accepted at once.
-        post(&mut c, REQUESTS, friend_token, &ask("openapi0")).await?;
+        post(second, REQUESTS, &ask("openapi0")).await?;
         let mut requests = Vec::new();
-        for (stranger, _) in strangers {
-            let pending = post(&mut c, REQUESTS, stranger, &ask("openapi0")).await?;
+        for (_, stranger) in strangers {
+            let pending = post(stranger, REQUESTS, &ask("openapi0")).await?;
             requests.push(id(&pending["request"])?);
         }
         let [accept, decline] = requests[..] else {
             return Err(format!("2 pending requests expected, got {requests:?}"));
         };
         let group = json!({ "name": "openapi", "members": [friend] });
-        let group = id(&post(&mut c, "/api/v1/groups", token, &group).await?["group"])?;
+        let group = id(&post(first, "/api/v1/groups", &group).await?["group"])?;
         for to in [json!({ "user": friend }), json!({ "group": group })] {
             let message = json!({ "to": to, "kind": "text", "body": { "text": "hello" } });
-            post(&mut c, "/api/v1/messages", token, &message).await?;
+            post(first, "/api/v1/messages", &message).await?;
         }
-        let (status, body) = c
-            .call(
+        let res = first
+            .raw(
                 Method::POST,
                 "/api/v1/files",
-                Some(token.as_str()),
-                "multipart/form-data; boundary=openapi",
-                Bytes::from_static(UPLOAD),
+                &[("content-type", "multipart/form-data; boundary=openapi")],
+                UPLOAD,
             )
-            .await?;
-        let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            .await
+            .map_err(|e| format!("POST /api/v1/files: {e}"))?;
+        let (status, answer) = (res.status, res.json::<Value>().unwrap_or(Value::Null));
         let url = answer["file"]["url"].as_str().unwrap_or_default();
         let file = match url.strip_prefix("/files/").and_then(|l| l.split_once('/')) {
             Some((t, n)) if status == StatusCode::CREATED => (t.to_owned(), n.to_owned()),
@@ -275,13 +277,13 @@ impl Fixture {
         };
         let (lo, hi) = (me.min(friend), me.max(friend));
         Ok(Self {
-            token: token.clone(),
+            token: first.token().unwrap_or_default().to_owned(),
             group,
-            friend: *friend,
+            friend,
             requests: (accept, decline),
             conversation: format!("d{lo}-{hi}"),
             file,
-            stranger: strangers[0].1,
+            stranger: strangers[0].0,
         })
     }
 
@@ -336,13 +338,40 @@ impl Fixture {
     }
 }
 
-/// POSTs `body` as JSON with `token`; the answer, or an error unless it is a 2xx.
-async fn post(c: &mut Conn, path: &str, token: &str, body: &Value) -> Result<Value> {
-    let (status, answer) = c.json(path, Some(token), body).await?;
-    if status.is_success() {
+/// Account `openapi{i}` (registered unless it exists) and a new session of it: its id, and a
+/// client holding the session.
+async fn account(addr: SocketAddr, i: usize) -> Result<(u64, Client)> {
+    let anon = Client::new(addr);
+    let name = format!("openapi{i}");
+    let password = "openapi-password";
+    let failed = |e: im_client::ClientError| format!("setting up {name}: {e}");
+    if let Err(e) = anon.register(&name, password).await {
+        if !matches!(e, im_client::ClientError::Status { status, .. } if status == StatusCode::CONFLICT)
+        {
+            return Err(failed(e));
+        }
+    }
+    let client = anon.login(&name, password).await.map_err(failed)?;
+    let me: Value = client
+        .call(Method::GET, "/api/v1/me", im_client::NO_BODY)
+        .await
+        .and_then(|r| r.expect(StatusCode::OK))
+        .and_then(|r| r.json())
+        .map_err(failed)?;
+    Ok((id(&me["user"])?, client))
+}
+
+/// POSTs `body` as JSON as `c`; the answer, or an error unless it is a 2xx.
+async fn post(c: &Client, path: &str, body: &Value) -> Result<Value> {
+    let res = c
+        .call(Method::POST, path, Some(body))
+        .await
+        .map_err(|e| format!("setting up: POST {path}: {e}"))?;
+    let answer = res.json::<Value>().unwrap_or(Value::Null);
+    if res.status.is_success() {
         Ok(answer)
     } else {
-        Err(format!("setting up: POST {path}: {status} {answer}"))
+        Err(format!("setting up: POST {path}: {} {answer}", res.status))
     }
 }
 
@@ -353,10 +382,6 @@ fn id(v: &Value) -> Result<u64> {
 
 /// A new session of the first account, for a run that ends it.
 async fn fresh_token(addr: SocketAddr) -> Result<String> {
-    let users = load::accounts(addr, "openapi", 1).await?;
-    users
-        .into_iter()
-        .next()
-        .map(|(token, _)| token)
-        .ok_or_else(|| "no session for openapi0".to_owned())
+    let (_, client) = account(addr, 0).await?;
+    Ok(client.token().unwrap_or_default().to_owned())
 }

@@ -39,9 +39,9 @@ pub fn cargo(root: &Path, args: &[&str]) -> Command {
 /// fresh. `cargo build -p im-server` would resolve other features and build most crates again.
 pub const DEBUG_BUILD: [&str; 4] = ["test", "--workspace", "--all-targets", "--no-run"];
 
-/// The release build of the server and the load generator that the soak and the load
-/// benchmarks share; one feature set, so the second of them finds it built.
-pub const RELEASE_BUILD: [&str; 6] = ["build", "--release", "-p", "im-server", "-p", "xtask"];
+/// The release build of the server and the load generator (`im-loadgen`) that the soak and
+/// the load benchmarks share; one feature set, so the second of them finds it built.
+pub const RELEASE_BUILD: [&str; 6] = ["build", "--release", "-p", "im-server", "-p", "im-loadgen"];
 
 /// Runs `cargo <args>` in `root`, showing its output; an error if it fails to start or fails.
 pub fn run_cargo(root: &Path, args: &[&str]) -> Result<()> {

@@ -1,26 +1,33 @@
 #![doc = include_str!("../README.md")]
 //!
-//! The client speaks plain HTTP/1.1 over TCP with hyper, one connection per request (plus one
-//! per event stream), so a test or a load generator sees exactly what a browser would.
+//! The client speaks plain HTTP/1.1 over TCP with hyper, so a test or a load generator sees
+//! exactly what a browser would. A [`Client`] opens one connection per request (plus one per
+//! event stream); a [`Connection`] keeps one open for many requests in a row.
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use im_protocol::sse::{Event, Item, Parser};
+use im_protocol::wire::{FriendRequestView, User};
 use im_protocol::{Message, Target};
-use serde_json::{Value, json};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
-use std::net::SocketAddr;
-use tokio::net::TcpStream;
+use std::net::{IpAddr, SocketAddr};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// The cause of a transport failure, kept whole.
+type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 /// Client failures.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// TCP or HTTP failed.
     #[error("transport: {0}")]
-    Transport(String),
+    Transport(#[source] Cause),
     /// The server answered with an unexpected status.
     #[error("HTTP {status}: {body}")]
     Status {
@@ -31,12 +38,15 @@ pub enum ClientError {
     },
     /// The body was not the JSON we expected.
     #[error("unexpected body: {0}")]
-    Body(String),
+    Body(#[source] serde_json::Error),
 }
 
-fn transport(e: impl std::fmt::Display) -> ClientError {
-    ClientError::Transport(e.to_string())
+fn transport(e: impl Into<Cause>) -> ClientError {
+    ClientError::Transport(e.into())
 }
+
+/// `None` as the body of [`Client::call`]: a request with no body, whose type needs naming.
+pub const NO_BODY: Option<&()> = None;
 
 /// A buffered response.
 #[derive(Debug, Clone)]
@@ -50,14 +60,22 @@ pub struct Response {
 }
 
 impl Response {
-    /// The body as JSON (`Value::Null` if it is not JSON).
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    /// The body parsed as JSON into `T` (`serde_json::Value` for any JSON).
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
+        serde_json::from_slice(&self.body).map_err(ClientError::Body)
     }
 
     /// The `error.code` of an error body, if any.
     pub fn error_code(&self) -> Option<String> {
-        self.json()["error"]["code"].as_str().map(str::to_owned)
+        #[derive(Deserialize)]
+        struct Body {
+            error: Detail,
+        }
+        #[derive(Deserialize)]
+        struct Detail {
+            code: String,
+        }
+        self.json::<Body>().ok().map(|b| b.error.code)
     }
 
     /// Fails unless the status is `want`.
@@ -71,6 +89,153 @@ impl Response {
             })
         }
     }
+
+    /// The field `key` of a JSON object body, parsed into `T`.
+    fn field<T: DeserializeOwned>(&self, key: &str) -> Result<T, ClientError> {
+        let mut object: serde_json::Map<String, serde_json::Value> = self.json()?;
+        let value = object.remove(key).unwrap_or(serde_json::Value::Null);
+        serde_json::from_value(value).map_err(ClientError::Body)
+    }
+}
+
+/// How connections are dialled: from which local address, with which receive buffer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dial {
+    /// The local address to connect from; many loopback sources keep a load generator's
+    /// ephemeral ports from running out.
+    pub source: Option<IpAddr>,
+    /// `SO_RCVBUF` in bytes, set before connecting so the window it offers stays that small:
+    /// a slow reader's backlog then stays with the server.
+    pub recv_buffer: Option<u32>,
+}
+
+impl Dial {
+    /// A connected socket to `addr` with `TCP_NODELAY`.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, ClientError> {
+        let sock = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(transport)?;
+        if let Some(bytes) = self.recv_buffer {
+            sock.set_recv_buffer_size(bytes).map_err(transport)?;
+        }
+        if let Some(ip) = self.source {
+            sock.bind(SocketAddr::new(ip, 0)).map_err(transport)?;
+        }
+        let stream = sock.connect(addr).await.map_err(transport)?;
+        stream.set_nodelay(true).map_err(transport)?;
+        Ok(stream)
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection, for many requests in a row without a handshake each.
+#[derive(Debug)]
+pub struct Connection {
+    send: SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl Connection {
+    /// Connects to `addr` as `dial` says and handshakes; the connection lives until this is
+    /// dropped.
+    pub async fn open(addr: SocketAddr, dial: Dial) -> Result<Self, ClientError> {
+        let io = TokioIo::new(dial.connect(addr).await?);
+        let (send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(transport)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Self {
+            send,
+            host: addr.to_string(),
+        })
+    }
+
+    /// A request to this connection's server, with `Host` set.
+    fn builder(&self, method: Method, path: &str, token: Option<&str>) -> http::request::Builder {
+        let b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, &self.host);
+        match token {
+            Some(t) => b.header(header::AUTHORIZATION, format!("Bearer {t}")),
+            None => b,
+        }
+    }
+
+    /// Sends a request and waits for the response head.
+    async fn head(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<Incoming>, ClientError> {
+        self.send.ready().await.map_err(transport)?;
+        self.send.send_request(req).await.map_err(transport)
+    }
+
+    /// One request: `Authorization: Bearer` if `token` is given, `headers`, and `body`; the
+    /// whole response.
+    pub async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Response, ClientError> {
+        let mut b = self.builder(method, path, token);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Full::new(body)).map_err(transport)?;
+        let (parts, body) = self.head(req).await?.into_parts();
+        let body = body.collect().await.map_err(transport)?.to_bytes();
+        Ok(Response {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// `GET path` as an event stream (`Accept: text/event-stream`), with `headers`; the
+    /// stream once a 200 head arrived, else the status and body as an error. The stream holds
+    /// the connection from then on.
+    pub async fn event_stream(
+        mut self,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<EventStream, ClientError> {
+        let mut b = self
+            .builder(Method::GET, path, token)
+            .header(header::ACCEPT, "text/event-stream");
+        for (name, value) in headers {
+            b = b.header(*name, *value);
+        }
+        let req = b.body(Full::new(Bytes::new())).map_err(transport)?;
+        let res = self.head(req).await?;
+        if res.status() != StatusCode::OK {
+            let status = res.status();
+            let body = res
+                .into_body()
+                .collect()
+                .await
+                .map_err(transport)?
+                .to_bytes();
+            return Err(ClientError::Status {
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+        }
+        let (parts, body) = res.into_parts();
+        Ok(EventStream {
+            headers: parts.headers,
+            body,
+            parser: Parser::new(),
+            ready: VecDeque::new(),
+        })
+    }
 }
 
 /// A client for one server, optionally holding a session token.
@@ -78,12 +243,17 @@ impl Response {
 pub struct Client {
     addr: SocketAddr,
     token: Option<String>,
+    dial: Dial,
 }
 
 impl Client {
     /// A client for the server at `addr`, not logged in.
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, token: None }
+        Self {
+            addr,
+            token: None,
+            dial: Dial::default(),
+        }
     }
 
     /// The same client sending `Authorization: Bearer <token>`.
@@ -92,11 +262,17 @@ impl Client {
         self
     }
 
+    /// The same client dialling as `dial` says.
+    pub fn with_dial(mut self, dial: Dial) -> Self {
+        self.dial = dial;
+        self
+    }
+
     /// The same session against another server (another node of a cluster).
     pub fn at(&self, addr: SocketAddr) -> Self {
         Self {
             addr,
-            token: self.token.clone(),
+            ..self.clone()
         }
     }
 
@@ -110,33 +286,13 @@ impl Client {
         self.token.as_deref()
     }
 
-    async fn send(
-        &self,
-        req: Request<Full<Bytes>>,
-    ) -> Result<hyper::Response<Incoming>, ClientError> {
-        let stream = TcpStream::connect(self.addr).await.map_err(transport)?;
-        stream.set_nodelay(true).map_err(transport)?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(transport)?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        sender.send_request(req).await.map_err(transport)
+    /// A new keep-alive connection to this client's server.
+    pub async fn connect(&self) -> Result<Connection, ClientError> {
+        Connection::open(self.addr, self.dial).await
     }
 
-    fn builder(&self, method: Method, path: &str) -> http::request::Builder {
-        let mut b = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::HOST, self.addr.to_string());
-        if let Some(t) = &self.token {
-            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        b
-    }
-
-    /// Sends a request with raw body bytes and extra headers; the building block of the rest.
+    /// Sends a request with raw body bytes and extra headers on a connection of its own; the
+    /// building block of the rest.
     pub async fn raw(
         &self,
         method: Method,
@@ -144,52 +300,44 @@ impl Client {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Result<Response, ClientError> {
-        let mut b = self.builder(method, path);
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        let req = b.body(Full::new(body.into())).map_err(transport)?;
-        let res = self.send(req).await?;
-        let (parts, body) = res.into_parts();
-        let body = body.collect().await.map_err(transport)?.to_bytes();
-        Ok(Response {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
+        self.connect()
+            .await?
+            .request(method, path, self.token(), headers, body.into())
+            .await
     }
 
-    /// Sends JSON (or nothing) with `Content-Type: application/json`.
-    pub async fn call(
+    /// Sends `body` as JSON (or nothing, for [`NO_BODY`]) with
+    /// `Content-Type: application/json`.
+    pub async fn call<B: Serialize + ?Sized>(
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&B>,
     ) -> Result<Response, ClientError> {
-        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+        let bytes = match body {
+            Some(b) => serde_json::to_vec(b).map_err(ClientError::Body)?,
+            None => Vec::new(),
+        };
         self.raw(method, path, &[("content-type", "application/json")], bytes)
             .await
     }
 
-    /// `POST /api/v1/auth/register`.
-    pub async fn register(&self, username: &str, password: &str) -> Result<Value, ClientError> {
-        let body = json!({"username": username, "password": password});
+    /// `POST /api/v1/auth/register`: the new user.
+    pub async fn register(&self, username: &str, password: &str) -> Result<User, ClientError> {
+        let body = Credentials { username, password };
         let res = self
             .call(Method::POST, "/api/v1/auth/register", Some(&body))
             .await?;
-        Ok(res.expect(StatusCode::CREATED)?.json()["user"].clone())
+        res.expect(StatusCode::CREATED)?.field("user")
     }
 
     /// `POST /api/v1/auth/login`; returns a client holding the new token.
     pub async fn login(&self, username: &str, password: &str) -> Result<Client, ClientError> {
-        let body = json!({"username": username, "password": password});
+        let body = Credentials { username, password };
         let res = self
             .call(Method::POST, "/api/v1/auth/login", Some(&body))
             .await?;
-        let token = res.expect(StatusCode::OK)?.json()["token"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| ClientError::Body("login answer has no token".into()))?;
+        let token: String = res.expect(StatusCode::OK)?.field("token")?;
         Ok(self.clone().with_token(token))
     }
 
@@ -226,29 +374,33 @@ impl Client {
         .await
     }
 
-    /// `POST /api/v1/friends/requests`: the request's JSON (201).
-    pub async fn request_friend(&self, username: &str) -> Result<Value, ClientError> {
-        let body = json!({ "username": username });
+    /// `POST /api/v1/friends/requests`: the request (201).
+    pub async fn request_friend(&self, username: &str) -> Result<FriendRequestView, ClientError> {
+        #[derive(Serialize)]
+        struct Ask<'a> {
+            username: &'a str,
+        }
         let res = self
-            .call(Method::POST, "/api/v1/friends/requests", Some(&body))
+            .call(
+                Method::POST,
+                "/api/v1/friends/requests",
+                Some(&Ask { username }),
+            )
             .await?;
-        Ok(res.expect(StatusCode::CREATED)?.json()["request"].clone())
+        res.expect(StatusCode::CREATED)?.field("request")
     }
 
     /// `POST /api/v1/friends/requests/{id}/accept`.
-    pub async fn accept_request(&self, id: u64) -> Result<Value, ClientError> {
+    pub async fn accept_request(&self, id: u64) -> Result<FriendRequestView, ClientError> {
         let path = format!("/api/v1/friends/requests/{id}/accept");
-        let res = self.call(Method::POST, &path, None).await?;
-        Ok(res.expect(StatusCode::OK)?.json()["request"].clone())
+        let res = self.call(Method::POST, &path, NO_BODY).await?;
+        res.expect(StatusCode::OK)?.field("request")
     }
 
     /// Makes this user and `other` (whose name is `other_name`) friends: request, accept.
     pub async fn befriend(&self, other: &Client, other_name: &str) -> Result<(), ClientError> {
         let request = self.request_friend(other_name).await?;
-        let id = request["id"]
-            .as_u64()
-            .ok_or_else(|| ClientError::Body("request without id".into()))?;
-        other.accept_request(id).await?;
+        other.accept_request(request.id).await?;
         Ok(())
     }
 
@@ -260,10 +412,12 @@ impl Client {
         text: &str,
         client_id: Option<&str>,
     ) -> Result<Response, ClientError> {
-        let mut body = json!({"to": to, "kind": "text", "body": {"text": text}});
-        if let Some(c) = client_id {
-            body["client_id"] = c.into();
-        }
+        let body = TextDraft {
+            to,
+            kind: "text",
+            body: Text { text },
+            client_id,
+        };
         self.call(Method::POST, "/api/v1/messages", Some(&body))
             .await
     }
@@ -281,8 +435,7 @@ impl Client {
         } else {
             res.expect(StatusCode::CREATED)?
         };
-        serde_json::from_value(res.json()["message"].clone())
-            .map_err(|e| ClientError::Body(e.to_string()))
+        res.field("message")
     }
 
     /// `GET /api/v1/conversations/{c}/messages`.
@@ -300,11 +453,10 @@ impl Client {
             path.push_str(&format!("limit={l}"));
         }
         let res = self
-            .call(Method::GET, &path, None)
+            .call(Method::GET, &path, NO_BODY)
             .await?
             .expect(StatusCode::OK)?;
-        serde_json::from_value(res.json()["messages"].clone())
-            .map_err(|e| ClientError::Body(e.to_string()))
+        res.field("messages")
     }
 
     /// Opens `GET /api/v1/events`, resuming after `last_event_id` if given (as the browser
@@ -319,35 +471,43 @@ impl Client {
     /// Opens `GET /api/v1/events` with extra headers as given (a `Last-Event-ID` that is not
     /// a number, say).
     pub async fn raw_events(&self, headers: &[(&str, &str)]) -> Result<EventStream, ClientError> {
-        let mut b = self
-            .builder(Method::GET, "/api/v1/events")
-            .header(header::ACCEPT, "text/event-stream");
-        for (name, value) in headers {
-            b = b.header(*name, *value);
-        }
-        let req = b.body(Full::new(Bytes::new())).map_err(transport)?;
-        let res = self.send(req).await?;
-        if res.status() != StatusCode::OK {
-            let status = res.status();
-            let body = res
-                .into_body()
-                .collect()
-                .await
-                .map_err(transport)?
-                .to_bytes();
-            return Err(ClientError::Status {
-                status,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            });
-        }
-        let (parts, body) = res.into_parts();
-        Ok(EventStream {
-            headers: parts.headers,
-            body,
-            parser: Parser::new(),
-            ready: VecDeque::new(),
-        })
+        self.event_stream("/api/v1/events", headers).await
     }
+
+    /// Opens any event stream of this server (`GET path`) on a connection of its own.
+    pub async fn event_stream(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<EventStream, ClientError> {
+        self.connect()
+            .await?
+            .event_stream(path, self.token(), headers)
+            .await
+    }
+}
+
+/// The body of register and login.
+#[derive(Serialize)]
+struct Credentials<'a> {
+    username: &'a str,
+    password: &'a str,
+}
+
+/// The body of a text message's `POST /api/v1/messages`.
+#[derive(Serialize)]
+struct TextDraft<'a> {
+    to: Target,
+    kind: &'static str,
+    body: Text<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<&'a str>,
+}
+
+/// A text message's body.
+#[derive(Serialize)]
+struct Text<'a> {
+    text: &'a str,
 }
 
 /// A live SSE stream.
@@ -362,18 +522,33 @@ pub struct EventStream {
 
 impl EventStream {
     /// The next item (event, comment or retry hint); `None` when the server ended the stream.
+    /// Cancel-safe: an item read but not returned stays queued for the next call.
     pub async fn next_item(&mut self) -> Option<Result<Item, ClientError>> {
         loop {
             if let Some(item) = self.ready.pop_front() {
                 return Some(Ok(item));
             }
-            match self.body.frame().await? {
-                Ok(frame) => {
+            match self.fill().await {
+                Ok(true) => continue,
+                Ok(false) => return None,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// Waits for the next bytes of the body and queues the items they complete; false when
+    /// the stream ended. A stream's first bytes prove it live, whole items or not.
+    pub async fn fill(&mut self) -> Result<bool, ClientError> {
+        loop {
+            match self.body.frame().await {
+                None => return Ok(false),
+                Some(Err(e)) => return Err(transport(e)),
+                Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
                         self.ready.extend(self.parser.feed(data));
+                        return Ok(true);
                     }
                 }
-                Err(e) => return Some(Err(transport(e))),
             }
         }
     }
@@ -394,10 +569,7 @@ impl EventStream {
         loop {
             match self.next_event().await? {
                 Ok(e) if e.event == "message" => {
-                    return Some(
-                        serde_json::from_str(&e.data)
-                            .map_err(|err| ClientError::Body(err.to_string())),
-                    );
+                    return Some(serde_json::from_str(&e.data).map_err(ClientError::Body));
                 }
                 Ok(_) => continue,
                 Err(e) => return Some(Err(e)),

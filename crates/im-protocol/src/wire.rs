@@ -1,4 +1,4 @@
-//! The JSON that browsers get besides messages, as typed structs: the answers about friend
+//! The JSON that browsers get besides messages, as typed structs: users, the answers about friend
 //! requests, groups and sessions, and the payloads of ephemeral events. Fields are declared in
 //! alphabetical order, the order the server has always written them in.
 
@@ -64,6 +64,15 @@ impl Role {
     pub fn manages(self) -> bool {
         matches!(self, Role::Owner | Role::Admin)
     }
+}
+
+/// A user as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// The account id.
+    pub id: UserId,
+    /// The unique login name.
+    pub username: String,
 }
 
 /// A friend request as the API shows it (`R` in docs/API.md), with both usernames for display.

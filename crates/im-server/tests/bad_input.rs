@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::JsonValue;
 use common::TestServer;
 use http::{Method, StatusCode};
 use im_client::Client;
@@ -17,7 +18,7 @@ async fn expect(res: im_client::Response, status: StatusCode, code: &str) {
     );
     assert_eq!(res.error_code().as_deref(), Some(code));
     assert!(
-        res.json()["error"]["message"]
+        res.value()["error"]["message"]
             .as_str()
             .is_some_and(|m| !m.is_empty())
     );
@@ -155,24 +156,30 @@ async fn every_bad_request_gets_its_code() {
 
     // Wrong method, with Allow; unknown route.
     let res = alice
-        .call(Method::GET, "/api/v1/messages", None)
+        .call(Method::GET, "/api/v1/messages", im_client::NO_BODY)
         .await
         .unwrap();
     assert_eq!(res.headers["allow"], "POST");
     expect(res, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
     let res = alice
-        .call(Method::DELETE, "/api/v1/events", None)
+        .call(Method::DELETE, "/api/v1/events", im_client::NO_BODY)
         .await
         .unwrap();
     expect(res, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
     expect(
-        alice.call(Method::GET, "/api/v1/nope", None).await.unwrap(),
+        alice
+            .call(Method::GET, "/api/v1/nope", im_client::NO_BODY)
+            .await
+            .unwrap(),
         StatusCode::NOT_FOUND,
         "not_found",
     )
     .await;
     expect(
-        alice.call(Method::GET, "/nope/../etc", None).await.unwrap(),
+        alice
+            .call(Method::GET, "/nope/../etc", im_client::NO_BODY)
+            .await
+            .unwrap(),
         StatusCode::NOT_FOUND,
         "not_found",
     )
@@ -183,13 +190,17 @@ async fn every_bad_request_gets_its_code() {
         .call(
             Method::GET,
             "/api/v1/conversations/d1-2/messages?limit=x",
-            None,
+            im_client::NO_BODY,
         )
         .await
         .unwrap();
     expect(res, StatusCode::BAD_REQUEST, "invalid_query").await;
     let res = alice
-        .call(Method::GET, "/api/v1/conversations/zzz/messages", None)
+        .call(
+            Method::GET,
+            "/api/v1/conversations/zzz/messages",
+            im_client::NO_BODY,
+        )
         .await
         .unwrap();
     expect(res, StatusCode::NOT_FOUND, "not_found").await;

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::JsonValue;
 use common::cluster::*;
 use common::{PATIENCE, patient};
 use http::{Method, StatusCode};
@@ -234,7 +235,7 @@ async fn coherence(bus: TestBus) {
         .unwrap()
         .expect(StatusCode::CREATED)
         .unwrap()
-        .json();
+        .value();
     let url = up["file"]["url"].as_str().unwrap().to_owned();
     let res = Client::new(n[1])
         .raw(Method::GET, &url, &[], Vec::new())
@@ -283,13 +284,13 @@ async fn coherence(bus: TestBus) {
     ready(&mut bob_stream).await;
     // Node 3 has the session cached before the logout.
     bob.at(n[2])
-        .call(Method::GET, "/api/v1/me", None)
+        .call(Method::GET, "/api/v1/me", im_client::NO_BODY)
         .await
         .unwrap()
         .expect(StatusCode::OK)
         .unwrap();
     bob.at(n[0])
-        .call(Method::POST, "/api/v1/auth/logout", None)
+        .call(Method::POST, "/api/v1/auth/logout", im_client::NO_BODY)
         .await
         .unwrap()
         .expect(StatusCode::NO_CONTENT)
@@ -306,7 +307,7 @@ async fn coherence(bus: TestBus) {
     within_a_second("the logout", || async {
         let res = bob
             .at(n[2])
-            .call(Method::GET, "/api/v1/me", None)
+            .call(Method::GET, "/api/v1/me", im_client::NO_BODY)
             .await
             .unwrap();
         res.status == StatusCode::UNAUTHORIZED
@@ -337,10 +338,10 @@ async fn a_backend_on_one_node_reaches_every_node() {
     let got = next_message(&mut stream)
         .await
         .expect("delivered on node 1");
-    assert_eq!(got.id.0, res.json()["message"]["id"].as_u64().unwrap());
+    assert_eq!(got.id.0, res.value()["message"]["id"].as_u64().unwrap());
     // Node 0 knows bob is online on node 1.
     patient("node 0 to list bob online", async {
-        while call(Method::GET, "/online".into(), None).await.json()["users"]
+        while call(Method::GET, "/online".into(), None).await.value()["users"]
             != json!([{"id": bob_id, "username": "bob"}])
         {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -362,7 +363,7 @@ async fn a_backend_on_one_node_reaches_every_node() {
     assert!(next_message(&mut again).await.is_none(), "the stream ended");
     let me = bob
         .at(n[1])
-        .call(Method::GET, "/api/v1/me", None)
+        .call(Method::GET, "/api/v1/me", im_client::NO_BODY)
         .await
         .unwrap();
     assert_eq!(me.status, StatusCode::UNAUTHORIZED);
@@ -382,7 +383,7 @@ async fn a_logout_holds_on_every_node_despite_concurrent_requests() {
             .await
             .unwrap();
         let me = |c: Client| async move {
-            c.call(Method::GET, "/api/v1/me", None)
+            c.call(Method::GET, "/api/v1/me", im_client::NO_BODY)
                 .await
                 .unwrap()
                 .status
@@ -395,11 +396,11 @@ async fn a_logout_holds_on_every_node_despite_concurrent_requests() {
             let (c, stop) = (bob.at(n[i % 2]), stop.clone());
             tasks.push(tokio::spawn(async move {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let _ = c.call(Method::GET, "/api/v1/me", None).await;
+                    let _ = c.call(Method::GET, "/api/v1/me", im_client::NO_BODY).await;
                 }
             }));
         }
-        bob.call(Method::POST, "/api/v1/auth/logout", None)
+        bob.call(Method::POST, "/api/v1/auth/logout", im_client::NO_BODY)
             .await
             .unwrap()
             .expect(StatusCode::NO_CONTENT)

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::JsonValue;
 use common::cluster::*;
 use common::{PATIENCE, patient};
 use http::{Method, StatusCode};
@@ -19,17 +20,19 @@ use std::time::Duration;
 /// A node's `GET /readyz` answer (whatever its status).
 async fn readyz(addr: SocketAddr) -> Value {
     Client::new(addr)
-        .call(Method::GET, "/readyz", None)
+        .call(Method::GET, "/readyz", im_client::NO_BODY)
         .await
         .unwrap()
-        .json()
+        .value()
 }
 
 /// Waits until a node says it is ready.
 async fn until_ready(addr: SocketAddr) {
     patient("readiness", async {
         loop {
-            let answer = Client::new(addr).call(Method::GET, "/readyz", None).await;
+            let answer = Client::new(addr)
+                .call(Method::GET, "/readyz", im_client::NO_BODY)
+                .await;
             if answer.is_ok_and(|r| r.status == StatusCode::OK) {
                 return;
             }
@@ -175,12 +178,12 @@ async fn presence_of(stream: &mut EventStream, user: u64) -> bool {
 
 async fn online_in_friends(client: &Client, user: u64) -> bool {
     let friends = client
-        .call(Method::GET, "/api/v1/friends", None)
+        .call(Method::GET, "/api/v1/friends", im_client::NO_BODY)
         .await
         .unwrap()
         .expect(StatusCode::OK)
         .unwrap()
-        .json();
+        .value();
     friends["friends"]
         .as_array()
         .unwrap()

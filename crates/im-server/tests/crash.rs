@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::JsonValue;
 use common::{ServerProcess, patient};
 use http::StatusCode;
 use im_client::Client;
@@ -35,7 +36,7 @@ async fn acknowledged_messages_survive_sigkill() {
                 {
                     Ok(res) if res.status == StatusCode::CREATED => {
                         let m: Message =
-                            serde_json::from_value(res.json()["message"].clone()).unwrap();
+                            serde_json::from_value(res.value()["message"].clone()).unwrap();
                         acked.lock().unwrap().insert(key, m);
                     }
                     // The server died under this request: its fate is unknown to the client.

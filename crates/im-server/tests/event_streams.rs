@@ -143,7 +143,7 @@ async fn a_stream_is_chunked_ends_at_logout_and_the_connection_serves_on() {
 
     // Logout ends the stream with the last chunk, and the connection stays usable.
     let res = bob
-        .call(Method::POST, "/api/v1/auth/logout", None)
+        .call(Method::POST, "/api/v1/auth/logout", im_client::NO_BODY)
         .await
         .unwrap();
     assert_eq!(res.status, 204);

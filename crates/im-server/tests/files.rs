@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::JsonValue;
 use common::{ServerProcess, TestServer, patient, rss_kib, upload};
 use http::{Method, StatusCode};
 use im_client::Client;
@@ -304,7 +305,7 @@ async fn image_and_file_messages() {
         .await
         .unwrap();
     assert_eq!(res.status, StatusCode::CREATED);
-    assert_eq!(res.json()["message"]["body"]["size"], 5);
+    assert_eq!(res.value()["message"]["body"]["size"], 5);
 
     // Someone else's file, or no file at all.
     let theirs = json!({"to": {"user": 1}, "kind": "file", "body": {"file_id": txt["id"]}});

@@ -3,6 +3,7 @@
 mod common;
 mod server_api;
 
+use common::JsonValue;
 use common::{TestServer, patient};
 use http::{Method, StatusCode};
 use im_client::{Client, EventStream};
@@ -80,8 +81,11 @@ async fn hundred_messages_every_session_history_and_resume() {
 async fn stream_frames_and_headers_match_the_contract() {
     let server = TestServer::start().await;
     let (alice, bob) = pair(&server).await;
-    let res = bob.call(Method::GET, "/api/v1/me", None).await.unwrap();
-    assert_eq!(res.json()["user"]["username"], "bob");
+    let res = bob
+        .call(Method::GET, "/api/v1/me", im_client::NO_BODY)
+        .await
+        .unwrap();
+    assert_eq!(res.value()["user"]["username"], "bob");
 
     // Raw look at the SSE response: headers, retry hint, then an id/event/data frame.
     let mut stream = bob.events(None).await.unwrap();
@@ -137,7 +141,10 @@ async fn stream_frames_and_headers_match_the_contract() {
     assert_eq!(json["body"]["text"], "hello");
 
     let anon = server.client();
-    let res = anon.call(Method::GET, "/healthz", None).await.unwrap();
+    let res = anon
+        .call(Method::GET, "/healthz", im_client::NO_BODY)
+        .await
+        .unwrap();
     assert_eq!((res.status, &res.body[..]), (StatusCode::OK, &b"ok"[..]));
     server.shutdown().await;
 }
@@ -157,7 +164,7 @@ async fn client_id_makes_posts_idempotent() {
         .await
         .unwrap();
     assert_eq!(again.status, StatusCode::OK);
-    assert_eq!(first.json()["message"], again.json()["message"]);
+    assert_eq!(first.value()["message"], again.value()["message"]);
     // The repeat produced no new event: the next event bob sees is the next message.
     let next = alice
         .send_text(Target::User(UserId(2)), "next", None)
@@ -175,7 +182,7 @@ async fn client_id_makes_posts_idempotent() {
     // A retry stays a 200 even when the message would now be refused: the first send was
     // stored, whatever changed since (here the friendship ended).
     let res = alice
-        .call(Method::DELETE, "/api/v1/friends/2", None)
+        .call(Method::DELETE, "/api/v1/friends/2", im_client::NO_BODY)
         .await
         .unwrap();
     assert_eq!(res.status, StatusCode::NO_CONTENT);
@@ -184,7 +191,7 @@ async fn client_id_makes_posts_idempotent() {
         .await
         .unwrap();
     assert_eq!(retry.status, StatusCode::OK);
-    assert_eq!(retry.json()["message"], first.json()["message"]);
+    assert_eq!(retry.value()["message"], first.value()["message"]);
     refused_as_strangers(&alice).await;
     server.shutdown().await;
 }
@@ -227,11 +234,11 @@ async fn a_retry_after_a_restart_still_gets_the_first_message() {
         .await
         .unwrap();
     assert_eq!(again.status, StatusCode::OK);
-    assert_eq!(again.json()["message"], first.json()["message"]);
+    assert_eq!(again.value()["message"], first.value()["message"]);
 
     let (server, alice) = restarted(server).await;
     let res = alice
-        .call(Method::DELETE, "/api/v1/friends/2", None)
+        .call(Method::DELETE, "/api/v1/friends/2", im_client::NO_BODY)
         .await
         .unwrap();
     assert_eq!(res.status, StatusCode::NO_CONTENT);
@@ -251,7 +258,7 @@ async fn a_retry_after_a_restart_still_gets_the_first_message() {
         }
         .unwrap();
         assert_eq!(retry.status, StatusCode::OK, "{body}");
-        assert_eq!(retry.json()["message"], first.json()["message"]);
+        assert_eq!(retry.value()["message"], first.value()["message"]);
     }
     refused_as_strangers(&alice).await;
     server.shutdown().await;
@@ -272,19 +279,19 @@ async fn conversations_list_with_unread() {
         .await
         .unwrap();
     let res = bob
-        .call(Method::GET, "/api/v1/conversations", None)
+        .call(Method::GET, "/api/v1/conversations", im_client::NO_BODY)
         .await
         .unwrap();
-    let list = res.json()["conversations"].as_array().cloned().unwrap();
+    let list = res.value()["conversations"].as_array().cloned().unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["with"], serde_json::json!({"user": 1}));
     assert_eq!(list[0]["unread"], 3);
     assert_eq!(list[0]["last_message"]["id"], last.id.0);
     let res = alice
-        .call(Method::GET, "/api/v1/conversations", None)
+        .call(Method::GET, "/api/v1/conversations", im_client::NO_BODY)
         .await
         .unwrap();
-    assert_eq!(res.json()["conversations"][0]["unread"], 1);
+    assert_eq!(res.value()["conversations"][0]["unread"], 1);
     // A third user is not a party to alice and bob's conversation.
     let carol = server
         .client()
@@ -292,7 +299,10 @@ async fn conversations_list_with_unread() {
         .await
         .unwrap();
     let path = format!("/api/v1/conversations/{}/messages", last.conversation);
-    let res = carol.call(Method::GET, &path, None).await.unwrap();
+    let res = carol
+        .call(Method::GET, &path, im_client::NO_BODY)
+        .await
+        .unwrap();
     assert_eq!(
         (res.status, res.error_code().as_deref()),
         (StatusCode::FORBIDDEN, Some("not_participant"))
@@ -326,7 +336,7 @@ async fn cookie_sessions_origin_check_and_logout() {
         .raw(Method::GET, "/api/v1/me", &[("cookie", &cookie)], "")
         .await
         .unwrap();
-    assert_eq!(res.json()["user"]["username"], "alice");
+    assert_eq!(res.value()["user"]["username"], "alice");
     let res = anon
         .raw(
             Method::POST,
@@ -355,14 +365,17 @@ async fn cookie_sessions_origin_check_and_logout() {
     let alice = anon.login("alice", "alice-password").await.unwrap();
     let mut stream = alice.events(None).await.unwrap();
     let res = alice
-        .call(Method::POST, "/api/v1/auth/logout", None)
+        .call(Method::POST, "/api/v1/auth/logout", im_client::NO_BODY)
         .await
         .unwrap();
     assert_eq!(res.status, StatusCode::NO_CONTENT);
     while let Some(item) = patient("stream end", stream.next_item()).await {
         item.unwrap();
     }
-    let res = alice.call(Method::GET, "/api/v1/me", None).await.unwrap();
+    let res = alice
+        .call(Method::GET, "/api/v1/me", im_client::NO_BODY)
+        .await
+        .unwrap();
     assert_eq!(res.status, StatusCode::UNAUTHORIZED);
     // The cookie session is a different session and still works.
     let res = anon

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::JsonValue;
 use common::{TestServer, alice_and_bob, ended, patient, status_of_me};
 use http::{Method, StatusCode};
 use im_client::{Client, EventStream};
@@ -20,7 +21,7 @@ fn hammer(client: &Client, stop: &Arc<AtomicBool>) -> Vec<tokio::task::JoinHandl
             let (c, stop) = (client.clone(), stop.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    let _ = c.call(Method::GET, "/api/v1/me", None).await;
+                    let _ = c.call(Method::GET, "/api/v1/me", im_client::NO_BODY).await;
                 }
             })
         })
@@ -37,7 +38,7 @@ async fn a_token_fails_once_logout_returned_despite_concurrent_requests() {
         assert_eq!(status_of_me(&bob).await, StatusCode::OK);
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = hammer(&bob, &stop);
-        bob.call(Method::POST, "/api/v1/auth/logout", None)
+        bob.call(Method::POST, "/api/v1/auth/logout", im_client::NO_BODY)
             .await
             .unwrap()
             .expect(StatusCode::NO_CONTENT)
@@ -91,12 +92,12 @@ async fn still_delivers(alice: &Client, stream: &mut EventStream, text: &str) {
 
 async fn sessions_of(c: &Client) -> Vec<Value> {
     let res = c
-        .call(Method::GET, "/api/v1/auth/sessions", None)
+        .call(Method::GET, "/api/v1/auth/sessions", im_client::NO_BODY)
         .await
         .unwrap()
         .expect(StatusCode::OK)
         .unwrap();
-    res.json()["sessions"]
+    res.value()["sessions"]
         .as_array()
         .cloned()
         .unwrap_or_default()
@@ -144,7 +145,7 @@ async fn the_list_shows_times_the_agent_and_the_current_session() {
     assert_eq!(max_age(cookie), Some(90 * 24 * 3600), "{cookie}");
     let first = anon
         .clone()
-        .with_token(res.json()["token"].as_str().unwrap());
+        .with_token(res.value()["token"].as_str().unwrap());
     let second = anon.login("bob", "bob-password").await.unwrap();
     let list = sessions_of(&second).await;
     assert_eq!(list.len(), 2, "{list:?}");
@@ -216,12 +217,15 @@ async fn a_session_in_use_ends_at_its_absolute_expiry() {
     );
     let bob = anon
         .clone()
-        .with_token(res.json()["token"].as_str().unwrap());
+        .with_token(res.value()["token"].as_str().unwrap());
     let mut stream = opened(&bob).await;
     // Used all the time, the session still ends once it is lifetime_secs old.
     patient("the absolute expiry", async {
         loop {
-            let me = bob.call(Method::GET, "/api/v1/me", None).await.unwrap();
+            let me = bob
+                .call(Method::GET, "/api/v1/me", im_client::NO_BODY)
+                .await
+                .unwrap();
             if me.status == StatusCode::UNAUTHORIZED {
                 break;
             }
@@ -246,13 +250,17 @@ async fn ending_one_session_ends_its_stream_and_no_other() {
     let alices = current_session(&alice).await;
     for id in [alices, 999_999] {
         let res = bob
-            .call(Method::DELETE, &format!("/api/v1/auth/sessions/{id}"), None)
+            .call(
+                Method::DELETE,
+                &format!("/api/v1/auth/sessions/{id}"),
+                im_client::NO_BODY,
+            )
             .await
             .unwrap();
         assert_eq!(res.status, StatusCode::NOT_FOUND, "session {id}");
     }
     alice
-        .call(Method::GET, "/api/v1/me", None)
+        .call(Method::GET, "/api/v1/me", im_client::NO_BODY)
         .await
         .unwrap()
         .expect(StatusCode::OK)
@@ -260,7 +268,7 @@ async fn ending_one_session_ends_its_stream_and_no_other() {
     bob.call(
         Method::DELETE,
         &format!("/api/v1/auth/sessions/{id2}"),
-        None,
+        im_client::NO_BODY,
     )
     .await
     .unwrap()
@@ -282,7 +290,7 @@ async fn logout_everywhere_ends_every_session_and_clears_the_cookie() {
     let mut s1 = opened(&bob).await;
     let mut s2 = opened(&bob2).await;
     let res = bob2
-        .call(Method::POST, "/api/v1/auth/logout-all", None)
+        .call(Method::POST, "/api/v1/auth/logout-all", im_client::NO_BODY)
         .await
         .unwrap()
         .expect(StatusCode::NO_CONTENT)
@@ -396,7 +404,7 @@ async fn sessions_end_on_every_node_of_a_cluster() {
     let me = |c: &Client| {
         let c = c.clone();
         async move {
-            c.call(Method::GET, "/api/v1/me", None)
+            c.call(Method::GET, "/api/v1/me", im_client::NO_BODY)
                 .await
                 .unwrap()
                 .status
@@ -417,7 +425,7 @@ async fn sessions_end_on_every_node_of_a_cluster() {
 
     // Logging out everywhere on node 0 ends the stream on node 1.
     let mut stream = opened(&there).await;
-    here.call(Method::POST, "/api/v1/auth/logout-all", None)
+    here.call(Method::POST, "/api/v1/auth/logout-all", im_client::NO_BODY)
         .await
         .unwrap()
         .expect(StatusCode::NO_CONTENT)

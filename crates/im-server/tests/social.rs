@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::JsonValue;
 use common::{ServerProcess, TestServer, patient};
 use http::{Method, StatusCode};
 use im_client::{Client, EventStream};
@@ -86,7 +87,7 @@ async fn a_friend_request_is_answered_by_its_addressee_only() {
     // Request: the addressee gets an event; asking again returns the same pending request.
     let res = ask_friend(alice, json!({"username": "bob"})).await;
     assert_eq!(res.status, StatusCode::CREATED);
-    let request = res.json()["request"].clone();
+    let request = res.value()["request"].clone();
     assert_eq!(
         (
             request["from"].clone(),
@@ -99,16 +100,16 @@ async fn a_friend_request_is_answered_by_its_addressee_only() {
     assert_eq!(event["request"]["id"], request["id"]);
     assert_eq!(event["request"]["from_username"], "alice");
     let again = ask_friend(alice, json!({"username": "bob"})).await;
-    assert_eq!(again.json()["request"]["id"], request["id"]);
+    assert_eq!(again.value()["request"]["id"], request["id"]);
 
     let lists = call(bob, Method::GET, "/friends/requests", None)
         .await
-        .json();
+        .value();
     assert_eq!(lists["incoming"].as_array().unwrap().len(), 1);
     assert_eq!(lists["outgoing"].as_array().unwrap().len(), 0);
     let lists = call(alice, Method::GET, "/friends/requests", None)
         .await
-        .json();
+        .value();
     assert_eq!(lists["outgoing"][0]["id"], request["id"]);
 
     // Only the addressee answers; unknown ids are 404; an answered one is 409.
@@ -128,7 +129,7 @@ async fn a_friend_request_is_answered_by_its_addressee_only() {
     );
     let res = call(bob, Method::POST, &accept, None).await;
     assert_eq!(
-        (res.status, res.json()["request"]["state"].clone()),
+        (res.status, res.value()["request"]["state"].clone()),
         (StatusCode::OK, json!("accepted"))
     );
     assert_eq!(
@@ -147,7 +148,7 @@ async fn a_friend_request_is_answered_by_its_addressee_only() {
         .unwrap();
     let got: Message = serde_json::from_value(next_of(&mut bob_events, "message").await).unwrap();
     assert_eq!(got, m);
-    let friends = call(bob, Method::GET, "/friends", None).await.json();
+    let friends = call(bob, Method::GET, "/friends", None).await.value();
     assert_eq!(
         friends["friends"],
         json!([{"id": 1, "username": "alice", "online": false}])
@@ -183,24 +184,26 @@ async fn a_request_is_declined_or_a_crossing_one_accepted_at_once() {
     let u = users(&server, &["alice", "bob", "carol"]).await;
     let (alice, bob, carol) = (&u[0], &u[1], &u[2]);
     // Decline.
-    let r = ask_friend(carol, json!({"username": "alice"})).await.json();
+    let r = ask_friend(carol, json!({"username": "alice"}))
+        .await
+        .value();
     let decline = format!("/friends/requests/{}/decline", r["request"]["id"]);
     let res = call(alice, Method::POST, &decline, None).await;
-    assert_eq!(res.json()["request"]["state"], "declined");
+    assert_eq!(res.value()["request"]["state"], "declined");
 
     // A crossing request is accepted at once.
     ask_friend(carol, json!({"username": "bob"})).await;
     let res = ask_friend(bob, json!({"username": "carol"})).await;
     assert_eq!(
-        (res.status, res.json()["request"]["state"].clone()),
+        (res.status, res.value()["request"]["state"].clone()),
         (StatusCode::CREATED, json!("accepted"))
     );
-    let friends = call(carol, Method::GET, "/friends", None).await.json();
+    let friends = call(carol, Method::GET, "/friends", None).await.value();
     assert_eq!(friends["friends"][0]["username"], "bob");
     assert!(
         call(bob, Method::GET, "/friends/requests", None)
             .await
-            .json()["incoming"]
+            .value()["incoming"]
             .as_array()
             .unwrap()
             .is_empty()
@@ -222,7 +225,7 @@ async fn a_friend_is_removed() {
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        call(bob, Method::GET, "/friends", None).await.json()["friends"]
+        call(bob, Method::GET, "/friends", None).await.value()["friends"]
             .as_array()
             .unwrap()
             .len(),
@@ -241,7 +244,7 @@ async fn a_block_ends_the_friendship_and_stops_both_ways() {
     let server = TestServer::start().await;
     let u = users(&server, &["alice", "bob", "carol"]).await;
     let (alice, bob) = (&u[0], &u[1]);
-    let id = ask_friend(alice, json!({"username": "bob"})).await.json()["request"]["id"].clone();
+    let id = ask_friend(alice, json!({"username": "bob"})).await.value()["request"]["id"].clone();
     call(
         bob,
         Method::POST,
@@ -267,13 +270,13 @@ async fn a_block_ends_the_friendship_and_stops_both_ways() {
         err(403, "blocked")
     );
     assert!(
-        call(alice, Method::GET, "/friends", None).await.json()["friends"]
+        call(alice, Method::GET, "/friends", None).await.value()["friends"]
             .as_array()
             .unwrap()
             .is_empty()
     );
     assert_eq!(
-        call(bob, Method::GET, "/blocks", None).await.json()["blocked"],
+        call(bob, Method::GET, "/blocks", None).await.value()["blocked"],
         json!([{"id": 1, "username": "alice"}])
     );
     assert_eq!(
@@ -319,7 +322,7 @@ async fn group_message_reaches_every_member_session_once() {
     )
     .await;
     assert_eq!(res.status, StatusCode::CREATED);
-    let group = res.json()["group"].clone();
+    let group = res.value()["group"].clone();
     assert_eq!(group["owner"], 1);
     assert_eq!(group["members"].as_array().unwrap().len(), 4);
     let gid = group["id"].as_u64().unwrap();
@@ -368,7 +371,7 @@ async fn group_message_reaches_every_member_session_once() {
     );
     let convs = call(&u[3], Method::GET, "/conversations", None)
         .await
-        .json();
+        .value();
     assert_eq!(convs["conversations"][0]["with"], json!({"group": gid}));
     assert_eq!(convs["conversations"][0]["unread"], 2);
 
@@ -402,7 +405,7 @@ async fn group_of_three() -> (TestServer, Vec<Client>, u64, String, String) {
         Some(json!({"name": "g", "members": [2, 3]})),
     )
     .await
-    .json()["group"]
+    .value()["group"]
         .clone();
     let gid = g["id"].as_u64().unwrap();
     let base = format!("/groups/{gid}");
@@ -435,7 +438,7 @@ async fn a_group_is_made_of_friends_and_read_by_its_members() {
     )
     .await;
     assert_eq!(code(&res), err(400, "invalid_request"));
-    let g = create(json!([2, 3])).await.json()["group"].clone();
+    let g = create(json!([2, 3])).await.value()["group"].clone();
     let gid = g["id"].as_u64().unwrap();
     let base = format!("/groups/{gid}");
     assert_eq!(
@@ -447,11 +450,11 @@ async fn a_group_is_made_of_friends_and_read_by_its_members() {
         err(404, "no_such_group")
     );
     assert_eq!(
-        call(&u[2], Method::GET, &base, None).await.json()["group"]["name"],
+        call(&u[2], Method::GET, &base, None).await.value()["group"]["name"],
         "g"
     );
     assert_eq!(
-        call(&u[2], Method::GET, "/groups", None).await.json()["groups"][0]["id"],
+        call(&u[2], Method::GET, "/groups", None).await.value()["groups"][0]["id"],
         gid
     );
 
@@ -493,7 +496,7 @@ async fn roles_and_membership_change_by_rank_and_members_hear_of_it() {
 
     // The admin adds a friend of theirs; members hear about it.
     let res = call(&u[1], Method::POST, &members, Some(json!({"user_id": 4}))).await;
-    assert_eq!(res.json()["group"]["members"].as_array().unwrap().len(), 4);
+    assert_eq!(res.value()["group"]["members"].as_array().unwrap().len(), 4);
     let ev = next_of(&mut member_events, "group").await;
     assert_eq!(
         (ev["change"].clone(), ev["user"].clone()),
@@ -537,7 +540,7 @@ async fn an_owner_who_leaves_hands_the_group_on_and_the_last_one_out_ends_it() {
             .status,
         StatusCode::NO_CONTENT
     );
-    let g = call(&u[2], Method::GET, &base, None).await.json()["group"].clone();
+    let g = call(&u[2], Method::GET, &base, None).await.value()["group"].clone();
     assert_eq!(g["owner"], 2);
     // A former member can no longer post.
     let res = u[0]
@@ -556,7 +559,7 @@ async fn an_owner_who_leaves_hands_the_group_on_and_the_last_one_out_ends_it() {
         err(404, "no_such_group")
     );
     assert!(
-        call(&u[1], Method::GET, "/groups", None).await.json()["groups"]
+        call(&u[1], Method::GET, "/groups", None).await.value()["groups"]
             .as_array()
             .unwrap()
             .is_empty()
@@ -579,7 +582,7 @@ async fn presence_follows_streams_with_a_grace_period() {
     let b1 = bob.events(None).await.unwrap();
     let online = next_of(&mut a, "presence").await;
     assert_eq!(online, json!({"user": 2, "online": true}));
-    let friends = call(alice, Method::GET, "/friends", None).await.json();
+    let friends = call(alice, Method::GET, "/friends", None).await.value();
     assert_eq!(
         friends["friends"][0],
         json!({"id": 2, "username": "bob", "online": true})
@@ -737,7 +740,7 @@ async fn typing_and_read_receipts() {
         .send_text(Target::User(UserId(2)), "new", None)
         .await
         .unwrap();
-    let convs = call(bob, Method::GET, "/conversations", None).await.json();
+    let convs = call(bob, Method::GET, "/conversations", None).await.value();
     assert_eq!(convs["conversations"][0]["unread"], 1);
     server.shutdown().await;
 }
@@ -758,7 +761,7 @@ async fn unread_counts_survive_a_restart() {
         );
     }
     let unread = |c: Client| async move {
-        call(&c, Method::GET, "/conversations", None).await.json()["conversations"][0]["unread"]
+        call(&c, Method::GET, "/conversations", None).await.value()["conversations"][0]["unread"]
             .clone()
     };
     assert_eq!(unread(bob.clone()).await, 5);
@@ -794,6 +797,6 @@ async fn unread_counts_survive_a_restart() {
     .await;
     assert_eq!(unread(bob.clone()).await, 0);
     // Friendships survived the restart as well.
-    let friends = call(&bob, Method::GET, "/friends", None).await.json();
+    let friends = call(&bob, Method::GET, "/friends", None).await.value();
     assert_eq!(friends["friends"][0]["username"], "alice");
 }

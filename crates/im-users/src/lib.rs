@@ -22,16 +22,9 @@ pub use store::{SessionRecord, SessionTimes, UserStore, UserStoreError};
 
 use async_trait::async_trait;
 use im_protocol::{ApiError, ErrorCode, UserId};
-use serde::Serialize;
 
-/// A user as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct User {
-    /// The account id.
-    pub id: UserId,
-    /// The unique login name.
-    pub username: String,
-}
+/// A user as the API shows it (the wire type of `im-protocol`).
+pub use im_protocol::wire::User;
 
 /// An authenticated caller: the user and the login session they used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! A deployment of several `im-server` processes on one PostgreSQL database and one bus;
 //! the test client plays the load balancer.
 
+use super::JsonValue;
 use super::{PATIENCE, ServerProcess, patient};
 use http::{Method, StatusCode};
 use im_client::{Client, EventStream};
@@ -161,7 +162,7 @@ pub(crate) async fn befriend(
     answer_at: SocketAddr,
 ) {
     let request = a.at(ask_at).request_friend(b_name).await.unwrap();
-    let id = request["id"].as_u64().unwrap();
+    let id = request.id;
     b.at(answer_at).accept_request(id).await.unwrap();
 }
 
@@ -177,7 +178,7 @@ pub(crate) async fn create_group(owner: &Client, name: &str, members: &[u64]) ->
         .unwrap()
         .expect(StatusCode::CREATED)
         .unwrap()
-        .json()["group"]["id"]
+        .value()["group"]["id"]
         .as_u64()
         .unwrap()
 }
@@ -265,12 +266,12 @@ pub(crate) fn assert_in_order_once(got: &[Message], who: &str) {
 /// The user id behind a client's session.
 pub(crate) async fn user_id(client: &Client) -> u64 {
     client
-        .call(Method::GET, "/api/v1/me", None)
+        .call(Method::GET, "/api/v1/me", im_client::NO_BODY)
         .await
         .unwrap()
         .expect(StatusCode::OK)
         .unwrap()
-        .json()["user"]["id"]
+        .value()["user"]["id"]
         .as_u64()
         .unwrap()
 }

@@ -6,6 +6,7 @@ pub(crate) mod cluster;
 
 use im_client::Client;
 use im_server::{Config, ImServer, ImServerBuilder};
+use serde_json::Value;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -45,7 +46,7 @@ pub(crate) async fn server_api(
 
 /// The status of `GET /api/v1/me` with `c`'s session: whether it is still signed in.
 pub(crate) async fn status_of_me(c: &Client) -> http::StatusCode {
-    c.call(http::Method::GET, "/api/v1/me", None)
+    c.call(http::Method::GET, "/api/v1/me", im_client::NO_BODY)
         .await
         .unwrap()
         .status
@@ -99,7 +100,7 @@ pub(crate) async fn upload(c: &Client, name: &str, ct: &str, data: &[u8]) -> ser
         "{}",
         String::from_utf8_lossy(&res.body)
     );
-    res.json()["file"].clone()
+    res.value()["file"].clone()
 }
 
 /// The payload of the whole chunks of a `Transfer-Encoding: chunked` body so far, and
@@ -304,5 +305,18 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// An answer's body as loose JSON, for tests that look into it by key (`Null` if it is not
+/// JSON); `im_client::Response::json` is the typed way.
+pub(crate) trait JsonValue {
+    /// The body as a `serde_json::Value`.
+    fn value(&self) -> Value;
+}
+
+impl JsonValue for im_client::Response {
+    fn value(&self) -> Value {
+        self.json().unwrap_or(Value::Null)
     }
 }

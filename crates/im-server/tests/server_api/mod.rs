@@ -2,6 +2,7 @@
 //! sender, presence, disconnects and revocations. Part of `messaging`, so it runs on SQLite
 //! and again on PostgreSQL.
 
+use crate::common::JsonValue;
 use crate::common::cluster::{create_group, ready};
 use crate::common::{TestServer, alice_and_bob, ended, patient, server_api, status_of_me};
 use http::{Method, StatusCode};
@@ -118,7 +119,7 @@ async fn the_server_api_takes_keys_and_nothing_else() {
     let res = server_call(&off, Method::GET, "/online", &[("x-api-key", KEY)], None).await;
     assert_eq!(res.status, StatusCode::NOT_FOUND);
     assert!(
-        res.json()["error"]["message"]
+        res.value()["error"]["message"]
             .as_str()
             .unwrap()
             .contains("server_api.keys")
@@ -136,26 +137,26 @@ async fn a_backend_publishes_to_users_and_groups_durably() {
     let draft = json!({"to": {"user": alice_id}, "kind": "text", "body": {"text": "your order shipped"}, "client_id": "order-17"});
     let res = backend(&server, Method::POST, "/messages", Some(&draft)).await;
     assert_eq!(res.status, StatusCode::CREATED);
-    let sent: Message = serde_json::from_value(res.json()["message"].clone()).unwrap();
+    let sent: Message = serde_json::from_value(res.value()["message"].clone()).unwrap();
     assert_ne!(sent.from, alice_id);
     assert_eq!(sent.to, Target::User(alice_id));
     assert_eq!(message(&mut alices).await, sent, "delivered live");
     // A retry is answered with the first message, and nothing new is delivered.
     let again = backend(&server, Method::POST, "/messages", Some(&draft)).await;
     assert_eq!(again.status, StatusCode::OK);
-    assert_eq!(again.json()["message"]["id"], sent.id.0);
+    assert_eq!(again.value()["message"]["id"], sent.id.0);
     // In alice's history and the backend's, and in her conversation list.
     let mine = alice.history(&sent.conversation, None, None).await.unwrap();
     assert_eq!(mine, vec![sent.clone()]);
     let path = format!("/conversations/{}/messages", sent.conversation);
     let theirs = backend(&server, Method::GET, &path, None).await;
     assert_eq!(theirs.status, StatusCode::OK);
-    assert_eq!(theirs.json()["messages"][0]["id"], sent.id.0);
+    assert_eq!(theirs.value()["messages"][0]["id"], sent.id.0);
     let list = alice
-        .call(Method::GET, "/api/v1/conversations", None)
+        .call(Method::GET, "/api/v1/conversations", im_client::NO_BODY)
         .await
         .unwrap()
-        .json();
+        .value();
     assert!(
         list["conversations"]
             .as_array()
@@ -172,7 +173,7 @@ async fn a_backend_publishes_to_users_and_groups_durably() {
         json!({"to": {"group": group}, "kind": "text", "body": {"text": "maintenance at noon"}});
     let res = backend(&server, Method::POST, "/messages", Some(&draft)).await;
     assert_eq!(res.status, StatusCode::CREATED);
-    let to_group: Message = serde_json::from_value(res.json()["message"].clone()).unwrap();
+    let to_group: Message = serde_json::from_value(res.value()["message"].clone()).unwrap();
     assert_eq!(to_group.from, sent.from, "one system sender");
     assert_eq!(message(&mut alices).await, to_group);
     assert_eq!(message(&mut bobs).await, to_group);
@@ -238,22 +239,22 @@ async fn a_backend_sees_presence_disconnects_and_revokes() {
     let mut first = alice.events(None).await.unwrap();
     ready(&mut first).await;
 
-    let online = backend(&server, Method::GET, "/online", None).await.json();
+    let online = backend(&server, Method::GET, "/online", None).await.value();
     assert_eq!(
         online,
         json!({"users": [{"id": 1, "username": "alice"}], "next": null})
     );
     let page = backend(&server, Method::GET, "/online?limit=1", None)
         .await
-        .json();
+        .value();
     assert_eq!(page["next"], 1, "a full page points at the next");
     let after = backend(&server, Method::GET, "/online?after=1", None)
         .await
-        .json();
+        .value();
     assert_eq!(after["users"], json!([]));
     let presence = backend(&server, Method::GET, "/presence?users=1,2,99", None)
         .await
-        .json();
+        .value();
     assert_eq!(
         presence["presence"],
         json!([{"id": 1, "online": true}, {"id": 2, "online": false}, {"id": 99, "online": false}])
@@ -319,10 +320,10 @@ async fn the_backend_example_runs_as_documented() {
     assert_eq!(String::from_utf8(run(KEY).await.stdout).unwrap(), said);
     let id: u64 = said.split(' ').nth(1).unwrap().parse().unwrap();
     let list = alice
-        .call(Method::GET, "/api/v1/conversations", None)
+        .call(Method::GET, "/api/v1/conversations", im_client::NO_BODY)
         .await
         .unwrap()
-        .json();
+        .value();
     let chat = &list["conversations"][0];
     assert_eq!(chat["last_message"]["id"], id);
     assert_eq!(chat["last_message"]["body"]["text"], "the build is green");

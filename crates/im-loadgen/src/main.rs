@@ -1,27 +1,28 @@
-//! The load generator: `xtask loadgen <scenario> ...`, run by `cargo xtask bench` as a
-//! separate release-mode process. It speaks plain HTTP/1.1 and SSE on raw hyper connections
-//! to Web-IM or to nchan, and prints one JSON object with the results on stdout.
+//! The load generator: `im-loadgen <scenario> --addr A [--key value ...]`, run by
+//! `cargo xtask bench` (and `cargo xtask soak`) as a separate release-mode process. It speaks
+//! plain HTTP/1.1 and SSE through `im-client` to Web-IM or to nchan, and prints one JSON object
+//! with the results on stdout.
 //!
 //! Every scenario counts what arrived: a message that did not arrive, or arrived twice, makes
 //! the run fail instead of making it look fast.
+//!
+//! It is a crate of its own (`publish = false`) so that `cargo xtask` does not build it for
+//! every command; `xtask` builds it in release mode when a benchmark or a soak needs it.
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
-use im_protocol::sse::{Item, Parser};
+use http::{Method, StatusCode};
+use im_client::{Connection, Dial, EventStream};
+use im_protocol::sse::Item;
 use serde_json::{Value, json};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
 
 mod login;
+mod soak;
 
 /// A failure of the generator or of the system under test.
 pub type Error = String;
@@ -121,9 +122,22 @@ impl Args {
     }
 }
 
-/// Entry point of `xtask loadgen`.
-pub fn main(args: &[String]) -> Result<()> {
-    let (scenario, rest) = args.split_first().ok_or("loadgen needs a scenario")?;
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("im-loadgen: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the scenario `args[0]` with the `--key value` pairs after it.
+fn run(args: &[String]) -> Result<()> {
+    let (scenario, rest) = args
+        .split_first()
+        .ok_or("usage: im-loadgen SCENARIO --addr A [--key value ...]")?;
     let args = Args::parse(rest)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -136,6 +150,7 @@ pub fn main(args: &[String]) -> Result<()> {
             "fanout" => fanout(&args).await,
             "direct" => direct(&args).await,
             "login" => login::login(&args).await,
+            "soak" => soak::soak(&args).await,
             "resume" => resume(&args).await,
             "failover" => failover(&args).await,
             other => Err(format!("unknown scenario `{other}`")),
@@ -266,80 +281,47 @@ pub(crate) fn source(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % 8) as u8))
 }
 
-/// A connected socket with `TCP_NODELAY`, from `src` if given.
-async fn tcp(addr: SocketAddr, src: Option<IpAddr>) -> Result<TcpStream> {
-    tcp_with(addr, src, None).await
+/// How a connection from `src` (if given) is dialled.
+pub(crate) fn dial(src: Option<IpAddr>) -> Dial {
+    Dial {
+        source: src,
+        recv_buffer: None,
+    }
 }
 
-/// Like [`tcp`], with the receive buffer set to `recv_buffer` bytes before connecting (the
-/// window a reader offers is fixed then), so a slow reader's backlog stays with the server.
-pub(crate) async fn tcp_with(
-    addr: SocketAddr,
-    src: Option<IpAddr>,
-    recv_buffer: Option<u32>,
-) -> Result<TcpStream> {
-    let sock = TcpSocket::new_v4().map_err(err)?;
-    if let Some(bytes) = recv_buffer {
-        sock.set_recv_buffer_size(bytes).map_err(err)?;
-    }
-    if let Some(ip) = src {
-        sock.bind(SocketAddr::new(ip, 0)).map_err(err)?;
-    }
-    let stream = sock
-        .connect(addr)
-        .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    stream.set_nodelay(true).map_err(err)?;
-    Ok(stream)
-}
-
-/// One keep-alive HTTP/1.1 connection.
-pub(crate) struct Conn {
-    send: SendRequest<Full<Bytes>>,
-    host: String,
-}
+/// One keep-alive HTTP/1.1 connection (`im-client`'s), with the generator's shortcuts.
+pub(crate) struct Conn(Connection);
 
 impl Conn {
-    /// Connects and handshakes; the connection task runs until the `Conn` is dropped.
+    /// Connects from `src` and handshakes; the connection lives until the `Conn` is dropped.
     pub(crate) async fn open(addr: SocketAddr, src: Option<IpAddr>) -> Result<Self> {
-        let io = TokioIo::new(tcp(addr, src).await?);
-        let (send, conn) = hyper::client::conn::http1::handshake(io)
+        Connection::open(addr, dial(src))
             .await
-            .map_err(err)?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Self {
-            send,
-            host: addr.to_string(),
-        })
+            .map(Self)
+            .map_err(err)
     }
 
-    /// One request; the status and the whole body, or a transport error.
+    /// One request (`content_type` only with a body); the status and the whole body, or a
+    /// transport error.
     pub(crate) async fn call(
         &mut self,
         method: Method,
         path: &str,
         token: Option<&str>,
-        ct: &str,
+        content_type: &str,
         body: Bytes,
     ) -> Result<(StatusCode, Bytes)> {
-        self.send.ready().await.map_err(err)?;
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", &self.host);
-        if !body.is_empty() {
-            req = req.header("content-type", ct);
-        }
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let req = req.body(Full::new(body)).map_err(err)?;
-        let res = self.send.send_request(req).await.map_err(err)?;
-        let status = res.status();
-        let body = res.into_body().collect().await.map_err(err)?.to_bytes();
-        Ok((status, body))
+        let headers: &[(&str, &str)] = if body.is_empty() {
+            &[]
+        } else {
+            &[("content-type", content_type)]
+        };
+        let res = self
+            .0
+            .request(method, path, token, headers, body)
+            .await
+            .map_err(err)?;
+        Ok((res.status, res.body))
     }
 
     /// Posts an already encoded message body; the status alone (the generators time the
@@ -380,35 +362,20 @@ impl Conn {
     }
 }
 
-/// Opens an SSE stream and returns its body once the response head arrived.
+/// Opens an event stream from `src` and returns it once its 200 head arrived.
 pub(crate) async fn open_stream(
     addr: SocketAddr,
     src: Option<IpAddr>,
     path: &str,
     headers: &[(&str, String)],
-) -> Result<Incoming> {
-    let io = TokioIo::new(tcp(addr, src).await?);
-    let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+) -> Result<EventStream> {
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Connection::open(addr, dial(src))
         .await
-        .map_err(err)?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut req = Request::builder()
-        .uri(path)
-        .header("host", addr.to_string())
-        .header("accept", "text/event-stream");
-    for (k, v) in headers {
-        req = req.header(*k, v);
-    }
-    let res = send
-        .send_request(req.body(Full::new(Bytes::new())).map_err(err)?)
+        .map_err(err)?
+        .event_stream(path, None, &headers)
         .await
-        .map_err(err)?;
-    if res.status() != StatusCode::OK {
-        return Err(format!("GET {path}: {}", res.status()));
-    }
-    Ok(res.into_body())
+        .map_err(|e| format!("GET {path}: {e}"))
 }
 
 /// Runs `f(i, conn)` for every i in 0..n with at most `parallel` in flight, over `parallel`
@@ -624,53 +591,44 @@ pub(crate) fn parse_stamp(text: &str) -> Option<(u64, u64)> {
 
 /// Reads a stream until `done(tally)` or the deadline; records latency of every delivery.
 async fn receive(
-    mut body: Incoming,
+    mut stream: EventStream,
     target: Target,
     expected: usize,
     quit: Arc<AtomicU64>,
     last_delivery: Arc<AtomicU64>,
     skip_before: u64,
 ) -> (Tally, Histogram<u64>) {
-    let mut parser = Parser::new();
     let mut tally = Tally::new(expected);
     let mut hist = histogram();
     loop {
         if tally.received() as usize == expected && quit.load(Ordering::Relaxed) > 0 {
             break;
         }
-        let frame = tokio::select! {
-            f = body.frame() => f,
+        let item = tokio::select! {
+            i = stream.next_item() => i,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 if quit.load(Ordering::Relaxed) > 1 { break } else { continue }
             }
         };
-        let Some(Ok(frame)) = frame else { break };
-        let Some(data) = frame.data_ref() else {
-            continue;
-        };
-        for item in parser.feed(data) {
-            let Item::Event(e) = item else { continue };
-            let text = match target {
-                Target::Nchan => e.data,
-                Target::Ours if e.event == "message" => {
-                    let id: u64 = e.id.as_deref().and_then(|i| i.parse().ok()).unwrap_or(0);
-                    if id <= skip_before {
-                        continue;
-                    }
-                    let m: Value = serde_json::from_str(&e.data).unwrap_or(Value::Null);
-                    m["body"]["text"].as_str().unwrap_or("").to_owned()
+        let Some(Ok(item)) = item else { break };
+        let Item::Event(e) = item else { continue };
+        let text = match target {
+            Target::Nchan => e.data,
+            Target::Ours if e.event == "message" => {
+                let id: u64 = e.id.as_deref().and_then(|i| i.parse().ok()).unwrap_or(0);
+                if id <= skip_before {
+                    continue;
                 }
-                Target::Ours => continue,
-            };
-            if let Some((ts, seq)) = parse_stamp(&text) {
-                let now = now_us();
-                let _ = hist.record(now.saturating_sub(ts).max(1));
-                last_delivery.fetch_max(now, Ordering::Relaxed);
-                tally.record(seq);
+                let m: Value = serde_json::from_str(&e.data).unwrap_or(Value::Null);
+                m["body"]["text"].as_str().unwrap_or("").to_owned()
             }
-        }
-        if tally.received() as usize == expected && quit.load(Ordering::Relaxed) > 0 {
-            break;
+            Target::Ours => continue,
+        };
+        if let Some((ts, seq)) = parse_stamp(&text) {
+            let now = now_us();
+            let _ = hist.record(now.saturating_sub(ts).max(1));
+            last_delivery.fetch_max(now, Ordering::Relaxed);
+            tally.record(seq);
         }
     }
     (tally, hist)
@@ -960,7 +918,7 @@ async fn burst(
     let mut children = Vec::with_capacity(parts);
     for from in (0..plan.n).step_by(share) {
         let mut cmd = tokio::process::Command::new(&plan.exe);
-        cmd.args(["loadgen", "idle-part", "--target", plan.target.arg()])
+        cmd.args(["idle-part", "--target", plan.target.arg()])
             .args(["--addr", &plan.addr.to_string()])
             .args(["--from", &from.to_string()])
             .args(["--to", &(from + share).min(plan.n).to_string()])
@@ -1087,9 +1045,9 @@ async fn idle_part(args: &Args) -> Result<()> {
             let opened = live_stream(addr, source(i), path, &headers).await;
             drop(permit);
             match opened {
-                Ok(mut body) => {
+                Ok(mut stream) => {
                     let _ = tx.send(Ok(()));
-                    while let Some(Ok(_)) = body.frame().await {}
+                    while let Some(Ok(_)) = stream.next_item().await {}
                 }
                 Err(e) => {
                     let _ = tx.send(Err(format!("stream {i}: {e}")));
@@ -1136,13 +1094,12 @@ async fn live_stream(
     src: IpAddr,
     path: &str,
     headers: &[(&str, String)],
-) -> Result<Incoming> {
-    let mut body = open_stream(addr, Some(src), path, headers).await?;
-    match body.frame().await {
-        Some(Ok(frame)) if frame.is_data() => Ok(body),
-        Some(Ok(_)) => Err("the stream sent trailers first".into()),
-        Some(Err(e)) => Err(format!("the stream broke before its first bytes: {e}")),
-        None => Err("the stream ended before its first bytes".into()),
+) -> Result<EventStream> {
+    let mut stream = open_stream(addr, Some(src), path, headers).await?;
+    match stream.fill().await {
+        Ok(true) => Ok(stream),
+        Ok(false) => Err("the stream ended before its first bytes".into()),
+        Err(e) => Err(format!("the stream broke before its first bytes: {e}")),
     }
 }
 
@@ -1246,9 +1203,9 @@ async fn fanout(args: &Args) -> Result<Value> {
             }
             let mut receivers = Vec::with_capacity(k);
             for s in streams {
-                let mut body = s.await.map_err(err)??;
-                let _ = body.frame().await; // live
-                receivers.push(tokio::spawn(receive(body, target, m as usize, quit.clone(), last.clone(), 0)));
+                let mut stream = s.await.map_err(err)??;
+                let _ = stream.fill().await; // live
+                receivers.push(tokio::spawn(receive(stream, target, m as usize, quit.clone(), last.clone(), 0)));
             }
             // Post at a steady rate from a few keep-alive connections.
             let first_post = now_us();
@@ -1448,16 +1405,16 @@ async fn phase(
     let mut receivers = Vec::new();
     for p in 0..pairs {
         let token = users[2 * p + 1].0.clone();
-        let mut body = open_stream(
+        let mut stream = open_stream(
             addrs[(p + 1) % addrs.len()],
             Some(source(p)),
             "/api/v1/events",
             &[("authorization", format!("Bearer {token}"))],
         )
         .await?;
-        let _ = body.frame().await;
+        let _ = stream.fill().await;
         receivers.push(tokio::spawn(receive_any(
-            body,
+            stream,
             capacity,
             quit.clone(),
             last.clone(),
@@ -1548,19 +1505,18 @@ async fn phase(
 /// receiver's entry in a table, `u64::MAX` until then): stops once quit is set and nothing
 /// arrived for 250 ms after everything owed did, or for 2 s if something is still missing.
 async fn receive_any(
-    mut body: Incoming,
+    mut stream: EventStream,
     capacity: usize,
     quit: Arc<AtomicU64>,
     last: Arc<AtomicU64>,
     (owed, me): (Arc<Vec<AtomicU64>>, usize),
 ) -> (Tally, Histogram<u64>) {
-    let mut parser = Parser::new();
     let mut tally = Tally::new(capacity);
     let mut hist = histogram();
     let mut idle_rounds = 0;
     loop {
-        let frame = tokio::select! {
-            f = body.frame() => f,
+        let item = tokio::select! {
+            i = stream.next_item() => i,
             _ = tokio::time::sleep(Duration::from_millis(250)) => {
                 if quit.load(Ordering::Relaxed) > 0 {
                     idle_rounds += 1;
@@ -1571,22 +1527,17 @@ async fn receive_any(
             }
         };
         idle_rounds = 0;
-        let Some(Ok(frame)) = frame else { break };
-        let Some(data) = frame.data_ref() else {
+        let Some(Ok(item)) = item else { break };
+        let Item::Event(e) = item else { continue };
+        if e.event != "message" {
             continue;
-        };
-        for item in parser.feed(data) {
-            let Item::Event(e) = item else { continue };
-            if e.event != "message" {
-                continue;
-            }
-            let m: Value = serde_json::from_str(&e.data).unwrap_or(Value::Null);
-            if let Some((ts, seq)) = m["body"]["text"].as_str().and_then(parse_stamp) {
-                let now = now_us();
-                let _ = hist.record(now.saturating_sub(ts).max(1));
-                last.fetch_max(now, Ordering::Relaxed);
-                tally.record(seq);
-            }
+        }
+        let m: Value = serde_json::from_str(&e.data).unwrap_or(Value::Null);
+        if let Some((ts, seq)) = m["body"]["text"].as_str().and_then(parse_stamp) {
+            let now = now_us();
+            let _ = hist.record(now.saturating_sub(ts).max(1));
+            last.fetch_max(now, Ordering::Relaxed);
+            tally.record(seq);
         }
     }
     (tally, hist)
@@ -1811,16 +1762,16 @@ async fn failover_client(
         };
         let body = open_stream(addr, Some(source(i)), "/api/v1/events", &headers).await;
         drop(permit);
-        let mut body = match (body, opened.take()) {
-            (Ok(body), Some(tx)) => {
+        let mut stream = match (body, opened.take()) {
+            (Ok(stream), Some(tx)) => {
                 let _ = tx.send(Ok(())).await;
-                body
+                stream
             }
-            (Ok(body), None) => {
+            (Ok(stream), None) => {
                 if log.reconnected == 0 {
                     log.reconnected = now_us();
                 }
-                body
+                stream
             }
             (Err(e), Some(tx)) => {
                 let _ = tx.send(Err(e)).await;
@@ -1834,48 +1785,42 @@ async fn failover_client(
                 continue;
             }
         };
-        let mut parser = Parser::new();
         loop {
             if shared.done(i, &log) {
                 return log;
             }
-            let frame = tokio::select! {
-                f = body.frame() => f,
+            let item = tokio::select! {
+                i = stream.next_item() => i,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
             };
-            let Some(Ok(frame)) = frame else { break };
-            let Some(data) = frame.data_ref() else {
+            let Some(Ok(item)) = item else { break };
+            let e = match item {
+                Item::Retry(ms) => {
+                    log.retry_ms = ms;
+                    continue;
+                }
+                Item::Event(e) => e,
+                Item::Comment(_) => continue,
+            };
+            if let Some(id) = e.id.as_deref().and_then(|i| i.parse().ok()) {
+                last_id = Some(id);
+            }
+            if e.event != "message" {
+                continue;
+            }
+            let m: Value = serde_json::from_str(&e.data).unwrap_or(Value::Null);
+            let Some((ts, seq)) = m["body"]["text"].as_str().and_then(parse_stamp) else {
                 continue;
             };
-            for item in parser.feed(data) {
-                let e = match item {
-                    Item::Retry(ms) => {
-                        log.retry_ms = ms;
-                        continue;
-                    }
-                    Item::Event(e) => e,
-                    Item::Comment(_) => continue,
-                };
-                if let Some(id) = e.id.as_deref().and_then(|i| i.parse().ok()) {
-                    last_id = Some(id);
-                }
-                if e.event != "message" {
-                    continue;
-                }
-                let m: Value = serde_json::from_str(&e.data).unwrap_or(Value::Null);
-                let Some((ts, seq)) = m["body"]["text"].as_str().and_then(parse_stamp) else {
-                    continue;
-                };
-                let now = now_us();
-                log.tally.record(seq);
-                if let Some(got) = log.received.get_mut(seq as usize).filter(|t| **t == 0) {
-                    *got = now;
-                    log.sent[seq as usize] = ts;
-                }
-                let killed_at = shared.killed_at.load(Ordering::Relaxed);
-                if killed_at == 0 || now < killed_at {
-                    let _ = log.hist.record(now.saturating_sub(ts).max(1));
-                }
+            let now = now_us();
+            log.tally.record(seq);
+            if let Some(got) = log.received.get_mut(seq as usize).filter(|t| **t == 0) {
+                *got = now;
+                log.sent[seq as usize] = ts;
+            }
+            let killed_at = shared.killed_at.load(Ordering::Relaxed);
+            if killed_at == 0 || now < killed_at {
+                let _ = log.hist.record(now.saturating_sub(ts).max(1));
             }
         }
         // The stream ended (its node died): wait the retry hint, then resume elsewhere.

@@ -8,7 +8,7 @@
 //! meets the hashing threads just so.
 
 use super::{Args, Conn, Result, accounts, err, histogram, latency_json, repeat, rss_kib};
-use hyper::StatusCode;
+use http::StatusCode;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
