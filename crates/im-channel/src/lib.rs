@@ -75,7 +75,7 @@ pub enum Outcome {
     /// A handler refused it; nothing was stored (4xx with the handler's code).
     Rejected(ApiError),
     /// The store failed; nothing was acknowledged (500).
-    Failed(String),
+    Failed(im_protocol::Cause),
 }
 
 /// The IoC point: applications plug filters, bots, transforms and moderation into channels.

@@ -3,10 +3,10 @@ use async_trait::async_trait;
 use im_protocol::{Message, MessageId, Target, UserId};
 use tokio::sync::oneshot;
 
-/// The store failed to read or write messages.
+/// The store failed to read or write messages; the store's own error is its source.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("message log: {0}")]
-pub struct LogError(pub String);
+pub struct LogError(#[source] pub im_protocol::Cause);
 
 impl From<LogError> for im_protocol::ApiError {
     fn from(e: LogError) -> Self {

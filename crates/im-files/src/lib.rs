@@ -81,7 +81,7 @@ pub enum FileError {
     Io(#[from] std::io::Error),
     /// Metadata store failure.
     #[error("file index: {0}")]
-    Index(String),
+    Index(#[source] im_protocol::Cause),
     /// This node has not applied the upload's record in time; retrying helps.
     #[error("this node is catching up; try again")]
     Lagging,

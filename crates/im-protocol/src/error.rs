@@ -142,6 +142,59 @@ impl ErrorCode {
     }
 }
 
+/// What a failure behind a port came from (a store's error, an I/O error), kept whole so that
+/// [`std::error::Error::source`] chains reach it. A domain crate cannot name an adapter's error
+/// type; this carries it anyway. Shared, so the error holding it stays `Clone`.
+#[derive(Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync>);
+
+impl Cause {
+    /// Keeps `cause`: an error, or a `String` saying what failed.
+    pub fn new(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self(Arc::from(cause.into()))
+    }
+}
+
+impl From<String> for Cause {
+    fn from(what: String) -> Self {
+        Self::new(what)
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(what: &str) -> Self {
+        Self::new(what)
+    }
+}
+
+impl std::fmt::Debug for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Equal when they say the same: few errors implement `PartialEq`, and what a test can tell
+/// apart is the text.
+impl PartialEq for Cause {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for Cause {}
+
 /// An API error: a status, a stable code and a human message.
 ///
 /// `code` is a string rather than [`ErrorCode`] so application handlers can reject with
@@ -206,12 +259,17 @@ impl ApiError {
         self
     }
 
-    /// The cause and its own sources, `: `-separated, for a log line; empty without one.
+    /// The cause and its own sources, `: `-separated, for a log line; empty without one. A
+    /// source whose text its error already ends with (`message log: disk full` over
+    /// `disk full`) is not repeated.
     pub fn cause_chain(&self) -> String {
-        let mut chain = Vec::new();
+        let mut chain: Vec<String> = Vec::new();
         let mut next = std::error::Error::source(self);
         while let Some(e) = next {
-            chain.push(e.to_string());
+            let text = e.to_string();
+            if !chain.last().is_some_and(|prev| prev.ends_with(&text)) {
+                chain.push(text);
+            }
             next = e.source();
         }
         chain.join(": ")
@@ -285,6 +343,36 @@ mod tests {
             Some("a handler panicked".to_owned())
         );
         assert_eq!(ApiError::new(ErrorCode::NotFound, "x").cause_chain(), "");
+    }
+
+    /// A port's error that says its cause (`message log: disk full`) and keeps it as its source.
+    #[derive(Debug)]
+    struct Port(Cause);
+
+    impl std::fmt::Display for Port {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "message log: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Port {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_crosses_a_port_whole_and_is_logged_once() {
+        let cause = Cause::new(Port(Cause::new("fsync failed")));
+        assert_eq!(cause.to_string(), "message log: fsync failed");
+        // The cause's own sources stay reachable through it.
+        let below = std::error::Error::source(&cause).map(|s| s.to_string());
+        assert_eq!(below.as_deref(), Some("fsync failed"));
+        let e = ApiError::new(ErrorCode::Internal, "storage failure")
+            .caused_by(Port(Cause::new("disk full")));
+        assert_eq!(e.cause_chain(), "message log: disk full");
+        assert_eq!(Cause::from("a"), Cause::new("a".to_owned()));
+        assert_ne!(Cause::from("a"), Cause::from("b"));
     }
 
     #[test]

@@ -13,6 +13,6 @@ pub mod record;
 pub mod sse;
 pub mod wire;
 
-pub use error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
+pub use error::{ApiError, Cause, ErrorBody, ErrorCode, ErrorDetail};
 pub use ids::{GroupId, MessageId, UserId};
 pub use message::{Draft, Message, Target, conversation_of, direct_parties, group_of, now_millis};

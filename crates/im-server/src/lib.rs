@@ -69,7 +69,7 @@ pub enum ServerError {
     Kind(#[from] im_classifier::ClassifyError),
     /// The ordered log could not be read at start-up.
     #[error("reading the log: {0}")]
-    Log(String),
+    Log(#[source] im_protocol::Cause),
     /// The TLS certificate could not be loaded.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -147,7 +147,7 @@ impl ImServerBuilder {
             .reader
             .head()
             .await
-            .map_err(|e| ServerError::Log(e.to_string()))?;
+            .map_err(|e| ServerError::Log(im_protocol::Cause::new(e)))?;
         let users_cfg = UsersConfig {
             hash: HashParams {
                 memory_kib: cfg.argon2.memory_kib,
@@ -259,7 +259,7 @@ impl ImServerBuilder {
         follower
             .catch_up()
             .await
-            .map_err(|e| ServerError::Log(e.to_string()))?;
+            .map_err(|e| ServerError::Log(im_protocol::Cause::new(e)))?;
 
         let mut classifier = MessageClassifier::with_builtins();
         classifier.register(im_files::image_kind())?;

@@ -16,7 +16,7 @@ use std::time::Duration;
 pub enum ReplayError {
     /// The store could not be read.
     #[error("replay: {0}")]
-    Store(String),
+    Store(#[source] im_protocol::Cause),
     /// The broker is shutting down and accepts no new streams.
     #[error("the server is shutting down")]
     ShuttingDown,

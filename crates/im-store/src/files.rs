@@ -9,7 +9,7 @@ use im_protocol::record::Versioned;
 use rusqlite::params;
 
 fn index_err(e: StoreError) -> FileError {
-    FileError::Index(e.to_string())
+    FileError::Index(im_protocol::Cause::new(e))
 }
 
 #[async_trait]

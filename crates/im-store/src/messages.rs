@@ -94,7 +94,7 @@ impl MessageLog for SqliteStore {
 }
 
 fn log_err(e: StoreError) -> LogError {
-    LogError(e.to_string())
+    LogError(im_protocol::Cause::new(e))
 }
 
 #[async_trait]
@@ -233,7 +233,7 @@ macro_rules! replay_range {
 }
 
 fn replay_err(e: StoreError) -> ReplayError {
-    ReplayError::Store(e.to_string())
+    ReplayError::Store(im_protocol::Cause::new(e))
 }
 
 #[async_trait]

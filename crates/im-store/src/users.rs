@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::BTreeMap;
 
 fn other(e: StoreError) -> UserStoreError {
-    UserStoreError::Other(e.to_string())
+    UserStoreError::Other(im_protocol::Cause::new(e))
 }
 
 fn is_unique_violation(e: &StoreError) -> bool {

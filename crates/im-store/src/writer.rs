@@ -227,10 +227,10 @@ fn append(
     let finish: Finish = Box::new(move |commit, _| match (commit, result) {
         (Ok(()), Ok((m, true))) => reply.send(Outcome::Stored(m)),
         (Ok(()), Ok((m, false))) => reply.send(Outcome::Duplicate(m)),
-        (Err(e), _) => reply.send(Outcome::Failed(e.to_string())),
+        (Err(e), _) => reply.send(Outcome::Failed(im_protocol::Cause::new(e.to_string()))),
         (_, Err(e)) => {
             tracing::error!(error = %e, "append failed");
-            reply.send(Outcome::Failed(e.to_string()))
+            reply.send(Outcome::Failed(im_protocol::Cause::new(e)))
         }
     });
     (ok, finish)

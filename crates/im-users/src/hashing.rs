@@ -61,7 +61,7 @@ impl HashPool {
     /// Starts `concurrency` threads (at least one); they end when the pool is dropped.
     pub(crate) fn start(p: HashParams) -> Result<Self, UserError> {
         let params = Params::new(p.memory_kib.max(8), p.iterations.max(1), 1, None)
-            .map_err(|e| UserError::Hashing(format!("argon2 parameters: {e}")))?;
+            .map_err(|e| UserError::Hashing(format!("argon2 parameters: {e}").into()))?;
         let (jobs, queue) = flume::bounded::<Job>(p.queue);
         for i in 0..p.concurrency.max(1) {
             let queue = queue.clone();
@@ -73,7 +73,7 @@ impl HashPool {
                         job(&mut hasher);
                     }
                 })
-                .map_err(|e| UserError::Hashing(format!("starting a thread: {e}")))?;
+                .map_err(|e| UserError::Hashing(format!("starting a thread: {e}").into()))?;
         }
         Ok(Self { jobs })
     }
@@ -140,14 +140,16 @@ impl Hasher {
 
     fn hash(&mut self, password: &[u8]) -> Result<String, UserError> {
         let mut salt = [0u8; 16];
-        getrandom::fill(&mut salt).map_err(|e| UserError::Randomness(e.to_string()))?;
+        getrandom::fill(&mut salt)
+            .map_err(|e| UserError::Randomness(im_protocol::Cause::new(e)))?;
         let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
         let argon = self.argon.clone();
         self.with_blocks(self.params.block_count(), |blocks| {
             argon.hash_password_into_with_memory(password, &salt, &mut out, blocks)
         })
-        .map_err(|e| UserError::Hashing(format!("argon2: {e}")))?;
-        let hashing = |e: argon2::password_hash::Error| UserError::Hashing(format!("argon2: {e}"));
+        .map_err(|e| UserError::Hashing(format!("argon2: {e}").into()))?;
+        let hashing =
+            |e: argon2::password_hash::Error| UserError::Hashing(format!("argon2: {e}").into());
         let salt = SaltString::encode_b64(&salt).map_err(hashing)?;
         let phc = PasswordHash {
             algorithm: Algorithm::Argon2id.ident(),

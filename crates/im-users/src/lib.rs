@@ -119,13 +119,13 @@ pub enum UserError {
     NoSuchConversation,
     /// The store failed.
     #[error("user store: {0}")]
-    Store(String),
+    Store(#[source] im_protocol::Cause),
     /// Password hashing failed (its threads, or argon2 itself).
     #[error("password hashing: {0}")]
-    Hashing(String),
+    Hashing(#[source] im_protocol::Cause),
     /// The operating system's random source failed (a token or salt could not be made).
     #[error("the random source failed: {0}")]
-    Randomness(String),
+    Randomness(#[source] im_protocol::Cause),
     /// This node has not applied the log far enough to answer (the store is unreachable, or
     /// the node is overloaded); retrying later or on another node helps.
     #[error("this node is catching up; try again")]

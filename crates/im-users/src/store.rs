@@ -10,9 +10,9 @@ pub enum UserStoreError {
     /// The unique username constraint fired.
     #[error("username taken")]
     UsernameTaken,
-    /// Anything else (I/O, corruption).
+    /// Anything else (I/O, corruption); the store's own error is its source.
     #[error("{0}")]
-    Other(String),
+    Other(#[source] im_protocol::Cause),
 }
 
 /// When a session began and was last used (Unix ms): what its expiry is measured from.

@@ -81,7 +81,7 @@ pub(super) async fn exec(
 const SWEEP_LOCK: i64 = 0x1e1a_0002;
 
 fn index_err(e: StoreError) -> FileError {
-    FileError::Index(e.to_string())
+    FileError::Index(im_protocol::Cause::new(e))
 }
 
 #[async_trait]

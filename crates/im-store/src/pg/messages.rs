@@ -13,7 +13,7 @@ use im_sse::{PageLimit, ReplayError, ReplayPage, ReplaySource};
 use tokio_postgres::Row;
 
 fn log_err(e: StoreError) -> LogError {
-    LogError(e.to_string())
+    LogError(im_protocol::Cause::new(e))
 }
 
 fn records(rows: Vec<Row>) -> Result<Vec<Message>, StoreError> {
@@ -150,7 +150,7 @@ macro_rules! replay_range {
 }
 
 fn replay_err(e: StoreError) -> ReplayError {
-    ReplayError::Store(e.to_string())
+    ReplayError::Store(im_protocol::Cause::new(e))
 }
 
 #[async_trait]
@@ -237,7 +237,7 @@ impl ReplaySource for PgStore {
         self.head()
             .await
             .map(MessageId)
-            .map_err(|e| ReplayError::Store(e.to_string()))
+            .map_err(|e| ReplayError::Store(im_protocol::Cause::new(e)))
     }
 }
 

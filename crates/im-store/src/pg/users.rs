@@ -12,7 +12,7 @@ use im_users::{Principal, SessionRecord, SessionTimes, User, UserStore, UserStor
 use std::collections::BTreeMap;
 
 fn other(e: StoreError) -> UserStoreError {
-    UserStoreError::Other(e.to_string())
+    UserStoreError::Other(im_protocol::Cause::new(e))
 }
 
 /// How many sessions a write revoked, at the position of its last record.

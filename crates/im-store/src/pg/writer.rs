@@ -108,7 +108,9 @@ async fn run(
 fn fail_all(ops: impl Iterator<Item = Op>, e: &StoreError) {
     for op in ops {
         match op {
-            Op::Append(_, reply) => reply.send(Outcome::Failed(e.to_string())),
+            Op::Append(_, reply) => {
+                reply.send(Outcome::Failed(im_protocol::Cause::new(e.to_string())))
+            }
             Op::Write(_, tx) => {
                 let _ = tx.send(Err(StoreError::Commit(e.to_string())));
             }
@@ -120,8 +122,10 @@ fn finish(d: Done, commit: Result<(), &StoreError>) {
     match (d, commit) {
         (Done::Append(reply, Ok((m, true))), Ok(())) => reply.send(Outcome::Stored(m)),
         (Done::Append(reply, Ok((m, false))), Ok(())) => reply.send(Outcome::Duplicate(m)),
-        (Done::Append(reply, Err(e)), _) => reply.send(Outcome::Failed(e.to_string())),
-        (Done::Append(reply, Ok(_)), Err(e)) => reply.send(Outcome::Failed(e.to_string())),
+        (Done::Append(reply, Err(e)), _) => reply.send(Outcome::Failed(im_protocol::Cause::new(e))),
+        (Done::Append(reply, Ok(_)), Err(e)) => {
+            reply.send(Outcome::Failed(im_protocol::Cause::new(e.to_string())))
+        }
         (Done::Write(tx, result), Ok(())) => {
             let _ = tx.send(result);
         }

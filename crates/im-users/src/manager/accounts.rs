@@ -40,7 +40,7 @@ impl UserManager {
             _ => return Err(UserError::BadCredentials),
         };
         let mut raw = [0u8; 32];
-        getrandom::fill(&mut raw).map_err(|e| UserError::Randomness(e.to_string()))?;
+        getrandom::fill(&mut raw).map_err(|e| UserError::Randomness(im_protocol::Cause::new(e)))?;
         let token = hex(&raw);
         let principal = self.open_session(user.id, &token, user_agent).await?;
         Ok(LoginOutcome {
