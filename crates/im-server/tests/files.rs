@@ -31,8 +31,8 @@ fn stored_files(data_dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serving_rules() {
+/// A server with `alice` signed up, and a client with no session.
+async fn alice_and_a_stranger() -> (TestServer, Client, Client) {
     let server = TestServer::start().await;
     let alice = server
         .client()
@@ -40,8 +40,13 @@ async fn serving_rules() {
         .await
         .unwrap();
     let anon = server.client();
+    (server, alice, anon)
+}
 
-    // A PNG comes back inline with its real type, whatever the client claimed.
+/// What the bytes are decides the type, whatever the client claimed; the link is long and random.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_png_comes_back_inline_with_its_real_type() {
+    let (server, alice, anon) = alice_and_a_stranger().await;
     let png = upload(&alice, "dot.png", "application/x-whatever", PNG).await;
     assert_eq!(
         (png["content_type"].as_str(), png["size"].as_u64()),
@@ -61,7 +66,13 @@ async fn serving_rules() {
     assert!(header(&res, "cache-control").starts_with("private"));
     assert_eq!(&res.body[..], PNG);
 
-    // HTML and SVG are attachments, never rendered.
+    server.shutdown().await;
+}
+
+/// HTML and SVG (and HTML claiming to be a PNG) are downloads, never rendered by the browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn html_and_svg_are_attachments_never_rendered() {
+    let (server, alice, anon) = alice_and_a_stranger().await;
     for (name, ct, data, sniffed) in [
         (
             "page.html",
@@ -98,7 +109,13 @@ async fn serving_rules() {
         assert_eq!(header(&res, "x-content-type-options"), "nosniff");
     }
 
-    // Range requests, several times on one link; HEAD.
+    server.shutdown().await;
+}
+
+/// Range requests, several times on one link, past the end, and HEAD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_repeat_on_one_link_and_head_has_no_body() {
+    let (server, alice, anon) = alice_and_a_stranger().await;
     let big: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
     let f = upload(&alice, "data.bin", "application/octet-stream", &big).await;
     let url = f["url"].as_str().unwrap().to_owned();
@@ -120,7 +137,21 @@ async fn serving_rules() {
         (StatusCode::OK, "1000", 0)
     );
 
-    // Traversal and guessing get the same 404.
+    server.shutdown().await;
+}
+
+/// Paths that climb out, wrong names and guessed tokens are all the same 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traversal_and_guessing_get_the_same_404() {
+    let (server, alice, anon) = alice_and_a_stranger().await;
+    let f = upload(
+        &alice,
+        "data.bin",
+        "application/octet-stream",
+        b"0123456789",
+    )
+    .await;
+    let url = f["url"].as_str().unwrap().to_owned();
     let token = url.split('/').nth(2).unwrap().to_owned();
     for bad in [
         "/files/../../etc/passwd".to_owned(),
@@ -135,7 +166,13 @@ async fn serving_rules() {
         assert_eq!(res.status, StatusCode::NOT_FOUND, "{bad}");
     }
 
-    // Bad uploads.
+    server.shutdown().await;
+}
+
+/// A JSON body, a form without `file`, and no session each get their own code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_uploads_get_their_codes() {
+    let (server, alice, anon) = alice_and_a_stranger().await;
     let res = alice
         .raw(
             Method::POST,
