@@ -35,10 +35,11 @@ use im_channel::{Handler, Pending};
 use im_classifier::KindSpec;
 use im_cluster::{Applier, Logged, Position, Progress};
 use im_protocol::record::Versioned;
+use im_protocol::wire::{Attachment, FileView};
 use im_protocol::{ApiError, ErrorCode, UserId, now_millis};
 use multipart::{Event, Limits, Multipart, MultipartError, Parser, ReadError};
 use parking_lot::RwLock;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -441,12 +442,16 @@ impl FileProxy {
         format!("/files/{}/{}", meta.token, percent_encode(&meta.name))
     }
 
-    /// The JSON the API answers with.
-    pub fn json(meta: &FileMeta) -> Value {
-        json!({
-            "id": meta.id, "name": meta.name, "size": meta.size,
-            "content_type": meta.content_type, "url": Self::url(meta), "expires_at": meta.expires_at,
-        })
+    /// The file as the API shows it.
+    pub fn view(meta: &FileMeta) -> FileView {
+        FileView {
+            content_type: meta.content_type.clone(),
+            expires_at: meta.expires_at,
+            id: meta.id,
+            name: meta.name.clone(),
+            size: meta.size,
+            url: Self::url(meta),
+        }
     }
 
     /// The live file behind a link, if the token and name match and it has not expired.
@@ -570,7 +575,7 @@ impl FileProxy {
     }
 
     /// The message body for file `id` sent by `owner`, filled from the metadata.
-    pub fn attachment(&self, owner: UserId, id: u64, image: bool) -> Result<Value, FileError> {
+    pub fn attachment(&self, owner: UserId, id: u64, image: bool) -> Result<Attachment, FileError> {
         let files = self.files.read();
         let entry = files
             .get(&id)
@@ -583,10 +588,13 @@ impl FileProxy {
             return Err(FileError::NotAnImage(id));
         }
         let m = &entry.meta;
-        Ok(json!({
-            "file_id": m.id, "url": Self::url(m), "name": m.name,
-            "size": m.size, "content_type": m.content_type,
-        }))
+        Ok(Attachment {
+            content_type: m.content_type.clone(),
+            file_id: m.id,
+            name: m.name.clone(),
+            size: m.size,
+            url: Self::url(m),
+        })
     }
 }
 
@@ -675,7 +683,9 @@ impl Handler for AttachFiles {
             _ => return Ok(()),
         };
         let id = msg.body["file_id"].as_u64().unwrap_or(0);
-        msg.body = self.0.attachment(msg.from, id, image)?;
+        let attachment = self.0.attachment(msg.from, id, image)?;
+        msg.body = serde_json::to_value(attachment)
+            .map_err(|e| ApiError::new(ErrorCode::Internal, "encoding a file body").caused_by(e))?;
         Ok(())
     }
 }

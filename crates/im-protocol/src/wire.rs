@@ -75,6 +75,39 @@ pub struct User {
     pub username: String,
 }
 
+/// An uploaded file as the API shows it (`POST /api/v1/files` answers `{"file": F}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileView {
+    /// The type sniffed from its bytes.
+    pub content_type: String,
+    /// When its link stops working (Unix ms).
+    pub expires_at: u64,
+    /// The id a message names it by.
+    pub id: u64,
+    /// Its sanitized name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its link: `/files/<token>/<name>`.
+    pub url: String,
+}
+
+/// The body of an `image` or `file` message once the server filled it from the file's
+/// metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The type sniffed from its bytes.
+    pub content_type: String,
+    /// The file's id.
+    pub file_id: u64,
+    /// Its sanitized name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its link.
+    pub url: String,
+}
+
 /// A friend request as the API shows it (`R` in docs/API.md), with both usernames for display.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FriendRequestView {

@@ -44,7 +44,7 @@ impl App {
             .await?;
         Ok(json(
             StatusCode::CREATED,
-            &json!({ "file": FileProxy::json(&meta) }),
+            &json!({ "file": FileProxy::view(&meta) }),
         ))
     }
 
