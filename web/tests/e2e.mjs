@@ -79,10 +79,10 @@ function gradientPng(w, h) {
 
 // ----- the server -----
 
-async function startServer(extraArgs = []) {
+async function startServer(extraArgs = [], extraEnv = {}) {
   const dataDir = mkdtempSync(path.join(tmpdir(), 'web-im-e2e-'));
   const child = spawn(bin, ['--listen', '127.0.0.1:0', '--data-dir', dataDir, ...extraArgs], {
-    env: { ...process.env, IM_ARGON2__MEMORY_KIB: '64', IM_ARGON2__ITERATIONS: '1', IM_LOG: 'warn', IM_PRESENCE_GRACE_MS: '1000' },
+    env: { ...process.env, IM_ARGON2__MEMORY_KIB: '64', IM_ARGON2__ITERATIONS: '1', IM_LOG: 'warn', IM_PRESENCE_GRACE_MS: '1000', ...extraEnv },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   const lines = createInterface({ input: child.stdout });
@@ -320,6 +320,80 @@ try {
   await browser.close();
   server.child.kill('SIGTERM');
   rmSync(server.dataDir, { recursive: true, force: true });
+}
+
+// ----- over plain HTTP/1.1: one user's seven tabs share one event stream -----
+// A browser opens at most six HTTP/1.1 connections to an origin. With a stream per tab, the
+// seventh tab never loaded; im-client.js now shares one stream among a user's tabs (a Web Lock
+// picks the tab that holds it, a BroadcastChannel carries its events to the others). The
+// server's own gauge counts the streams.
+
+const METRICS_TOKEN = 'e2e-metrics-token-0123456789';
+const h1Server = await startServer([], { IM_METRICS__TOKEN: METRICS_TOKEN });
+const h1Browser = await launch();
+
+async function streamsOpen() {
+  const res = await fetch(`${h1Server.url}/metrics`, { headers: { Authorization: `Bearer ${METRICS_TOKEN}` } });
+  const line = (await res.text()).split('\n').find((l) => l.startsWith('im_streams_open '));
+  return line ? Number(line.split(' ')[1]) : NaN;
+}
+
+// Waits until `cond()` holds, failing after TIMEOUT (a bound, not a speed claim).
+async function until(what, cond) {
+  const end = Date.now() + TIMEOUT;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+try {
+  await test('over plain HTTP/1.1, seven tabs of one user load and share one event stream', async () => {
+    const fay = await h1Browser.newContext({ viewport: { width: 1000, height: 700 } });
+    const first = await fay.newPage();
+    first.setDefaultTimeout(TIMEOUT);
+    await register(first, h1Server.url, 'fay');
+    assertEq(await first.evaluate(() => performance.getEntriesByType('navigation')[0].nextHopProtocol), 'http/1.1', 'the page came over HTTP/1.1');
+    const tabs = [first];
+    for (let i = 2; i <= 7; i++) {
+      const tab = await fay.newPage();
+      tab.setDefaultTimeout(TIMEOUT);
+      await tab.goto(h1Server.url);
+      await tab.locator('#me-name', { hasText: 'fay' }).waitFor();
+      tabs.push(tab);
+    }
+    await until('one event stream on the server', async () => (await streamsOpen()) === 1);
+    const gus = await apiUser(h1Server.url, 'gus');
+    const { request } = await gus.call('POST', '/friends/requests', { username: 'fay' });
+    await first.evaluate(async (id) => {
+      const res = await fetch(`/api/v1/friends/requests/${id}/accept`, { method: 'POST' });
+      if (!res.ok) throw new Error(`accept: ${res.status}`);
+    }, request.id);
+    const toFay = (text) => gus.call('POST', '/messages', { to: { user: request.to }, kind: 'text', body: { text } });
+    await toFay('to all seven tabs');
+    for (const tab of tabs) {
+      await tab.locator('#conversations li', { hasText: 'gus' }).locator('.unread').filter({ hasText: '1' }).waitFor();
+    }
+    assertEq(await streamsOpen(), 1, 'event streams on the server with seven tabs open');
+    // The first tab holds the stream. It closes, and a message sent at once reaches the six
+    // others once: a waiting tab takes the stream over and resumes after the last id.
+    await first.close();
+    await toFay('after the handover');
+    for (const tab of tabs.slice(1)) {
+      await tab.locator('#conversations li', { hasText: 'gus' }).locator('.unread').filter({ hasText: '2' }).waitFor();
+    }
+    await until('one event stream again', async () => (await streamsOpen()) === 1);
+    const last = tabs[6];
+    await openChatWith(last, 'gus');
+    await messageText(last, 'after the handover').waitFor();
+    assertEq(await countExact(last, 'to all seven tabs'), 1, 'the first message, once');
+    assertEq(await countExact(last, 'after the handover'), 1, 'the second message, once');
+    await fay.close();
+  });
+} finally {
+  await h1Browser.close();
+  h1Server.child.kill('SIGTERM');
+  rmSync(h1Server.dataDir, { recursive: true, force: true });
 }
 
 // ----- over HTTPS with HTTP/2: one user's seven tabs -----

@@ -14,7 +14,20 @@
 // - every durable event is delivered to `on('message')` once: duplicates are dropped by id;
 // - a dropped connection resumes from the last id (EventSource sends Last-Event-ID);
 // - `resync` (the server could not replay) is passed on so the app reloads history;
-// - every send carries a `client_id`, and a retried send never duplicates a message.
+// - every send carries a `client_id`, and a retried send never duplicates a message;
+// - one event stream per browser, shared by all its tabs (see "One stream for all tabs").
+//
+// One stream for all tabs. Browsers allow six HTTP/1.1 connections per origin, and every
+// open EventSource holds one, so a seventh tab of the app would hang. So the tabs of one user
+// share a single stream: they all ask for the Web Lock `im-stream:<user id>`; the tab that
+// holds it (the leader) opens the EventSource and relays every event on the
+// BroadcastChannel of the same name, and the others (followers) take their events from the
+// channel. When the leader closes (or crashes), the browser hands the lock to a waiting tab,
+// which opens the stream resuming after the last id it saw, so nothing is missed; ids keep
+// the duplicates out. A tab that joins asks the leader where the stream stands and gets its
+// 'up' and 'ready' events, so it loads history as a leader would. Where Web Locks or
+// BroadcastChannel are missing, or with `new ImClient({ shareStream: false })`, each tab has
+// its own stream.
 
 /** An API error: `status`, `code` (snake_case, see docs/API.md) and a human `message`. */
 export class ImError extends Error {
@@ -34,9 +47,10 @@ export class ImClient {
    * @param {string} [options.base] URL prefix of the server ('' for the page's own origin).
    * @param {number} [options.retries] How often a send is retried on network errors or 503.
    */
-  constructor({ base = '', retries = 4 } = {}) {
+  constructor({ base = '', retries = 4, shareStream = true } = {}) {
     this.base = base;
     this.retries = retries;
+    this.shareStream = shareStream;
     this.user = null;
     this.connected = false;
     this._handlers = new Map();
@@ -45,6 +59,13 @@ export class ImClient {
     this._source = null;
     this._reconnectTimer = null;
     this._lastId = null;
+    // The shared stream: the channel to the other tabs, whether this tab leads, how to give
+    // the lock back, and the last 'ready' it saw (for tabs that join later).
+    this._channel = null;
+    this._leader = false;
+    this._releaseLock = null;
+    this._lockAbort = null;
+    this._readyData = null;
   }
 
   // ----- events -----
@@ -88,21 +109,58 @@ export class ImClient {
 
   // ----- the event stream -----
 
-  /** Opens the event stream. It reconnects by itself and resumes without gaps. */
+  /**
+   * Opens the event stream, shared with the user's other tabs where the browser can. It
+   * reconnects by itself and resumes without gaps.
+   */
   connect() {
     this.disconnect();
+    const canShare =
+      this.shareStream &&
+      this.user &&
+      typeof BroadcastChannel === 'function' &&
+      globalThis.navigator &&
+      navigator.locks;
+    if (!canShare) {
+      this._open();
+      return;
+    }
+    const name = `im-stream:${this.user.id}`;
+    const channel = new BroadcastChannel(name);
+    this._channel = channel;
+    channel.onmessage = (e) => this._fromChannel(e.data);
+    const abort = new AbortController();
+    this._lockAbort = abort;
+    navigator.locks
+      .request(name, { signal: abort.signal }, () => {
+        if (this._channel !== channel) return undefined;
+        // This tab leads now: open the stream (resuming after what the channel brought)
+        // and hold the lock until disconnect() or the tab's end.
+        this._leader = true;
+        this._open();
+        return new Promise((resolve) => {
+          this._releaseLock = resolve;
+        });
+      })
+      .catch(() => {}); // aborted by disconnect()
+    channel.postMessage({ t: 'hello' });
+  }
+
+  /** Whether this tab holds the shared stream (or its own); false while it follows another. */
+  get leads() {
+    return this._leader || (!this._channel && !!this._source);
+  }
+
+  /** Opens this tab's own EventSource; as the leader, everything it gets is relayed. */
+  _open() {
     // The browser resumes by itself after a drop (Last-Event-ID); when we reconnect by hand,
     // the position goes in the query instead.
     const resume = this._lastId ? `?last_event_id=${encodeURIComponent(this._lastId)}` : '';
     const source = new EventSource(`${this.base}/api/v1/events${resume}`);
     this._source = source;
-    source.onopen = () => {
-      this.connected = true;
-      this._emit('up');
-    };
+    source.onopen = () => this._dispatch('up', null, null);
     source.onerror = () => {
-      if (this.connected) this._emit('down');
-      this.connected = false;
+      if (this.connected) this._dispatch('down', null, null);
       // CLOSED means the browser gave up (the server answered 401 or 503, or is gone):
       // retry ourselves, unless the session ended (logout in another tab).
       if (source.readyState === EventSource.CLOSED && this._source === source) {
@@ -111,47 +169,94 @@ export class ImClient {
           if (this._source !== source) return;
           const me = await this.me().catch(() => undefined);
           if (me === null) {
+            this._dispatch('logout', null, null);
             this.disconnect();
-            this._emit('logout');
           } else if (this._source === source) {
-            this.connect();
+            source.close();
+            this._open();
           }
         }, 3000);
       }
     };
     source.addEventListener('message', (e) => {
-      if (e.lastEventId) this._lastId = e.lastEventId;
-      let m;
-      try {
-        m = JSON.parse(e.data);
-      } catch {
-        return;
-      }
-      if (this._firstSight(m.id)) this._emit('message', m);
+      const m = safeJson(e.data);
+      if (m) this._dispatch('message', m, e.lastEventId);
     });
-    source.addEventListener('resync', (e) => {
-      if (e.lastEventId) this._lastId = e.lastEventId;
-      this._emit('resync', safeJson(e.data) || {});
-    });
-    // The stream is caught up to this position; history loaded from now on covers the rest.
-    source.addEventListener('ready', (e) => {
-      if (e.lastEventId) this._lastId = e.lastEventId;
-      this._emit('ready', safeJson(e.data) || {});
-    });
-    for (const type of EPHEMERAL) {
+    // 'ready': the stream is caught up to this position; history loaded from now on covers
+    // the rest. 'resync': the server could not replay; reload.
+    for (const type of ['resync', 'ready', ...EPHEMERAL]) {
       source.addEventListener(type, (e) => {
         const data = safeJson(e.data);
-        if (data) this._emit(type, data);
+        const control = type === 'ready' || type === 'resync';
+        if (data || control) this._dispatch(type, data || {}, e.lastEventId);
       });
     }
   }
 
-  /** Closes the event stream. */
+  /** Handles one event of the stream here, and relays it to the other tabs if this leads. */
+  _dispatch(type, data, lastId) {
+    if (this._leader && this._channel) {
+      this._channel.postMessage({ t: 'event', type, data, id: lastId || null });
+    }
+    this._receive(type, data, lastId);
+  }
+
+  /** One event, from this tab's stream or the leader's. */
+  _receive(type, data, lastId) {
+    if (lastId) this._lastId = lastId;
+    switch (type) {
+      case 'up':
+        this.connected = true;
+        return this._emit('up');
+      case 'down':
+        this.connected = false;
+        return this._emit('down');
+      case 'ready':
+        this._readyData = data;
+        return this._emit('ready', data);
+      case 'message':
+        if (this._firstSight(data.id)) this._emit('message', data);
+        return undefined;
+      case 'logout':
+        return this._emit('logout');
+      default:
+        return this._emit(type, data);
+    }
+  }
+
+  /** A note from another tab on the channel. */
+  _fromChannel(note) {
+    if (!note || typeof note !== 'object') return;
+    if (note.t === 'event') {
+      if (!this._leader) this._receive(note.type, note.data, note.id);
+    } else if (note.t === 'hello' && this._leader) {
+      // A tab joined: tell it where the stream stands, so it loads history as we did.
+      this._channel.postMessage({
+        t: 'state',
+        connected: this.connected,
+        ready: this._readyData,
+        id: this._lastId,
+      });
+    } else if (note.t === 'state' && !this._leader) {
+      if (note.id && !this._lastId) this._lastId = note.id;
+      if (note.connected && !this.connected) this._receive('up', null, null);
+      if (note.ready) this._receive('ready', note.ready, null);
+    }
+  }
+
+  /** Closes the event stream; a leader hands it to another tab of the user. */
   disconnect() {
     clearTimeout(this._reconnectTimer);
     if (this._source) this._source.close();
     this._source = null;
     this.connected = false;
+    this._leader = false;
+    if (this._releaseLock) this._releaseLock();
+    this._releaseLock = null;
+    if (this._lockAbort) this._lockAbort.abort();
+    this._lockAbort = null;
+    if (this._channel) this._channel.close();
+    this._channel = null;
   }
 
   // ----- HTTP -----
