@@ -294,6 +294,85 @@ try {
     await alice.setViewportSize({ width: 1000, height: 700 });
   });
 
+  // At the four sizes the app is made for, nothing overflows its panel sideways on any screen
+  // (an element's content wider than its box), and the group header shows member-only
+  // controls to those who may use them.
+  await test('no screen overflows sideways at 1280, 1024, 390 or 360 px', async () => {
+    // A server of its own: the main one's per-address registration budget is spent.
+    const own = await startServer([], { IM_RATE_LIMITS__ENABLED: 'false' });
+    const context = await browser.newContext();
+    try {
+    const hana = await context.newPage();
+    hana.setDefaultTimeout(TIMEOUT);
+    const ivan = await apiUser(own.url, 'ivan');
+    const jo = await apiUser(own.url, 'jo_with_a_rather_long_name');
+    await register(hana, own.url, 'hana');
+    for (const friend of [ivan, jo]) {
+      const { request } = await friend.call('POST', '/friends/requests', { username: 'hana' });
+      await hana.evaluate(async (id) => {
+        const res = await fetch(`/api/v1/friends/requests/${id}/accept`, { method: 'POST' });
+        if (!res.ok) throw new Error(`accept: ${res.status}`);
+      }, request.id);
+    }
+    const hanaId = (await jo.call('GET', '/friends')).friends[0].id;
+    const { group } = await ivan.call('POST', '/groups', { name: 'a group with a fairly long name for a header', members: [hanaId] });
+    await ivan.call('POST', '/messages', { to: { group: group.id }, kind: 'text', body: { text: 'hello from ivan' } });
+    await jo.call('POST', '/messages', { to: { user: hanaId }, kind: 'text', body: { text: 'hi hana' } });
+    await hana.reload();
+    await hana.locator('#conversations li', { hasText: 'ivan' }).first().waitFor();
+    const overflowing = () => hana.evaluate(() => {
+      const bad = [];
+      for (const node of document.querySelectorAll('body *')) {
+        const cs = getComputedStyle(node);
+        const shown = node.getClientRects().length > 0 && cs.visibility !== 'hidden';
+        const own = ['INPUT', 'TEXTAREA', 'SELECT', 'svg', 'path'].includes(node.tagName) || node.classList.contains('sr');
+        if (!shown || own || cs.textOverflow === 'ellipsis' || node.clientWidth === 0) continue;
+        if (node.scrollWidth > node.clientWidth + 1) {
+          bad.push(`${node.tagName.toLowerCase()}${node.id ? '#' + node.id : ''}.${node.className} (${node.scrollWidth} > ${node.clientWidth})`);
+        }
+      }
+      return bad;
+    });
+    const screens = {
+      chats: async () => hana.getByRole('tab', { name: 'Chats' }).click(),
+      friends: async () => hana.getByRole('tab', { name: 'Friends' }).click(),
+      groups: async () => hana.getByRole('tab', { name: 'Groups' }).click(),
+      direct: async () => {
+        await hana.getByRole('tab', { name: 'Chats' }).click();
+        await openChatWith(hana, 'jo_with');
+      },
+      group: async () => {
+        await hana.getByRole('tab', { name: 'Chats' }).click();
+        await openChatWith(hana, 'a group with');
+      },
+    };
+    const problems = [];
+    for (const [width, height] of [[1280, 800], [1024, 768], [390, 844], [360, 640]]) {
+      await hana.setViewportSize({ width, height });
+      for (const [name, show] of Object.entries(screens)) {
+        if (await hana.locator('#back').isVisible()) await hana.locator('#back').click();
+        try {
+          await show();
+        } catch (e) {
+          throw new Error(`${width}px, screen ${name}: ${e.message}`);
+        }
+        for (const b of await overflowing()) problems.push(`${width}px ${name}: ${b}`);
+      }
+    }
+    assertEq(problems, [], 'elements wider than their box');
+    // The last screen is ivan's group, where hana is a plain member: she may leave, and sees
+    // no control to add members.
+    await hana.locator('#chat-title', { hasText: 'a group with' }).waitFor();
+    assert(await hana.locator('#leave-group').isVisible(), 'a member can leave');
+    assert(!(await hana.locator('#add-member').isVisible()), 'a plain member sees no add-member control');
+    await hana.screenshot({ path: path.join(shots, 'group-phone-360.png') });
+    } finally {
+      await context.close();
+      own.child.kill('SIGTERM');
+      rmSync(own.dataDir, { recursive: true, force: true });
+    }
+  });
+
   await test('no console errors on either side', async () => {
     assertEq(consoleErrors, [], 'console errors');
   });

@@ -319,10 +319,17 @@ function renderChatHeader() {
   const group = cur && cur.to.group !== undefined ? state.groups.get(cur.to.group) : null;
   $('group-actions').hidden = !group;
   if (group) {
+    // Only an owner or admin may add members, and only friends who are not in yet.
+    const me = group.members.find((m) => m.id === state.me.id);
+    const manages = !!me && (me.role === 'owner' || me.role === 'admin');
     const inGroup = new Set(group.members.map((m) => m.id));
-    const options = [...state.friends.values()].filter((f) => !inGroup.has(f.id));
-    $('add-member').replaceChildren(...options.map((f) => el('option', { value: String(f.id), text: f.username })));
-    $('add-member').disabled = $('add-member-btn').disabled = options.length === 0;
+    const options = manages ? [...state.friends.values()].filter((f) => !inGroup.has(f.id)) : [];
+    $('add-member-row').hidden = options.length === 0;
+    $('add-member').replaceChildren(
+      el('option', { value: '', text: 'Add a member…' }),
+      ...options.map((f) => el('option', { value: String(f.id), text: f.username })),
+    );
+    $('add-member-btn').disabled = true;
   }
 }
 
@@ -579,6 +586,9 @@ function wireStaticHandlers() {
     } catch (e) {
       showError(e);
     }
+  });
+  $('add-member').addEventListener('change', () => {
+    $('add-member-btn').disabled = !$('add-member').value;
   });
   $('add-member-btn').addEventListener('click', () => {
     const uid = Number($('add-member').value);
