@@ -317,9 +317,21 @@ try {
     const hanaId = (await jo.call('GET', '/friends')).friends[0].id;
     const { group } = await ivan.call('POST', '/groups', { name: 'a group with a fairly long name for a header', members: [hanaId] });
     await ivan.call('POST', '/messages', { to: { group: group.id }, kind: 'text', body: { text: 'hello from ivan' } });
+    await ivan.call('POST', '/messages', { to: { group: group.id }, kind: 'text', body: { text: 'and a second line' } });
     await jo.call('POST', '/messages', { to: { user: hanaId }, kind: 'text', body: { text: 'hi hana' } });
     await hana.reload();
-    await hana.locator('#conversations li', { hasText: 'ivan' }).first().waitFor();
+    await hana.locator('#conversations li', { hasText: 'a group with' }).first().waitFor();
+    // The comforts: the unread total in the title, a helpful empty pane, initials avatars, a
+    // date separator, and a sender's consecutive messages grouped.
+    assertEq(await hana.title(), '(3) Web-IM', 'the unread total in the title');
+    assert(await hana.locator('#no-chat').isVisible(), 'an empty pane says what to do');
+    await openChatWith(hana, 'a group with');
+    assert(!(await hana.locator('#no-chat').isVisible()), 'the hint gives way to the chat');
+    await messageText(hana, 'and a second line').waitFor();
+    assertEq(await hana.locator('#messages .day').allTextContents(), ['Today'], 'one separator, for today');
+    assertEq(await hana.locator('#messages .msg').first().locator('.avatar').textContent(), 'IV', 'ivan\'s initials');
+    assertEq(await hana.locator('#messages .msg.follow').count(), 1, 'the second message joins the first');
+    assertEq(await hana.title(), '(1) Web-IM', 'read messages leave the title count');
     const overflowing = () => hana.evaluate(() => {
       const bad = [];
       for (const node of document.querySelectorAll('body *')) {

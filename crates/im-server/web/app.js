@@ -60,6 +60,40 @@ function preview(m) {
   return who + `[${m.kind}]`;
 }
 
+/** Up to two initials of a name, for its avatar. */
+function initials(name) {
+  const parts = String(name).split(/[\s._-]+/).filter(Boolean);
+  const letters = parts.length > 1 ? parts[0][0] + parts[1][0] : String(name).slice(0, 2);
+  return letters.toUpperCase();
+}
+
+/** A colour of its own for each user id, the same in every tab and on every visit. */
+function colourOf(id) {
+  const hue = (Number(id) * 137.508) % 360; // the golden angle spreads neighbours apart
+  return `hsl(${hue.toFixed(0)} 55% 38%)`;
+}
+
+/** A round badge with a user's initials in their colour (decorative: the name is beside it). */
+function avatar(id, name) {
+  const node = el('span', { class: 'avatar', 'aria-hidden': 'true', text: initials(name) });
+  node.style.setProperty('--avatar', colourOf(id));
+  return node;
+}
+
+/** "Today", "Yesterday", or the date, for the separator above a day's first message. */
+function dayLabel(at, now = new Date()) {
+  const day = new Date(at);
+  const yesterday = new Date(now);
+  yesterday.setDate(now.getDate() - 1);
+  if (day.toDateString() === now.toDateString()) return 'Today';
+  if (day.toDateString() === yesterday.toDateString()) return 'Yesterday';
+  const sameYear = day.getFullYear() === now.getFullYear();
+  return day.toLocaleDateString([], { weekday: 'long', month: 'long', day: 'numeric', year: sameYear ? undefined : 'numeric' });
+}
+
+/** Messages from one sender this close together are shown as one group. */
+const GROUP_WITHIN_MS = 5 * 60 * 1000;
+
 function showError(e) {
   const text = e instanceof ImError ? e.message : String(e);
   $('friend-status').textContent = text;
@@ -171,6 +205,7 @@ function renderConversations() {
       return el(
         'li',
         { class: 'conversation', 'aria-current': current ? 'true' : 'false', dataset: { conversation: c.conversation } },
+        c.with.group !== undefined ? avatar(-c.with.group, title) : avatar(c.with.user, title),
         el(
           'button',
           { class: 'open-btn', onclick: () => openConversation(c.with), 'aria-label': `Open ${title}` },
@@ -181,6 +216,9 @@ function renderConversations() {
     }),
   );
   $('no-conversations').hidden = items.length > 0;
+  // The unread total, in the tab's title, so it shows among the browser's other tabs.
+  const unread = items.reduce((sum, c) => sum + (c.unread > 0 ? c.unread : 0), 0);
+  document.title = unread > 0 ? `(${unread}) Web-IM` : 'Web-IM';
 }
 
 function renderFriends() {
@@ -290,6 +328,7 @@ async function openConversation(to) {
   if (!state.current || state.current.conversation !== conversation) return;
   state.noMoreHistory = messages.length < 50;
   for (const m of messages) appendMessage(m, false);
+  decorate();
   state.oldestLoaded = messages.length ? messages[0].id : null;
   scrollToBottom();
   markCurrentRead();
@@ -306,6 +345,8 @@ function closeConversation() {
 
 function renderChatHeader() {
   const cur = state.current;
+  $('no-chat').hidden = !!cur;
+  if (!cur) $('empty-chat').hidden = true;
   $('chat-title').textContent = cur ? titleOf(cur.to) : 'Pick a conversation';
   let status = '';
   if (cur && cur.to.user !== undefined) {
@@ -351,11 +392,41 @@ function messageNode(m) {
   const showFrom = !mine && state.current && state.current.to.group !== undefined;
   return el(
     'li',
-    { class: mine ? 'msg mine' : 'msg', dataset: { id: String(m.id) } },
-    showFrom ? el('span', { class: 'from', text: nameOf(m.from) }) : null,
-    ...body,
-    el('span', { class: 'meta' }, el('time', { datetime: new Date(m.sent_at).toISOString(), text: time }), el('span', { class: 'seen' })),
+    { class: mine ? 'msg mine' : 'msg', dataset: { id: String(m.id), from: String(m.from), at: String(m.sent_at) } },
+    mine ? null : avatar(m.from, nameOf(m.from)),
+    el(
+      'div',
+      { class: 'bubble' },
+      showFrom ? el('span', { class: 'from', text: nameOf(m.from) }) : null,
+      ...body,
+      el('span', { class: 'meta' }, el('time', { datetime: new Date(m.sent_at).toISOString(), text: time }), el('span', { class: 'seen' })),
+    ),
   );
+}
+
+/**
+ * Puts a date separator above each day's first message, and marks a message that follows
+ * one from the same sender within minutes (`follow`: no name, no avatar, less space).
+ */
+function decorate() {
+  const list = $('messages');
+  for (const sep of list.querySelectorAll(':scope > .day')) sep.remove();
+  let prev = null;
+  for (const node of list.querySelectorAll(':scope > .msg')) {
+    const at = Number(node.dataset.at);
+    const newDay = !prev || new Date(Number(prev.dataset.at)).toDateString() !== new Date(at).toDateString();
+    if (newDay) list.insertBefore(el('li', { class: 'day', role: 'separator', text: dayLabel(at) }), node);
+    const follows = !newDay && prev.dataset.from === node.dataset.from && at - Number(prev.dataset.at) < GROUP_WITHIN_MS;
+    node.classList.toggle('follow', follows);
+    prev = node;
+  }
+  $('empty-chat').hidden = !state.current || !!prev;
+}
+
+/** The newest message shown in the open chat, or null. */
+function lastMessageNode() {
+  const all = $('messages').querySelectorAll(':scope > .msg');
+  return all[all.length - 1] || null;
 }
 
 /** Adds a message to the open chat once, in id order. */
@@ -363,8 +434,9 @@ function appendMessage(m, scroll = true) {
   const list = $('messages');
   if (list.querySelector(`[data-id="${m.id}"]`)) return;
   const node = messageNode(m);
-  const after = [...list.children].find((c) => Number(c.dataset.id) > m.id);
+  const after = [...list.querySelectorAll(':scope > .msg')].find((c) => Number(c.dataset.id) > m.id);
   list.insertBefore(node, after || null);
+  decorate();
   if (scroll) scrollToBottom();
   renderSeen();
 }
@@ -407,7 +479,7 @@ function markCurrentRead() {
   const cur = state.current;
   if (!cur || document.hidden) return;
   const c = state.conversations.get(cur.conversation);
-  const last = $('messages').lastElementChild;
+  const last = lastMessageNode();
   const upTo = last ? Number(last.dataset.id) : 0;
   if (c && c.unread > 0) {
     c.unread = 0;
