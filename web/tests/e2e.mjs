@@ -338,6 +338,8 @@ try {
         const cs = getComputedStyle(node);
         const shown = node.getClientRects().length > 0 && cs.visibility !== 'hidden';
         const own = ['INPUT', 'TEXTAREA', 'SELECT', 'svg', 'path'].includes(node.tagName) || node.classList.contains('sr');
+        const folded = node.closest('details:not([open])') && node.tagName !== 'SUMMARY' && node.tagName !== 'DETAILS';
+        if (folded) continue;
         if (!shown || own || cs.textOverflow === 'ellipsis' || node.clientWidth === 0) continue;
         if (node.scrollWidth > node.clientWidth + 1) {
           bad.push(`${node.tagName.toLowerCase()}${node.id ? '#' + node.id : ''}.${node.className} (${node.scrollWidth} > ${node.clientWidth})`);
@@ -399,6 +401,10 @@ try {
     await other.getByLabel('Password').fill('alice-password');
     await other.getByRole('button', { name: 'Log in' }).click();
     await other.locator('#me-name', { hasText: 'alice' }).waitFor();
+    // The account panel lists both sessions; then alice ends them all.
+    await alice.locator('#account summary').click();
+    await until('both sessions in the list', async () => (await alice.locator('#sessions li').count()) === 2);
+    await alice.locator('#sessions li', { hasText: 'This browser' }).waitFor();
     await alice.getByRole('button', { name: 'Log out everywhere' }).click();
     await alice.locator('#auth').waitFor();
     // The other browser's stream ends; its client finds no session and shows the login form.
@@ -470,8 +476,14 @@ try {
     // others once: a waiting tab takes the stream over and resumes after the last id.
     await first.close();
     await toFay('after the handover');
-    for (const tab of tabs.slice(1)) {
-      await tab.locator('#conversations li', { hasText: 'gus' }).locator('.unread').filter({ hasText: '2' }).waitFor();
+    for (const [i, tab] of tabs.slice(1).entries()) {
+      try {
+        await tab.locator('#conversations li', { hasText: 'gus' }).locator('.unread').filter({ hasText: '2' }).waitFor();
+      } catch (e) {
+        // Say what every tab shows, to tell a missed message from a stalled tab.
+        const seen = await Promise.all(tabs.slice(1).map((t) => t.locator('#conversations').textContent().catch(() => '?')));
+        throw new Error(`tab ${i + 2} did not show the second message: ${e.message}; the tabs show ${JSON.stringify(seen)}; streams open ${await streamsOpen()}`);
+      }
     }
     await until('one event stream again', async () => (await streamsOpen()) === 1);
     const last = tabs[6];

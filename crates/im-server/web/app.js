@@ -556,6 +556,7 @@ function onMessage(m) {
   }
   if (m.from === state.me.id && isCurrent) state.lastTypingSent = 0;
   renderConversations();
+  if (fresh) maybeNotify(m);
 }
 
 function wireEvents() {
@@ -617,9 +618,71 @@ function wireEvents() {
   im.on('logout', () => location.reload());
 }
 
+// ----- the account panel: desktop notifications and sessions -----
+
+/** The opt-in, kept per browser. */
+const NOTIFY_KEY = 'web-im.notify';
+
+function notifyWanted() {
+  return localStorage.getItem(NOTIFY_KEY) === 'on' && 'Notification' in window && Notification.permission === 'granted';
+}
+
+/** Shows a message as a desktop notification when the user opted in and the tab is hidden. */
+function maybeNotify(m) {
+  if (!document.hidden || m.from === state.me.id || !notifyWanted()) return;
+  const c = state.conversations.get(m.conversation);
+  const title = c ? titleOf(c.with) : nameOf(m.from);
+  const n = new Notification(title, { body: preview(m), tag: m.conversation });
+  n.onclick = () => {
+    window.focus();
+    if (c) openConversation(c.with);
+    n.close();
+  };
+}
+
+async function onNotifyToggle(ev) {
+  const box = ev.target;
+  if (!box.checked) {
+    localStorage.removeItem(NOTIFY_KEY);
+    return;
+  }
+  const permission = 'Notification' in window ? await Notification.requestPermission() : 'denied';
+  if (permission === 'granted') {
+    localStorage.setItem(NOTIFY_KEY, 'on');
+  } else {
+    box.checked = false;
+    showError(new Error('This browser does not allow notifications for this page.'));
+  }
+}
+
+async function renderSessions() {
+  const list = $('sessions');
+  const sessions = await im.sessions().catch((e) => (showError(e), []));
+  list.replaceChildren(
+    ...sessions.map((s) =>
+      el(
+        'li',
+        { dataset: { session: String(s.id) } },
+        el(
+          'span',
+          { class: 'name' },
+          el('strong', { text: s.current ? 'This browser' : s.user_agent || 'Unknown device' }),
+          el('span', { class: 'preview', text: `last used ${new Date(s.last_seen_at).toLocaleString()}` }),
+        ),
+        s.current ? null : el('button', { class: 'danger', text: 'End', 'aria-label': `End the session of ${s.user_agent || 'an unknown device'}`, onclick: () => act(() => im.endSession(s.id), renderSessions) }),
+      ),
+    ),
+  );
+}
+
 function wireStaticHandlers() {
   wireEvents();
   $('auth-form').addEventListener('submit', onAuthSubmit);
+  $('notify').checked = localStorage.getItem(NOTIFY_KEY) === 'on';
+  $('notify').addEventListener('change', onNotifyToggle);
+  $('account').addEventListener('toggle', () => {
+    if ($('account').open) renderSessions();
+  });
   $('logout').addEventListener('click', async () => {
     await im.logout();
     location.reload();
