@@ -16,6 +16,7 @@ const state = {
   theirRead: new Map(), // conversation -> highest id the other side has read
   oldestLoaded: null,
   noMoreHistory: false,
+  loadingOlder: false, // a page of older history is on its way
   typingTimer: null,
   lastTypingSent: 0,
 };
