@@ -328,8 +328,7 @@ async function openConversation(to) {
   const messages = await im.history(conversation, { limit: 50 }).catch((e) => (showError(e), []));
   if (!state.current || state.current.conversation !== conversation) return;
   state.noMoreHistory = messages.length < 50;
-  for (const m of messages) appendMessage(m, false);
-  decorate();
+  appendMessages(messages, false);
   state.oldestLoaded = messages.length ? messages[0].id : null;
   scrollToBottom();
   markCurrentRead();
@@ -341,13 +340,13 @@ function closeConversation() {
   $('app').classList.remove('chat-open');
   $('composer').hidden = true;
   $('messages').replaceChildren();
+  decorate();
   renderChatHeader();
 }
 
 function renderChatHeader() {
   const cur = state.current;
   $('no-chat').hidden = !!cur;
-  if (!cur) $('empty-chat').hidden = true;
   $('chat-title').textContent = cur ? titleOf(cur.to) : 'Pick a conversation';
   let status = '';
   if (cur && cur.to.user !== undefined) {
@@ -432,11 +431,20 @@ function lastMessageNode() {
 
 /** Adds a message to the open chat once, in id order. */
 function appendMessage(m, scroll = true) {
+  appendMessages([m], scroll);
+}
+
+/**
+ * Adds messages to the open chat, each once and in id order, then redraws the separators,
+ * grouping and "Seen" once for the whole batch (a page of history is one walk, not fifty).
+ */
+function appendMessages(messages, scroll = true) {
   const list = $('messages');
-  if (list.querySelector(`[data-id="${m.id}"]`)) return;
-  const node = messageNode(m);
-  const after = [...list.querySelectorAll(':scope > .msg')].find((c) => Number(c.dataset.id) > m.id);
-  list.insertBefore(node, after || null);
+  for (const m of messages) {
+    if (list.querySelector(`[data-id="${m.id}"]`)) continue;
+    const after = [...list.querySelectorAll(':scope > .msg')].find((c) => Number(c.dataset.id) > m.id);
+    list.insertBefore(messageNode(m), after || null);
+  }
   decorate();
   if (scroll) scrollToBottom();
   renderSeen();
@@ -457,7 +465,7 @@ async function loadOlder() {
     const older = await im.history(cur.conversation, { before: state.oldestLoaded, limit: 50 });
     if (state.current !== cur) return;
     state.noMoreHistory = older.length < 50;
-    for (const m of older) appendMessage(m, false);
+    appendMessages(older, false);
     if (older.length) state.oldestLoaded = older[0].id;
     list.scrollTop += list.scrollHeight - before;
   } finally {
@@ -613,7 +621,7 @@ function wireEvents() {
     if (state.current) {
       const cur = state.current;
       const messages = await im.history(cur.conversation, { limit: 50 }).catch(() => []);
-      if (state.current === cur) for (const m of messages) appendMessage(m);
+      if (state.current === cur) appendMessages(messages);
     }
   });
   im.on('logout', () => location.reload());
