@@ -77,6 +77,11 @@ const lbPort = await freePort();
 const balancer = spawn(balanceBin, ['balance', `127.0.0.1:${lbPort}`, ...ports.map((p) => `127.0.0.1:${p}`)], {
   stdio: ['ignore', 'pipe', 'inherit'],
 });
+// However the run ends (a browser that fails to launch included), no node outlives it.
+process.on('exit', () => {
+  balancer.kill('SIGKILL');
+  for (const n of nodes) n.kill('SIGKILL');
+});
 await new Promise((resolve) => createInterface({ input: balancer.stdout }).once('line', resolve));
 const base = `http://127.0.0.1:${lbPort}`;
 console.log(`two nodes behind ${base}`);

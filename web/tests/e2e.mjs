@@ -79,12 +79,21 @@ function gradientPng(w, h) {
 
 // ----- the server -----
 
+// Every server started here, killed however the run ends (a failed launch or a thrown
+// setup step included), so none outlives the test and holds its caller's pipe open.
+const children = new Set();
+process.on('exit', () => {
+  for (const child of children) child.kill('SIGTERM');
+});
+
 async function startServer(extraArgs = [], extraEnv = {}) {
   const dataDir = mkdtempSync(path.join(tmpdir(), 'web-im-e2e-'));
   const child = spawn(bin, ['--listen', '127.0.0.1:0', '--data-dir', dataDir, ...extraArgs], {
     env: { ...process.env, IM_ARGON2__MEMORY_KIB: '64', IM_ARGON2__ITERATIONS: '1', IM_LOG: 'warn', IM_PRESENCE_GRACE_MS: '1000', ...extraEnv },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
+  children.add(child);
+  child.once('exit', () => children.delete(child));
   const lines = createInterface({ input: child.stdout });
   const url = await new Promise((resolve, reject) => {
     lines.once('line', (l) => resolve(l.replace('im-server listening on ', '').trim()));

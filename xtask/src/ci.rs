@@ -168,7 +168,8 @@ fn ensure_cargo_deny(root: &Path) -> Result<()> {
     .map_err(|e| format!("installing cargo-deny: {e}"))
 }
 
-/// The browser end-to-end tests (`web/tests/e2e.mjs`): Debian's chromium driven by
+/// The web app's unit tests (`web/tests/unit.mjs`, Node's own runner) and its browser
+/// end-to-end tests (`web/tests/e2e.mjs`): Debian's chromium driven by
 /// playwright-core from npm, against the debug `im-server`. Everything they need is installed
 /// here when missing, so a fresh machine needs nothing but `cargo xtask ci`.
 fn browser_tests(root: &Path) -> Result<()> {
@@ -193,6 +194,13 @@ fn browser_tests(root: &Path) -> Result<()> {
             .args(["ci", "--no-audit", "--no-fund"])
             .current_dir(&tests),
         "npm ci (playwright-core)",
+    )?;
+    // The app's pure helpers first: seconds, and no browser needed to read a failure.
+    run_tool(
+        Command::new("node")
+            .args(["--test", "unit.mjs"])
+            .current_dir(&tests),
+        "node --test web/tests/unit.mjs",
     )?;
     run_cargo(root, &crate::util::DEBUG_BUILD)?;
     let target = std::env::var_os("CARGO_TARGET_DIR")

@@ -44,6 +44,41 @@ pub(crate) const ASSETS: &[Asset] = &[
         body: include_bytes!("../web/app.js"),
     },
     Asset {
+        path: "/app/format.js",
+        content_type: JS,
+        body: include_bytes!("../web/app/format.js"),
+    },
+    Asset {
+        path: "/app/dom.js",
+        content_type: JS,
+        body: include_bytes!("../web/app/dom.js"),
+    },
+    Asset {
+        path: "/app/state.js",
+        content_type: JS,
+        body: include_bytes!("../web/app/state.js"),
+    },
+    Asset {
+        path: "/app/sidebar.js",
+        content_type: JS,
+        body: include_bytes!("../web/app/sidebar.js"),
+    },
+    Asset {
+        path: "/app/chat.js",
+        content_type: JS,
+        body: include_bytes!("../web/app/chat.js"),
+    },
+    Asset {
+        path: "/app/account.js",
+        content_type: JS,
+        body: include_bytes!("../web/app/account.js"),
+    },
+    Asset {
+        path: "/app/events.js",
+        content_type: JS,
+        body: include_bytes!("../web/app/events.js"),
+    },
+    Asset {
         path: "/im-client.js",
         content_type: JS,
         body: include_bytes!("../web/im-client.js"),

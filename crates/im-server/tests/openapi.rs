@@ -22,6 +22,7 @@ const PUT_DELETE: &[&str] = &["PUT", "DELETE"];
 const ROUTES: &[(&str, &[&str])] = &[
     ("/", GET),
     ("/app.js", GET),
+    ("/app/{module}", GET),
     ("/app.css", GET),
     ("/im-client.js", GET),
     ("/healthz", GET),
@@ -221,12 +222,14 @@ fn resolve_has_no_route_missing_from_the_list() {
     );
     assert!(server.len() >= 6, "the server API's routes: {server:?}");
     arms.extend(server);
-    // The web client's files resolve through `assets::find`, one path each.
-    let assets = include_str!("../src/assets.rs");
-    for line in assets.lines() {
-        if let Some(path) = line.trim().strip_prefix("path: \"") {
-            arms.insert(path.trim_end_matches("\",").to_owned());
-        }
+    // The web client's files resolve through `assets::find`, one path each; the app's
+    // modules are one templated route.
+    for path in asset_paths() {
+        arms.insert(if path.starts_with("/app/") {
+            "/app/{}".to_owned()
+        } else {
+            path
+        });
     }
     assert!(
         arms.len() > 20,
@@ -236,15 +239,49 @@ fn resolve_has_no_route_missing_from_the_list() {
     assert_same(&arms, &listed, ("resolve()", "ROUTES"));
 }
 
+/// The paths of the embedded web files, read from `src/assets.rs`.
+fn asset_paths() -> Vec<String> {
+    include_str!("../src/assets.rs")
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("path: \""))
+        .map(|path| path.trim_end_matches("\",").to_owned())
+        .collect()
+}
+
+#[test]
+fn the_documented_app_modules_are_the_embedded_ones() {
+    let doc: Value = serde_json::from_str(DOCUMENT).expect("the document is JSON");
+    let module = doc["paths"]["/app/{module}"]["get"]["parameters"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "module"))
+        .expect("GET /app/{module} has a module parameter");
+    let documented: BTreeSet<String> = module["schema"]["enum"]
+        .as_array()
+        .expect("the module parameter lists the modules")
+        .iter()
+        .filter_map(|m| m.as_str().map(|m| format!("/app/{m}")))
+        .collect();
+    let embedded: BTreeSet<String> = asset_paths()
+        .into_iter()
+        .filter(|p| p.starts_with("/app/"))
+        .collect();
+    assert!(embedded.len() > 3, "the app's modules: {embedded:?}");
+    assert_same(&documented, &embedded, ("openapi.json", "assets.rs"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_listed_route_takes_exactly_its_methods() {
     let server = TestServer::start().await;
     let anon = server.client();
     for (template, methods) in ROUTES {
-        // Any non-empty segment resolves; a number fits every id.
+        // Any non-empty segment resolves; a number fits every id, and a module is a file.
         let path = template
             .split('/')
-            .map(|s| if s.starts_with('{') { "1" } else { s })
+            .map(|s| match s {
+                "{module}" => "chat.js",
+                s if s.starts_with('{') => "1",
+                s => s,
+            })
             .collect::<Vec<_>>()
             .join("/");
         // No route takes OPTIONS, so every known path answers it 405 with its methods.
