@@ -148,6 +148,26 @@ async function countExact(page, text) {
   return page.$$eval('#messages .msg .text', (nodes, t) => nodes.filter((n) => n.textContent === t).length, text);
 }
 
+// ----- accessibility -----
+
+const axeSource = readFileSync(path.join(here, 'node_modules/axe-core/axe.min.js'), 'utf8');
+
+/**
+ * The serious and critical axe-core violations on the page as it is now, each named with
+ * `where`. axe is evaluated through the DevTools protocol, which the page's CSP (no inline
+ * script) does not apply to, so the page under test is the one users get.
+ */
+async function accessibilityProblems(page, where) {
+  if (!(await page.evaluate(() => 'axe' in window))) await page.evaluate(axeSource);
+  const found = await page.evaluate(async () => {
+    const { violations } = await window.axe.run(document, { resultTypes: ['violations'] });
+    return violations
+      .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+      .map((v) => `${v.id} (${v.impact}) at ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}: ${v.help}`);
+  });
+  return found.map((v) => `${where}: ${v}`);
+}
+
 // ----- the run -----
 
 const server = await startServer();
@@ -175,6 +195,12 @@ const bob = await newPage('bob');
 mkdirSync(shots, { recursive: true });
 
 try {
+  await test('the log-in screen has no serious accessibility problem', async () => {
+    await alice.goto(server.url);
+    await alice.getByLabel('Username').waitFor();
+    assertEq(await accessibilityProblems(alice, 'log-in'), [], 'axe-core violations');
+  });
+
   await test('alice and bob register and become friends', async () => {
     await register(alice, server.url, 'alice');
     await register(bob, server.url, 'bob');
@@ -306,7 +332,7 @@ try {
   // At the four sizes the app is made for, nothing overflows its panel sideways on any screen
   // (an element's content wider than its box), and the group header shows member-only
   // controls to those who may use them.
-  await test('no screen overflows sideways at 1280, 1024, 390 or 360 px', async () => {
+  await test('every screen at 1280, 1024, 390 and 360 px: nothing overflows sideways, and axe-core finds no serious problem', async () => {
     // A server of its own: the main one's per-address registration budget is spent.
     const own = await startServer([], { IM_RATE_LIMITS__ENABLED: 'false' });
     const context = await browser.newContext();
@@ -364,31 +390,120 @@ try {
         await hana.getByRole('tab', { name: 'Chats' }).click();
         await openChatWith(hana, 'jo_with');
       },
+      account: async () => {
+        await hana.locator('#account summary').click();
+        await hana.locator('#sessions li').first().waitFor();
+      },
       group: async () => {
         await hana.getByRole('tab', { name: 'Chats' }).click();
         await openChatWith(hana, 'a group with');
       },
     };
     const problems = [];
+    const inaccessible = [];
     for (const [width, height] of [[1280, 800], [1024, 768], [390, 844], [360, 640]]) {
       await hana.setViewportSize({ width, height });
       for (const [name, show] of Object.entries(screens)) {
         if (await hana.locator('#back').isVisible()) await hana.locator('#back').click();
+        if (await hana.locator('#account[open]').count()) await hana.locator('#account summary').click();
         try {
           await show();
         } catch (e) {
           throw new Error(`${width}px, screen ${name}: ${e.message}`);
         }
         for (const b of await overflowing()) problems.push(`${width}px ${name}: ${b}`);
+        inaccessible.push(...(await accessibilityProblems(hana, `${width}px ${name}`)));
       }
     }
     assertEq(problems, [], 'elements wider than their box');
+    assertEq(inaccessible, [], 'axe-core violations (serious or critical)');
     // The last screen is ivan's group, where hana is a plain member: she may leave, and sees
     // no control to add members.
     await hana.locator('#chat-title', { hasText: 'a group with' }).waitFor();
     assert(await hana.locator('#leave-group').isVisible(), 'a member can leave');
     assert(!(await hana.locator('#add-member').isVisible()), 'a plain member sees no add-member control');
     await hana.screenshot({ path: path.join(shots, 'group-phone-360.png') });
+    } finally {
+      await context.close();
+      own.child.kill('SIGTERM');
+      rmSync(own.dataDir, { recursive: true, force: true });
+    }
+  });
+
+  // Everything from the keyboard alone: register, accept a request, open the chat, send,
+  // switch tabs with the arrow keys, open and close the Account panel, and on a phone go back
+  // to the list. Each stop on the way must show where the focus is.
+  await test('everything works from the keyboard, with the focus always visible', async () => {
+    const own = await startServer([], { IM_RATE_LIMITS__ENABLED: 'false' });
+    const context = await browser.newContext({ viewport: { width: 1024, height: 768 } });
+    try {
+      const kim = await context.newPage();
+      kim.setDefaultTimeout(TIMEOUT);
+      const unmarked = [];
+      // Presses Tab (or Shift+Tab) until the focus is on `selector`; every element it passes
+      // must show a focus ring.
+      const tabTo = async (selector, back = false) => {
+        for (let i = 0; i < 60; i++) {
+          await kim.keyboard.press(back ? 'Shift+Tab' : 'Tab');
+          const at = await kim.evaluate((sel) => {
+            const node = document.activeElement;
+            const cs = getComputedStyle(node);
+            const ring = cs.outlineStyle !== 'none' && parseFloat(cs.outlineWidth) > 0;
+            const name = `${node.tagName.toLowerCase()}${node.id ? '#' + node.id : ''} "${(node.textContent || node.value || '').trim().slice(0, 30)}"`;
+            return { here: node.matches(sel), ring: ring || node.tagName === 'BODY', name };
+          }, selector);
+          if (!at.ring) unmarked.push(at.name);
+          if (at.here) return;
+        }
+        throw new Error(`Tab never reached ${selector}`);
+      };
+      await kim.goto(own.url);
+      await kim.locator('#auth-form input[name=username]').waitFor();
+      assert(await kim.evaluate(() => document.activeElement.name === 'username'), 'the log-in form has the focus');
+      await kim.keyboard.type('kim');
+      await kim.keyboard.press('Tab');
+      await kim.keyboard.type('kim-password');
+      await tabTo('button[value=register]');
+      await kim.keyboard.press('Enter');
+      await kim.locator('#me-name', { hasText: 'kim' }).waitFor();
+      const lee = await apiUser(own.url, 'lee');
+      await lee.call('POST', '/friends/requests', { username: 'kim' });
+      // The tab list is one stop; the arrow keys move within it.
+      await tabTo('#tab-btn-chats');
+      await kim.keyboard.press('ArrowRight');
+      assert(await kim.locator('#tab-friends').isVisible(), 'ArrowRight shows the Friends tab');
+      assert(await kim.evaluate(() => document.activeElement.id === 'tab-btn-friends'), 'and moves the focus to it');
+      await kim.locator('#requests li', { hasText: 'lee wants to be friends' }).waitFor();
+      await tabTo('#requests button:not(.secondary)');
+      await kim.keyboard.press('Enter');
+      await kim.locator('#friends li', { hasText: 'lee' }).waitFor();
+      await tabTo('#friends .open-btn');
+      await kim.keyboard.press('Enter');
+      await kim.locator('#chat-title', { hasText: 'lee' }).waitFor();
+      assert(await kim.evaluate(() => document.activeElement.id === 'text'), 'opening a chat puts the focus in the composer');
+      await kim.keyboard.type('typed, not clicked');
+      await kim.keyboard.press('Enter');
+      await messageText(kim, 'typed, not clicked').waitFor();
+      const sent = await lee.call('GET', `/conversations/${await kim.evaluate(() => document.querySelector('#conversations li').dataset.conversation)}/messages`);
+      assert(sent.messages.some((m) => m.body.text === 'typed, not clicked'), 'lee has the message');
+      // The message list is a stop of its own, so its history can be scrolled by key.
+      await tabTo('#messages', true);
+      // The Account panel opens with Enter and closes with Escape, back on its summary.
+      await tabTo('#account summary', true);
+      await kim.keyboard.press('Enter');
+      await kim.locator('#sessions li').first().waitFor();
+      await tabTo('#notify');
+      await kim.keyboard.press('Escape');
+      assert(!(await kim.locator('#account[open]').count()), 'Escape closes the Account panel');
+      assert(await kim.evaluate(() => document.activeElement.matches('#account summary')), 'and the focus is back on it');
+      // On a phone, the back button returns to the list, with the focus on the chat just left.
+      await kim.setViewportSize({ width: 390, height: 844 });
+      await kim.locator('#back').waitFor();
+      await tabTo('#back');
+      await kim.keyboard.press('Enter');
+      assert(await kim.locator('#conversations').isVisible(), 'the list is back');
+      assert(await kim.evaluate(() => document.activeElement.matches('#conversations .open-btn')), 'with the focus on the chat just left');
+      assertEq(unmarked, [], 'focused elements without a visible focus ring');
     } finally {
       await context.close();
       own.child.kill('SIGTERM');

@@ -47,6 +47,26 @@ test('colourOf: stable per id, neighbours far apart, group ids (negative) valid'
   }
 });
 
+/** WCAG 2 contrast of white on an `hsl(h s% l%)` colour. */
+function contrastWithWhite(hsl) {
+  const [h, sat, light] = /^hsl\((\d+) (\d+)% (\d+)%\)$/.exec(hsl).slice(1).map(Number);
+  const s = sat / 100;
+  const l = light / 100;
+  const k = (n) => (n + h / 30) % 12;
+  const a = s * Math.min(l, 1 - l);
+  const channel = (n) => l - a * Math.max(-1, Math.min(k(n) - 3, 9 - k(n), 1));
+  const linear = (c) => (c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4);
+  const lum = 0.2126 * linear(channel(0)) + 0.7152 * linear(channel(8)) + 0.0722 * linear(channel(4));
+  return 1.05 / (lum + 0.05);
+}
+
+test('colourOf: white initials are readable (WCAG AA) on every colour', () => {
+  for (let id = -400; id <= 400; id++) {
+    const ratio = contrastWithWhite(f.colourOf(id));
+    assert.ok(ratio >= 4.5, `${f.colourOf(id)} (id ${id}) gives ${ratio.toFixed(2)}:1`);
+  }
+});
+
 test('dayLabel: Today, Yesterday (across a month and a year), then dates', () => {
   const now = new Date(2026, 2, 1, 0, 30); // 1 March, just after midnight
   assert.equal(f.dayLabel(new Date(2026, 2, 1, 0, 0).getTime(), now), 'Today');

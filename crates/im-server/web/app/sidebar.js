@@ -109,7 +109,7 @@ export function renderConversations() {
         c.with.group !== undefined ? avatar(-c.with.group, title) : avatar(c.with.user, title),
         el(
           'button',
-          { class: 'open-btn', onclick: () => openConversation(c.with), 'aria-label': `Open ${title}` },
+          { class: 'open-btn', onclick: () => openConversation(c.with) },
           el('span', { class: 'name' }, el('strong', { text: title }), el('span', { class: 'preview', text: preview(c.last_message) })),
         ),
         c.unread > 0 ? el('span', { class: 'badge unread', 'aria-label': `${c.unread} unread`, text: String(c.unread) }) : null,
