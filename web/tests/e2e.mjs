@@ -304,6 +304,16 @@ try {
 
   await test('groups: create, talk, leave', async () => {
     await alice.getByRole('tab', { name: 'Groups' }).click();
+    // A refused action says why beside the form it came from, not in another panel.
+    // (The browser logs the 400 to the console; that one entry is expected.)
+    const logged = consoleErrors.length;
+    await alice.getByLabel('New group').fill('   ');
+    await alice.getByRole('button', { name: 'Create group' }).click();
+    await alice.locator('#group-status.error', { hasText: 'group names' }).waitFor();
+    assert(!(await alice.locator('#friend-status').textContent()).includes('group names'), 'nothing in the friends panel');
+    await until('the browser logs the refusal', async () => consoleErrors.length > logged);
+    const refused = consoleErrors.splice(logged);
+    assert(refused.length === 1 && refused[0].includes('400'), `one logged 400, not ${JSON.stringify(refused)}`);
     await alice.getByLabel('New group').fill('weekend');
     await alice.locator('#new-group-members label', { hasText: 'bob' }).locator('input').check();
     await alice.getByRole('button', { name: 'Create group' }).click();
@@ -337,92 +347,129 @@ try {
     const own = await startServer([], { IM_RATE_LIMITS__ENABLED: 'false' });
     const context = await browser.newContext();
     try {
-    const hana = await context.newPage();
-    hana.setDefaultTimeout(TIMEOUT);
-    const ivan = await apiUser(own.url, 'ivan');
-    const jo = await apiUser(own.url, 'jo_with_a_rather_long_name');
-    await register(hana, own.url, 'hana');
-    for (const friend of [ivan, jo]) {
-      const { request } = await friend.call('POST', '/friends/requests', { username: 'hana' });
-      await hana.evaluate(async (id) => {
-        const res = await fetch(`/api/v1/friends/requests/${id}/accept`, { method: 'POST' });
-        if (!res.ok) throw new Error(`accept: ${res.status}`);
-      }, request.id);
-    }
-    const hanaId = (await jo.call('GET', '/friends')).friends[0].id;
-    const { group } = await ivan.call('POST', '/groups', { name: 'a group with a fairly long name for a header', members: [hanaId] });
-    await ivan.call('POST', '/messages', { to: { group: group.id }, kind: 'text', body: { text: 'hello from ivan' } });
-    await ivan.call('POST', '/messages', { to: { group: group.id }, kind: 'text', body: { text: 'and a second line' } });
-    await jo.call('POST', '/messages', { to: { user: hanaId }, kind: 'text', body: { text: 'hi hana' } });
-    await hana.reload();
-    await hana.locator('#conversations li', { hasText: 'a group with' }).first().waitFor();
-    // The comforts: the unread total in the title, a helpful empty pane, initials avatars, a
-    // date separator, and a sender's consecutive messages grouped.
-    assertEq(await hana.title(), '(3) Web-IM', 'the unread total in the title');
-    assert(await hana.locator('#no-chat').isVisible(), 'an empty pane says what to do');
-    await openChatWith(hana, 'a group with');
-    assert(!(await hana.locator('#no-chat').isVisible()), 'the hint gives way to the chat');
-    await messageText(hana, 'and a second line').waitFor();
-    assertEq(await hana.locator('#messages .day').allTextContents(), ['Today'], 'one separator, for today');
-    assertEq(await hana.locator('#messages .msg').first().locator('.avatar').textContent(), 'IV', 'ivan\'s initials');
-    assertEq(await hana.locator('#messages .msg.follow').count(), 1, 'the second message joins the first');
-    assertEq(await hana.title(), '(1) Web-IM', 'read messages leave the title count');
-    const overflowing = () => hana.evaluate(() => {
-      const bad = [];
-      for (const node of document.querySelectorAll('body *')) {
-        const cs = getComputedStyle(node);
-        const shown = node.getClientRects().length > 0 && cs.visibility !== 'hidden';
-        const own = ['INPUT', 'TEXTAREA', 'SELECT', 'svg', 'path'].includes(node.tagName) || node.classList.contains('sr');
-        const folded = node.closest('details:not([open])') && node.tagName !== 'SUMMARY' && node.tagName !== 'DETAILS';
-        if (folded) continue;
-        if (!shown || own || cs.textOverflow === 'ellipsis' || node.clientWidth === 0) continue;
-        if (node.scrollWidth > node.clientWidth + 1) {
-          bad.push(`${node.tagName.toLowerCase()}${node.id ? '#' + node.id : ''}.${node.className} (${node.scrollWidth} > ${node.clientWidth})`);
+      const hana = await context.newPage();
+      hana.setDefaultTimeout(TIMEOUT);
+      const ivan = await apiUser(own.url, 'ivan');
+      const jo = await apiUser(own.url, 'jo_with_a_rather_long_name');
+      await register(hana, own.url, 'hana');
+      for (const friend of [ivan, jo]) {
+        const { request } = await friend.call('POST', '/friends/requests', { username: 'hana' });
+        await hana.evaluate(async (id) => {
+          const res = await fetch(`/api/v1/friends/requests/${id}/accept`, { method: 'POST' });
+          if (!res.ok) throw new Error(`accept: ${res.status}`);
+        }, request.id);
+      }
+      const hanaId = (await jo.call('GET', '/friends')).friends[0].id;
+      // jo is in ivan's group too, so its header lists a long member name.
+      const { request: joRequest } = await ivan.call('POST', '/friends/requests', { username: jo.user.username });
+      await jo.call('POST', `/friends/requests/${joRequest.id}/accept`);
+      const members = [hanaId, jo.user.id];
+      const { group } = await ivan.call('POST', '/groups', { name: 'a group with a fairly long name for a header', members });
+      await ivan.call('POST', '/messages', { to: { group: group.id }, kind: 'text', body: { text: 'hello from ivan' } });
+      await ivan.call('POST', '/messages', { to: { group: group.id }, kind: 'text', body: { text: 'and a second line' } });
+      await jo.call('POST', '/messages', { to: { user: hanaId }, kind: 'text', body: { text: 'hi hana' } });
+      // A group hana owns, with ivan in it and jo not yet: she sees the add-member row.
+      await hana.evaluate(async (ivanId) => {
+        const body = JSON.stringify({ name: 'hana owns this one', members: [ivanId] });
+        const res = await fetch('/api/v1/groups', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body });
+        if (!res.ok) throw new Error(`create group: ${res.status}`);
+      }, ivan.user.id);
+      await hana.reload();
+      await hana.locator('#conversations li', { hasText: 'a group with' }).first().waitFor();
+      // The comforts: the unread total in the title, a helpful empty pane, initials avatars, a
+      // date separator, and a sender's consecutive messages grouped.
+      assertEq(await hana.title(), '(3) Web-IM', 'the unread total in the title');
+      assert(await hana.locator('#no-chat').isVisible(), 'an empty pane says what to do');
+      await openChatWith(hana, 'a group with');
+      assert(!(await hana.locator('#no-chat').isVisible()), 'the hint gives way to the chat');
+      await messageText(hana, 'and a second line').waitFor();
+      assertEq(await hana.locator('#messages .day').allTextContents(), ['Today'], 'one separator, for today');
+      assertEq(await hana.locator('#messages .msg').first().locator('.avatar').textContent(), 'IV', 'ivan\'s initials');
+      assertEq(await hana.locator('#messages .msg.follow').count(), 1, 'the second message joins the first');
+      assertEq(await hana.title(), '(1) Web-IM', 'read messages leave the title count');
+      const overflowing = () => hana.evaluate(() => {
+        const bad = [];
+        for (const node of document.querySelectorAll('body *')) {
+          const cs = getComputedStyle(node);
+          const shown = node.getClientRects().length > 0 && cs.visibility !== 'hidden';
+          const own = ['INPUT', 'TEXTAREA', 'SELECT', 'svg', 'path'].includes(node.tagName) || node.classList.contains('sr');
+          const folded = node.closest('details:not([open])') && node.tagName !== 'SUMMARY' && node.tagName !== 'DETAILS';
+          if (folded) continue;
+          if (!shown || own || cs.textOverflow === 'ellipsis' || node.clientWidth === 0) continue;
+          if (node.scrollWidth > node.clientWidth + 1) {
+            bad.push(`${node.tagName.toLowerCase()}${node.id ? '#' + node.id : ''}.${node.className} (${node.scrollWidth} > ${node.clientWidth})`);
+          }
+        }
+        return bad;
+      });
+      const screens = {
+        chats: async () => hana.getByRole('tab', { name: 'Chats' }).click(),
+        friends: async () => hana.getByRole('tab', { name: 'Friends' }).click(),
+        groups: async () => hana.getByRole('tab', { name: 'Groups' }).click(),
+        direct: async () => {
+          await hana.getByRole('tab', { name: 'Chats' }).click();
+          await openChatWith(hana, 'jo_with');
+        },
+        account: async () => {
+          await hana.locator('#account summary').click();
+          await hana.locator('#sessions li').first().waitFor();
+        },
+        owned: async () => {
+          await hana.getByRole('tab', { name: 'Groups' }).click();
+          await hana.locator('#groups li', { hasText: 'hana owns this one' }).locator('.open-btn').click();
+          await hana.locator('#add-member-row').waitFor();
+        },
+        group: async () => {
+          await hana.getByRole('tab', { name: 'Chats' }).click();
+          await openChatWith(hana, 'a group with');
+        },
+      };
+      // How many lines a group header's member list takes (it stays on one, cut with an ellipsis).
+      const statusLines = () => hana.evaluate(() => {
+        const range = document.createRange();
+        range.selectNodeContents(document.getElementById('chat-status'));
+        return new Set([...range.getClientRects()].map((r) => Math.round(r.top))).size;
+      });
+      const problems = [];
+      const inaccessible = [];
+      for (const [width, height] of [[1280, 800], [1024, 768], [390, 844], [360, 640]]) {
+        await hana.setViewportSize({ width, height });
+        for (const [name, show] of Object.entries(screens)) {
+          if (await hana.locator('#back').isVisible()) await hana.locator('#back').click();
+          if (await hana.locator('#account[open]').count()) await hana.locator('#account summary').click();
+          try {
+            await show();
+          } catch (e) {
+            throw new Error(`${width}px, screen ${name}: ${e.message}`);
+          }
+          for (const b of await overflowing()) problems.push(`${width}px ${name}: ${b}`);
+          if (['owned', 'group'].includes(name) && (await statusLines()) !== 1) problems.push(`${width}px ${name}: the member list wraps`);
+          inaccessible.push(...(await accessibilityProblems(hana, `${width}px ${name}`)));
         }
       }
-      return bad;
-    });
-    const screens = {
-      chats: async () => hana.getByRole('tab', { name: 'Chats' }).click(),
-      friends: async () => hana.getByRole('tab', { name: 'Friends' }).click(),
-      groups: async () => hana.getByRole('tab', { name: 'Groups' }).click(),
-      direct: async () => {
-        await hana.getByRole('tab', { name: 'Chats' }).click();
-        await openChatWith(hana, 'jo_with');
-      },
-      account: async () => {
-        await hana.locator('#account summary').click();
-        await hana.locator('#sessions li').first().waitFor();
-      },
-      group: async () => {
-        await hana.getByRole('tab', { name: 'Chats' }).click();
-        await openChatWith(hana, 'a group with');
-      },
-    };
-    const problems = [];
-    const inaccessible = [];
-    for (const [width, height] of [[1280, 800], [1024, 768], [390, 844], [360, 640]]) {
-      await hana.setViewportSize({ width, height });
-      for (const [name, show] of Object.entries(screens)) {
-        if (await hana.locator('#back').isVisible()) await hana.locator('#back').click();
-        if (await hana.locator('#account[open]').count()) await hana.locator('#account summary').click();
-        try {
-          await show();
-        } catch (e) {
-          throw new Error(`${width}px, screen ${name}: ${e.message}`);
-        }
-        for (const b of await overflowing()) problems.push(`${width}px ${name}: ${b}`);
-        inaccessible.push(...(await accessibilityProblems(hana, `${width}px ${name}`)));
-      }
-    }
-    assertEq(problems, [], 'elements wider than their box');
-    assertEq(inaccessible, [], 'axe-core violations (serious or critical)');
-    // The last screen is ivan's group, where hana is a plain member: she may leave, and sees
-    // no control to add members.
-    await hana.locator('#chat-title', { hasText: 'a group with' }).waitFor();
-    assert(await hana.locator('#leave-group').isVisible(), 'a member can leave');
-    assert(!(await hana.locator('#add-member').isVisible()), 'a plain member sees no add-member control');
-    await hana.screenshot({ path: path.join(shots, 'group-phone-360.png') });
+      assertEq(problems, [], 'elements wider than their box');
+      assertEq(inaccessible, [], 'axe-core violations (serious or critical)');
+      // The last screen is ivan's group, where hana is a plain member: she may leave, and sees
+      // no control to add members.
+      await hana.locator('#chat-title', { hasText: 'a group with' }).waitFor();
+      assert(await hana.locator('#leave-group').isVisible(), 'a member can leave');
+      assert(!(await hana.locator('#add-member').isVisible()), 'a plain member sees no add-member control');
+      await hana.screenshot({ path: path.join(shots, 'group-phone-360.png') });
+      // In her own group, hana may add a friend who is not in yet: the list names what it is
+      // for, and Add looks disabled until one is picked. The group has no message yet, and
+      // the pane says so.
+      await hana.setViewportSize({ width: 1280, height: 800 });
+      await screens.owned();
+      await hana.locator('#empty-chat').waitFor(); // an empty chat says so
+      assertEq(await hana.locator('#add-member option').allTextContents(), ['Add a member…', 'jo_with_a_rather_long_name'], 'only friends not in the group');
+      const add = hana.locator('#add-member-btn');
+      assert(await add.isDisabled(), 'Add waits for a pick');
+      assert(Number(await add.evaluate((b) => getComputedStyle(b).opacity)) < 0.6, 'and looks it');
+      await hana.getByLabel('Add a member').selectOption({ label: 'jo_with_a_rather_long_name' });
+      assert(await add.isEnabled(), 'a pick enables Add');
+      await add.click();
+      await hana.locator('#chat-status', { hasText: 'jo_with_a_rather_long_name' }).waitFor();
+      await hana.locator('#add-member-row').waitFor({ state: 'hidden' });
     } finally {
       await context.close();
       own.child.kill('SIGTERM');
@@ -480,7 +527,7 @@ try {
       await tabTo('#friends .open-btn');
       await kim.keyboard.press('Enter');
       await kim.locator('#chat-title', { hasText: 'lee' }).waitFor();
-      assert(await kim.evaluate(() => document.activeElement.id === 'text'), 'opening a chat puts the focus in the composer');
+      await until('opening a chat puts the focus in the composer', () => kim.evaluate(() => document.activeElement.id === 'text'));
       await kim.keyboard.type('typed, not clicked');
       await kim.keyboard.press('Enter');
       await messageText(kim, 'typed, not clicked').waitFor();
@@ -504,6 +551,63 @@ try {
       assert(await kim.locator('#conversations').isVisible(), 'the list is back');
       assert(await kim.evaluate(() => document.activeElement.matches('#conversations .open-btn')), 'with the focus on the chat just left');
       assertEq(unmarked, [], 'focused elements without a visible focus ring');
+    } finally {
+      await context.close();
+      own.child.kill('SIGTERM');
+      rmSync(own.dataDir, { recursive: true, force: true });
+    }
+  });
+
+  // The opt-in desktop notification: shown for a message that arrives while the tab is
+  // hidden, and only then. The browser's Notification and the page's visibility are stood in
+  // for (headless chromium shows no notifications and never hides a page).
+  await test('an opted-in tab shows a desktop notification only while hidden', async () => {
+    const own = await startServer([], { IM_RATE_LIMITS__ENABLED: 'false' });
+    const context = await browser.newContext({ viewport: { width: 1024, height: 768 } });
+    await context.addInitScript(() => {
+      window.shown = [];
+      window.pageHidden = false;
+      Object.defineProperty(Document.prototype, 'hidden', { get: () => window.pageHidden });
+      window.Notification = class {
+        static permission = 'default';
+        static async requestPermission() {
+          this.permission = 'granted';
+          return 'granted';
+        }
+        constructor(title, options) {
+          window.shown.push({ title, body: options.body });
+        }
+        close() {}
+      };
+    });
+    try {
+      const mia = await context.newPage();
+      mia.setDefaultTimeout(TIMEOUT);
+      const ned = await apiUser(own.url, 'ned');
+      await register(mia, own.url, 'mia');
+      const { request } = await ned.call('POST', '/friends/requests', { username: 'mia' });
+      await mia.evaluate(async (id) => {
+        const res = await fetch(`/api/v1/friends/requests/${id}/accept`, { method: 'POST' });
+        if (!res.ok) throw new Error(`accept: ${res.status}`);
+      }, request.id);
+      const to = { user: request.to };
+      const send = (text) => ned.call('POST', '/messages', { to, kind: 'text', body: { text } });
+      const hide = (hidden) => mia.evaluate((h) => {
+        window.pageHidden = h;
+        document.dispatchEvent(new Event('visibilitychange'));
+      }, hidden);
+      await hide(true);
+      await send('before opting in');
+      await mia.locator('#conversations li', { hasText: 'before opting in' }).waitFor();
+      await mia.locator('#account summary').click();
+      await mia.getByLabel('Notify me of messages while this tab is hidden').check();
+      await until('the opt-in is kept', async () => (await mia.evaluate(() => localStorage.getItem('web-im.notify'))) === 'on');
+      await send('while hidden');
+      await mia.locator('#conversations li', { hasText: 'while hidden' }).waitFor();
+      await hide(false);
+      await send('while shown');
+      await mia.locator('#conversations li', { hasText: 'while shown' }).waitFor();
+      assertEq(await mia.evaluate(() => window.shown), [{ title: 'ned', body: 'while hidden' }], 'notifications shown');
     } finally {
       await context.close();
       own.child.kill('SIGTERM');
