@@ -106,3 +106,17 @@ test('the title counts unread messages', () => {
   assert.equal(f.titleWithUnread(0), 'Web-IM');
   assert.equal(f.titleWithUnread(5), '(5) Web-IM');
 });
+
+test('mergeConversations: a loaded list keeps what arrived live while it was on its way', () => {
+  const entry = (key, id, unread) => [key, { conversation: key, last_message: { id }, unread }];
+  const local = new Map([entry('d1-2', 10, 1), entry('g5', 3, 0), entry('d1-3', 7, 2)]);
+  const loaded = new Map([entry('d1-2', 9, 0), entry('g5', 4, 1), entry('g6', 1, 0)]);
+  const merged = f.mergeConversations(local, loaded);
+  assert.deepEqual([...merged.keys()].sort(), ['d1-2', 'd1-3', 'g5', 'g6']);
+  assert.equal(merged.get('d1-2').last_message.id, 10, 'a message newer than the list stays');
+  assert.equal(merged.get('d1-2').unread, 1, 'with its unread count');
+  assert.equal(merged.get('g5').last_message.id, 4, 'the list wins where it is newer');
+  assert.equal(merged.get('d1-3').unread, 2, 'a conversation the list does not have yet stays');
+  assert.equal(f.mergeConversations(new Map(), loaded).size, 3);
+  assert.deepEqual(f.mergeConversations(local, loaded).get('g6'), loaded.get('g6'));
+});

@@ -1,5 +1,5 @@
-// Pure helpers of the web app: numbers, names, dates and colours to text. No DOM and no
-// imports, so `web/tests/unit.mjs` runs them in Node as they run in the page.
+// Pure helpers of the web app: numbers, names, dates and colours to text, and the merge of a
+// loaded conversation list. No DOM and no imports, so `web/tests/unit.mjs` runs them in Node as they run in the page.
 
 /** Messages from one sender this close together are shown as one group. */
 export const GROUP_WITHIN_MS = 5 * 60 * 1000;
@@ -72,4 +72,19 @@ export function unreadTotal(conversations) {
 /** The page title with the unread total in front, so it shows among the browser's tabs. */
 export function titleWithUnread(unread) {
   return unread > 0 ? `(${unread}) Web-IM` : 'Web-IM';
+}
+
+/**
+ * The conversation list just loaded (`loaded`, a Map by key), with what the page learned
+ * while it was on its way: a conversation whose newest message arrived live after the server
+ * made the list (or is not in it yet) keeps the page's entry, unread count included.
+ */
+export function mergeConversations(local, loaded) {
+  const merged = new Map(loaded);
+  for (const [key, c] of local) {
+    const listed = merged.get(key);
+    const newer = c.last_message && (!listed || !listed.last_message || c.last_message.id > listed.last_message.id);
+    if (newer) merged.set(key, c);
+  }
+  return merged;
 }

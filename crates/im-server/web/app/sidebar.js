@@ -1,8 +1,8 @@
 // The sidebar: the tabs and their three panels (chats, friends, groups), and the loaders that
 // fill `state` from the server and redraw what depends on it.
 
-import { $, Where, avatar, el, say, showError } from '/app/dom.js';
-import { titleWithUnread, unreadTotal } from '/app/format.js';
+import { $, Where, avatar, el, fillList, say, showError } from '/app/dom.js';
+import { mergeConversations, titleWithUnread, unreadTotal } from '/app/format.js';
 import { im, preview, state, titleOf } from '/app/state.js';
 import { closeConversation, openConversation, renderChatHeader } from '/app/chat.js';
 
@@ -42,7 +42,8 @@ export async function loadGroups() {
 
 export async function loadConversations() {
   const list = await im.conversations();
-  state.conversations = new Map(list.map((c) => [c.conversation, c]));
+  // A message may arrive while the list is on its way; a wholesale replace would drop it.
+  state.conversations = mergeConversations(state.conversations, new Map(list.map((c) => [c.conversation, c])));
   renderConversations();
 }
 
@@ -120,22 +121,21 @@ export function renderConversations() {
   document.title = titleWithUnread(unreadTotal(items));
 }
 
+/** The values of a Map sorted by one text field, as people read lists. */
+const sortedBy = (map, field) => [...map.values()].sort((a, b) => a[field].localeCompare(b[field]));
+
 function renderFriends() {
-  const list = $('friends');
-  const friends = [...state.friends.values()].sort((a, b) => a.username.localeCompare(b.username));
-  list.replaceChildren(
-    ...friends.map((f) =>
-      el(
-        'li',
-        { dataset: { friend: f.username } },
-        el('span', { class: f.online ? 'dot online' : 'dot', role: 'img', 'aria-label': f.online ? 'online' : 'offline' }),
-        el('button', { class: 'open-btn', onclick: () => openConversation({ user: f.id }), text: f.username, 'aria-label': `Chat with ${f.username}` }),
-        el('button', { class: 'danger', text: 'Unfriend', 'aria-label': `Unfriend ${f.username}`, onclick: () => act(Where.friends, () => im.unfriend(f.id), loadFriends) }),
-        el('button', { class: 'danger', text: 'Block', 'aria-label': `Block ${f.username}`, onclick: () => act(Where.friends, () => im.block(f.id), loadFriends) }),
-      ),
+  const rows = sortedBy(state.friends, 'username').map((f) =>
+    el(
+      'li',
+      { dataset: { friend: f.username } },
+      el('span', { class: f.online ? 'dot online' : 'dot', role: 'img', 'aria-label': f.online ? 'online' : 'offline' }),
+      el('button', { class: 'open-btn', onclick: () => openConversation({ user: f.id }), text: f.username, 'aria-label': `Chat with ${f.username}` }),
+      el('button', { class: 'danger', text: 'Unfriend', 'aria-label': `Unfriend ${f.username}`, onclick: () => act(Where.friends, () => im.unfriend(f.id), loadFriends) }),
+      el('button', { class: 'danger', text: 'Block', 'aria-label': `Block ${f.username}`, onclick: () => act(Where.friends, () => im.block(f.id), loadFriends) }),
     ),
   );
-  if (!friends.length) list.append(el('li', { class: 'hint', text: 'No friends yet.' }));
+  fillList($('friends'), rows, 'No friends yet.');
 }
 
 export function renderPresence(user, online) {
@@ -146,7 +146,6 @@ export function renderPresence(user, online) {
 }
 
 function renderRequests(incoming, outgoing) {
-  const list = $('requests');
   const answer = (r, yes) => act(Where.friends, () => im.answerRequest(r.id, yes), refreshSocial);
   const rows = [
     ...incoming.map((r) =>
@@ -160,35 +159,29 @@ function renderRequests(incoming, outgoing) {
     ),
     ...outgoing.map((r) => el('li', {}, el('span', { class: 'name hint', text: `Waiting for ${r.to_username}` }))),
   ];
-  list.replaceChildren(...rows);
-  if (!rows.length) list.append(el('li', { class: 'hint', text: 'No pending requests.' }));
+  fillList($('requests'), rows, 'No pending requests.');
   $('requests-badge').hidden = incoming.length === 0;
   $('requests-badge').textContent = String(incoming.length);
 }
 
 function renderGroups() {
-  const list = $('groups');
-  const groups = [...state.groups.values()].sort((a, b) => a.name.localeCompare(b.name));
-  list.replaceChildren(
-    ...groups.map((g) =>
-      el(
-        'li',
-        { dataset: { group: g.name } },
-        el('button', { class: 'open-btn', onclick: () => openConversation({ group: g.id }), text: `${g.name} (${g.members.length})` }),
-        el('button', { class: 'secondary', text: 'Leave', 'aria-label': `Leave ${g.name}`, onclick: () => leaveGroup(g.id, Where.groups) }),
-      ),
+  const rows = sortedBy(state.groups, 'name').map((g) =>
+    el(
+      'li',
+      { dataset: { group: g.name } },
+      el('button', { class: 'open-btn', onclick: () => openConversation({ group: g.id }), text: `${g.name} (${g.members.length})` }),
+      el('button', { class: 'secondary', text: 'Leave', 'aria-label': `Leave ${g.name}`, onclick: () => leaveGroup(g.id, Where.groups) }),
     ),
   );
-  if (!groups.length) list.append(el('li', { class: 'hint', text: 'No groups yet.' }));
+  fillList($('groups'), rows, 'No groups yet.');
 }
 
 function renderGroupForm() {
   const box = $('new-group-members');
   const legend = box.querySelector('legend');
-  const friends = [...state.friends.values()].sort((a, b) => a.username.localeCompare(b.username));
   box.replaceChildren(
     legend,
-    ...friends.map((f) => el('label', {}, el('input', { type: 'checkbox', name: 'member', value: String(f.id) }), ' ' + f.username)),
+    ...sortedBy(state.friends, 'username').map((f) => el('label', {}, el('input', { type: 'checkbox', name: 'member', value: String(f.id) }), ' ' + f.username)),
   );
 }
 
