@@ -148,6 +148,31 @@ async function countExact(page, text) {
   return page.$$eval('#messages .msg .text', (nodes, t) => nodes.filter((n) => n.textContent === t).length, text);
 }
 
+/** Accepts friend request `id` as the user logged in on `page`, through the page's cookie. */
+async function acceptIn(page, id) {
+  await page.evaluate(async (requestId) => {
+    const res = await fetch(`/api/v1/friends/requests/${requestId}/accept`, { method: 'POST' });
+    if (!res.ok) throw new Error(`accept: ${res.status}`);
+  }, id);
+}
+
+/**
+ * Runs `fn(context, server)` with a server of its own (no rate limits: the main server's
+ * per-address registration budget is spent) and a fresh browser context, and removes both
+ * however `fn` ends.
+ */
+async function withOwnServer(contextOptions, fn) {
+  const own = await startServer([], { IM_RATE_LIMITS__ENABLED: 'false' });
+  const context = await browser.newContext(contextOptions);
+  try {
+    return await fn(context, own);
+  } finally {
+    await context.close();
+    own.child.kill('SIGTERM');
+    rmSync(own.dataDir, { recursive: true, force: true });
+  }
+}
+
 // ----- accessibility -----
 
 const axeSource = readFileSync(path.join(here, 'node_modules/axe-core/axe.min.js'), 'utf8');
@@ -343,10 +368,7 @@ try {
   // (an element's content wider than its box), and the group header shows member-only
   // controls to those who may use them.
   await test('every screen at 1280, 1024, 390 and 360 px: nothing overflows sideways, and axe-core finds no serious problem', async () => {
-    // A server of its own: the main one's per-address registration budget is spent.
-    const own = await startServer([], { IM_RATE_LIMITS__ENABLED: 'false' });
-    const context = await browser.newContext();
-    try {
+    await withOwnServer({}, async (context, own) => {
       const hana = await context.newPage();
       hana.setDefaultTimeout(TIMEOUT);
       const ivan = await apiUser(own.url, 'ivan');
@@ -354,10 +376,7 @@ try {
       await register(hana, own.url, 'hana');
       for (const friend of [ivan, jo]) {
         const { request } = await friend.call('POST', '/friends/requests', { username: 'hana' });
-        await hana.evaluate(async (id) => {
-          const res = await fetch(`/api/v1/friends/requests/${id}/accept`, { method: 'POST' });
-          if (!res.ok) throw new Error(`accept: ${res.status}`);
-        }, request.id);
+        await acceptIn(hana, request.id);
       }
       const hanaId = (await jo.call('GET', '/friends')).friends[0].id;
       // jo is in ivan's group too, so its header lists a long member name.
@@ -470,20 +489,14 @@ try {
       await add.click();
       await hana.locator('#chat-status', { hasText: 'jo_with_a_rather_long_name' }).waitFor();
       await hana.locator('#add-member-row').waitFor({ state: 'hidden' });
-    } finally {
-      await context.close();
-      own.child.kill('SIGTERM');
-      rmSync(own.dataDir, { recursive: true, force: true });
-    }
+    });
   });
 
   // Everything from the keyboard alone: register, accept a request, open the chat, send,
   // switch tabs with the arrow keys, open and close the Account panel, and on a phone go back
   // to the list. Each stop on the way must show where the focus is.
   await test('everything works from the keyboard, with the focus always visible', async () => {
-    const own = await startServer([], { IM_RATE_LIMITS__ENABLED: 'false' });
-    const context = await browser.newContext({ viewport: { width: 1024, height: 768 } });
-    try {
+    await withOwnServer({ viewport: { width: 1024, height: 768 } }, async (context, own) => {
       const kim = await context.newPage();
       kim.setDefaultTimeout(TIMEOUT);
       const unmarked = [];
@@ -551,45 +564,36 @@ try {
       assert(await kim.locator('#conversations').isVisible(), 'the list is back');
       assert(await kim.evaluate(() => document.activeElement.matches('#conversations .open-btn')), 'with the focus on the chat just left');
       assertEq(unmarked, [], 'focused elements without a visible focus ring');
-    } finally {
-      await context.close();
-      own.child.kill('SIGTERM');
-      rmSync(own.dataDir, { recursive: true, force: true });
-    }
+    });
   });
 
   // The opt-in desktop notification: shown for a message that arrives while the tab is
   // hidden, and only then. The browser's Notification and the page's visibility are stood in
   // for (headless chromium shows no notifications and never hides a page).
   await test('an opted-in tab shows a desktop notification only while hidden', async () => {
-    const own = await startServer([], { IM_RATE_LIMITS__ENABLED: 'false' });
-    const context = await browser.newContext({ viewport: { width: 1024, height: 768 } });
-    await context.addInitScript(() => {
-      window.shown = [];
-      window.pageHidden = false;
-      Object.defineProperty(Document.prototype, 'hidden', { get: () => window.pageHidden });
-      window.Notification = class {
-        static permission = 'default';
-        static async requestPermission() {
-          this.permission = 'granted';
-          return 'granted';
-        }
-        constructor(title, options) {
-          window.shown.push({ title, body: options.body });
-        }
-        close() {}
-      };
-    });
-    try {
+    await withOwnServer({ viewport: { width: 1024, height: 768 } }, async (context, own) => {
+      await context.addInitScript(() => {
+        window.shown = [];
+        window.pageHidden = false;
+        Object.defineProperty(Document.prototype, 'hidden', { get: () => window.pageHidden });
+        window.Notification = class {
+          static permission = 'default';
+          static async requestPermission() {
+            this.permission = 'granted';
+            return 'granted';
+          }
+          constructor(title, options) {
+            window.shown.push({ title, body: options.body });
+          }
+          close() {}
+        };
+      });
       const mia = await context.newPage();
       mia.setDefaultTimeout(TIMEOUT);
       const ned = await apiUser(own.url, 'ned');
       await register(mia, own.url, 'mia');
       const { request } = await ned.call('POST', '/friends/requests', { username: 'mia' });
-      await mia.evaluate(async (id) => {
-        const res = await fetch(`/api/v1/friends/requests/${id}/accept`, { method: 'POST' });
-        if (!res.ok) throw new Error(`accept: ${res.status}`);
-      }, request.id);
+      await acceptIn(mia, request.id);
       const to = { user: request.to };
       const send = (text) => ned.call('POST', '/messages', { to, kind: 'text', body: { text } });
       const hide = (hidden) => mia.evaluate((h) => {
@@ -608,11 +612,7 @@ try {
       await send('while shown');
       await mia.locator('#conversations li', { hasText: 'while shown' }).waitFor();
       assertEq(await mia.evaluate(() => window.shown), [{ title: 'ned', body: 'while hidden' }], 'notifications shown');
-    } finally {
-      await context.close();
-      own.child.kill('SIGTERM');
-      rmSync(own.dataDir, { recursive: true, force: true });
-    }
+    });
   });
 
   await test('no console errors on either side', async () => {
@@ -690,10 +690,7 @@ try {
     await until('one event stream on the server', async () => (await streamsOpen()) === 1);
     const gus = await apiUser(h1Server.url, 'gus');
     const { request } = await gus.call('POST', '/friends/requests', { username: 'fay' });
-    await first.evaluate(async (id) => {
-      const res = await fetch(`/api/v1/friends/requests/${id}/accept`, { method: 'POST' });
-      if (!res.ok) throw new Error(`accept: ${res.status}`);
-    }, request.id);
+    await acceptIn(first, request.id);
     const toFay = (text) => gus.call('POST', '/messages', { to: { user: request.to }, kind: 'text', body: { text } });
     await toFay('to all seven tabs');
     for (const tab of tabs) {

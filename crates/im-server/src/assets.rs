@@ -12,6 +12,14 @@ pub(crate) struct Asset {
 }
 
 impl Asset {
+    const fn new(path: &'static str, content_type: &'static str, body: &'static [u8]) -> Self {
+        Asset {
+            path,
+            content_type,
+            body,
+        }
+    }
+
     /// A strong validator for `If-None-Match`, from the bytes.
     pub(crate) fn etag(&self) -> &'static str {
         static TAGS: OnceLock<Vec<String>> = OnceLock::new();
@@ -31,63 +39,31 @@ impl Asset {
 }
 
 const JS: &str = "text/javascript; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
 
+/// Every file of the web client, by the path it is served at (`tests/openapi.rs` reads the
+/// paths from this list's source).
 pub(crate) const ASSETS: &[Asset] = &[
-    Asset {
-        path: "/",
-        content_type: "text/html; charset=utf-8",
-        body: include_bytes!("../web/index.html"),
-    },
-    Asset {
-        path: "/app.js",
-        content_type: JS,
-        body: include_bytes!("../web/app.js"),
-    },
-    Asset {
-        path: "/app/format.js",
-        content_type: JS,
-        body: include_bytes!("../web/app/format.js"),
-    },
-    Asset {
-        path: "/app/dom.js",
-        content_type: JS,
-        body: include_bytes!("../web/app/dom.js"),
-    },
-    Asset {
-        path: "/app/state.js",
-        content_type: JS,
-        body: include_bytes!("../web/app/state.js"),
-    },
-    Asset {
-        path: "/app/sidebar.js",
-        content_type: JS,
-        body: include_bytes!("../web/app/sidebar.js"),
-    },
-    Asset {
-        path: "/app/chat.js",
-        content_type: JS,
-        body: include_bytes!("../web/app/chat.js"),
-    },
-    Asset {
-        path: "/app/account.js",
-        content_type: JS,
-        body: include_bytes!("../web/app/account.js"),
-    },
-    Asset {
-        path: "/app/events.js",
-        content_type: JS,
-        body: include_bytes!("../web/app/events.js"),
-    },
-    Asset {
-        path: "/im-client.js",
-        content_type: JS,
-        body: include_bytes!("../web/im-client.js"),
-    },
-    Asset {
-        path: "/app.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_bytes!("../web/app.css"),
-    },
+    Asset::new("/", HTML, include_bytes!("../web/index.html")),
+    Asset::new("/app.js", JS, include_bytes!("../web/app.js")),
+    Asset::new("/app/format.js", JS, include_bytes!("../web/app/format.js")),
+    Asset::new("/app/dom.js", JS, include_bytes!("../web/app/dom.js")),
+    Asset::new("/app/state.js", JS, include_bytes!("../web/app/state.js")),
+    Asset::new(
+        "/app/sidebar.js",
+        JS,
+        include_bytes!("../web/app/sidebar.js"),
+    ),
+    Asset::new("/app/chat.js", JS, include_bytes!("../web/app/chat.js")),
+    Asset::new(
+        "/app/account.js",
+        JS,
+        include_bytes!("../web/app/account.js"),
+    ),
+    Asset::new("/app/events.js", JS, include_bytes!("../web/app/events.js")),
+    Asset::new("/im-client.js", JS, include_bytes!("../web/im-client.js")),
+    Asset::new("/app.css", CSS, include_bytes!("../web/app.css")),
 ];
 
 /// The page's Content-Security-Policy: only our own scripts, styles and connections; images

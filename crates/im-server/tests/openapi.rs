@@ -241,10 +241,13 @@ fn resolve_has_no_route_missing_from_the_list() {
 
 /// The paths of the embedded web files, read from `src/assets.rs`.
 fn asset_paths() -> Vec<String> {
-    include_str!("../src/assets.rs")
-        .lines()
-        .filter_map(|line| line.trim().strip_prefix("path: \""))
-        .map(|path| path.trim_end_matches("\",").to_owned())
+    let source = include_str!("../src/assets.rs");
+    source
+        .match_indices("Asset::new(")
+        .filter_map(|(at, call)| source[at + call.len()..].trim_start().strip_prefix('"'))
+        .filter_map(|rest| rest.split_once('"'))
+        .map(|(path, _)| path.to_owned())
+        .filter(|path| path.starts_with('/'))
         .collect()
 }
 

@@ -24,6 +24,12 @@ export function el(tag, props = {}, ...children) {
   return node;
 }
 
+/** Fills a list with its rows, or with one hint row saying it is empty. */
+export function fillList(list, rows, emptyText) {
+  list.replaceChildren(...rows);
+  if (!rows.length) list.append(el('li', { class: 'hint', text: emptyText }));
+}
+
 /** A round badge with a user's initials in their colour (decorative: the name is beside it). */
 export function avatar(id, name) {
   const node = el('span', { class: 'avatar', 'aria-hidden': 'true', text: initials(name) });
