@@ -51,11 +51,13 @@ const STEPS: [&[&str]; 8] = [
 /// database of its own (`IM_TEST_STORE=postgres`), so both adapters serve the same contract.
 /// `--workspace` resolves the features of the gate's test build, which it reuses; `-p
 /// im-server` would build most crates again (about 3 minutes here).
-const PG_AGAIN: [&str; 12] = [
+const PG_AGAIN: [&str; 14] = [
     "test",
     "--workspace",
     "--test",
     "messaging",
+    "--test",
+    "amendments",
     "--test",
     "social",
     "--test",

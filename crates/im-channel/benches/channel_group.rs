@@ -58,6 +58,8 @@ fn batch() -> Vec<Pending> {
                 client_id: Some(format!("c-{i}")),
                 conversation: conversation_of(from, to),
                 sent_at: 1_767_225_600_000 + i,
+                reply_to: None,
+                amend: None,
             }
         })
         .collect()

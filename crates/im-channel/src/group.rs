@@ -141,6 +141,8 @@ mod tests {
             client_id: None,
             conversation: conv.into(),
             sent_at: 0,
+            reply_to: None,
+            amend: None,
         }
     }
 

@@ -6,10 +6,12 @@
 //! chain hands the message to the [`MessageLog`] port, which makes it durable and reports the
 //! one [`Outcome`] back to the sender.
 
+mod amend;
 mod group;
 mod log;
 mod recent;
 
+pub use amend::{Amendment, Applied, follow, quote};
 pub use group::{ChannelGroup, ChannelGroupConfig, Submitted};
 pub use log::{ConversationSummary, LogError, MessageHistory, MessageLog, Reply};
 pub use recent::RecentClientIds;
@@ -35,20 +37,42 @@ pub struct Pending {
     pub conversation: String,
     /// Unix milliseconds when the server accepted the message.
     pub sent_at: u64,
+    /// The message this one replies to; the log quotes it as stored when it writes.
+    pub reply_to: Option<MessageId>,
+    /// Set for an amendment of a stored message (an edit or a deletion) instead of a new one.
+    pub amend: Option<Amendment>,
 }
 
 impl Pending {
-    /// The stored message this becomes once the log assigns `id`.
+    /// A new message (no reply, no amendment) from `from` to `to`, accepted now.
+    pub fn new(from: UserId, to: Target, kind: impl Into<String>, body: Value) -> Self {
+        Self {
+            from,
+            to,
+            kind: kind.into(),
+            body,
+            client_id: None,
+            conversation: im_protocol::conversation_of(from, to),
+            sent_at: im_protocol::now_millis(),
+            reply_to: None,
+            amend: None,
+        }
+    }
+
+    /// The stored message this becomes once the log assigns `id`; a reply's quote is the
+    /// log's to fill in.
     pub fn into_message(self, id: MessageId) -> Message {
         Message {
-            id,
-            conversation: self.conversation,
-            from: self.from,
-            to: self.to,
-            kind: self.kind,
-            body: self.body,
             client_id: self.client_id,
-            sent_at: self.sent_at,
+            ..Message::new(
+                id,
+                self.conversation,
+                self.from,
+                self.to,
+                self.kind,
+                self.body,
+                self.sent_at,
+            )
         }
     }
 }

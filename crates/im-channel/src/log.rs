@@ -86,6 +86,10 @@ pub trait MessageHistory: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Message>, LogError>;
 
+    /// The message with this id as it is now (edited, deleted), or `None`: no such id, or it
+    /// is an amendment's log entry, not a message.
+    async fn message(&self, id: MessageId) -> Result<Option<Message>, LogError>;
+
     /// The user's conversations with messages, newest activity first.
     async fn conversations(&self, user: UserId) -> Result<Vec<ConversationSummary>, LogError>;
 

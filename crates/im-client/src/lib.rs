@@ -12,7 +12,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use im_protocol::sse::{Event, Item, Parser};
 use im_protocol::wire::{FriendRequestView, User};
-use im_protocol::{Message, Target};
+use im_protocol::{Message, MessageId, Target};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -412,14 +412,59 @@ impl Client {
         text: &str,
         client_id: Option<&str>,
     ) -> Result<Response, ClientError> {
-        let body = TextDraft {
+        self.post_draft(&TextDraft {
             to,
             kind: "text",
             body: Text { text },
             client_id,
-        };
-        self.call(Method::POST, "/api/v1/messages", Some(&body))
+            reply_to: None,
+        })
+        .await
+    }
+
+    async fn post_draft(&self, draft: &TextDraft<'_>) -> Result<Response, ClientError> {
+        self.call(Method::POST, "/api/v1/messages", Some(draft))
             .await
+    }
+
+    /// Sends a text message that replies to message `reply_to`; returns it, with its quote.
+    pub async fn reply_text(
+        &self,
+        to: Target,
+        text: &str,
+        reply_to: MessageId,
+    ) -> Result<Message, ClientError> {
+        let draft = TextDraft {
+            to,
+            kind: "text",
+            body: Text { text },
+            client_id: None,
+            reply_to: Some(reply_to),
+        };
+        let res = self.post_draft(&draft).await?;
+        res.expect(StatusCode::CREATED)?.field("message")
+    }
+
+    /// `PATCH /api/v1/messages/{id}`: replaces the text of one's own text message; returns
+    /// the message as it now is.
+    pub async fn edit_text(&self, id: MessageId, text: &str) -> Result<Message, ClientError> {
+        #[derive(Serialize)]
+        struct Edit<'a> {
+            body: Text<'a>,
+        }
+        let path = format!("/api/v1/messages/{}", id.0);
+        let body = Edit {
+            body: Text { text },
+        };
+        let res = self.call(Method::PATCH, &path, Some(&body)).await?;
+        res.expect(StatusCode::OK)?.field("message")
+    }
+
+    /// `DELETE /api/v1/messages/{id}`: deletes a message; returns its tombstone.
+    pub async fn delete_message(&self, id: MessageId) -> Result<Message, ClientError> {
+        let path = format!("/api/v1/messages/{}", id.0);
+        let res = self.call(Method::DELETE, &path, NO_BODY).await?;
+        res.expect(StatusCode::OK)?.field("message")
     }
 
     /// Sends a text message and returns the stored message (201 or 200).
@@ -502,6 +547,8 @@ struct TextDraft<'a> {
     body: Text<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     client_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_to: Option<MessageId>,
 }
 
 /// A text message's body.
@@ -518,6 +565,17 @@ pub struct EventStream {
     body: Incoming,
     parser: Parser,
     ready: VecDeque<Item>,
+}
+
+/// One entry of the log as a stream delivers it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Logged {
+    /// Its position: the `id:` a stream resumes after.
+    pub id: u64,
+    /// `message`, `message_edited` or `message_deleted`.
+    pub event: String,
+    /// The message, as it was after this entry.
+    pub message: Message,
 }
 
 impl EventStream {
@@ -558,6 +616,31 @@ impl EventStream {
         loop {
             match self.next_item().await? {
                 Ok(Item::Event(e)) => return Some(Ok(e)),
+                Ok(_) => continue,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// The next entry of the log for this user: a `message`, `message_edited` or
+    /// `message_deleted` event with its position (`id:`) and the message it carries as it
+    /// then was. Ephemeral events and `ready` are skipped.
+    pub async fn next_logged(&mut self) -> Option<Result<Logged, ClientError>> {
+        const LOGGED: [&str; 3] = ["message", "message_edited", "message_deleted"];
+        loop {
+            match self.next_event().await? {
+                Ok(e) if LOGGED.contains(&e.event.as_str()) => {
+                    let id = e.id.as_deref().and_then(|i| i.parse().ok()).unwrap_or(0);
+                    let message = match serde_json::from_str(&e.data) {
+                        Ok(m) => m,
+                        Err(err) => return Some(Err(ClientError::Body(err))),
+                    };
+                    return Some(Ok(Logged {
+                        id,
+                        event: e.event,
+                        message,
+                    }));
+                }
                 Ok(_) => continue,
                 Err(e) => return Some(Err(e)),
             }

@@ -272,16 +272,15 @@ mod tests {
         let to = Target::User(UserId(from + 1));
         LogEntry {
             pos,
-            entry: Entry::Message(Message {
-                id: MessageId(pos),
-                conversation: conversation_of(UserId(from), to),
-                from: UserId(from),
+            entry: Entry::Message(Message::new(
+                MessageId(pos),
+                conversation_of(UserId(from), to),
+                UserId(from),
                 to,
-                kind: "text".into(),
-                body: serde_json::json!({ "text": text }),
-                client_id: None,
-                sent_at: 7,
-            }),
+                "text".into(),
+                serde_json::json!({ "text": text }),
+                7,
+            )),
         }
     }
 

@@ -80,6 +80,10 @@ fn message(id: u64) -> Message {
         body: serde_json::json!({"text": "Standup moved to 10:15, same room."}),
         client_id: None,
         sent_at: 1_767_225_600_000 + id,
+        reply_to: None,
+        edited_at: None,
+        deleted: false,
+        amends: None,
     }
 }
 

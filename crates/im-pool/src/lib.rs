@@ -241,6 +241,10 @@ mod tests {
             body: serde_json::json!({"text": "x"}),
             client_id: None,
             sent_at: 0,
+            reply_to: None,
+            edited_at: None,
+            deleted: false,
+            amends: None,
         }
     }
 

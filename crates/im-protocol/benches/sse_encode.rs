@@ -24,6 +24,10 @@ fn typical_message() -> Message {
         body: serde_json::json!({"text": "Are we still on for lunch at 12:30? I can book the place."}),
         client_id: Some("c-7f3a9b2e".into()),
         sent_at: 1_767_225_600_000,
+        reply_to: None,
+        edited_at: None,
+        deleted: false,
+        amends: None,
     }
 }
 

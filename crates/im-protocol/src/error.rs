@@ -58,6 +58,17 @@ pub enum ErrorCode {
     RequestAnswered,
     /// 404: no such friend request.
     NoSuchRequest,
+    /// 404: no such message, or one in a conversation the caller cannot read.
+    NoSuchMessage,
+    /// 403: only the message's sender may edit it (or, outside a group's owner and admins,
+    /// delete it).
+    NotAuthor,
+    /// 400: only text messages can be edited.
+    NotEditable,
+    /// 403: the message is older than the server's edit window.
+    EditWindowPassed,
+    /// 409: the message was deleted.
+    MessageDeleted,
     /// 413: the body is over the limit.
     PayloadTooLarge,
     /// 415: wrong content type.
@@ -107,6 +118,11 @@ impl ErrorCode {
             AlreadyFriends => "already_friends",
             RequestAnswered => "request_answered",
             NoSuchRequest => "no_such_request",
+            NoSuchMessage => "no_such_message",
+            NotAuthor => "not_author",
+            NotEditable => "not_editable",
+            EditWindowPassed => "edit_window_passed",
+            MessageDeleted => "message_deleted",
             PayloadTooLarge => "payload_too_large",
             UnsupportedMediaType => "unsupported_media_type",
             RangeNotSatisfiable => "range_not_satisfiable",
@@ -123,13 +139,13 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             MalformedJson | InvalidRequest | UnknownKind | InvalidBody | InvalidUsername
-            | WeakPassword | InvalidQuery | UnknownFile | FileExpired => 400,
+            | WeakPassword | InvalidQuery | UnknownFile | FileExpired | NotEditable => 400,
             Unauthorized | BadCredentials => 401,
             ForeignOrigin | NotFriends | Blocked | NotMember | NotParticipant | Forbidden
-            | QuotaExceeded => 403,
-            NotFound | NoSuchUser | NoSuchGroup | NoSuchRequest => 404,
+            | QuotaExceeded | NotAuthor | EditWindowPassed => 403,
+            NotFound | NoSuchUser | NoSuchGroup | NoSuchRequest | NoSuchMessage => 404,
             MethodNotAllowed => 405,
-            UsernameTaken | AlreadyFriends | RequestAnswered => 409,
+            UsernameTaken | AlreadyFriends | RequestAnswered | MessageDeleted => 409,
             PayloadTooLarge => 413,
             UnsupportedMediaType => 415,
             RangeNotSatisfiable => 416,

@@ -15,4 +15,6 @@ pub mod wire;
 
 pub use error::{ApiError, Cause, ErrorBody, ErrorCode, ErrorDetail};
 pub use ids::{GroupId, MessageId, UserId};
-pub use message::{Draft, Message, Target, conversation_of, direct_parties, group_of, now_millis};
+pub use message::{
+    Amend, Draft, Message, Quote, Target, conversation_of, direct_parties, group_of, now_millis,
+};

@@ -25,6 +25,9 @@ pub struct Draft {
     /// Optional sender-chosen idempotency key: a repeat returns the first message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// The message of the same conversation this one answers; recipients get a quote of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<MessageId>,
 }
 
 impl Draft {
@@ -64,6 +67,131 @@ pub struct Message {
     pub client_id: Option<String>,
     /// Unix milliseconds when the server accepted the message.
     pub sent_at: u64,
+    /// The message this one replies to, quoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<Box<Quote>>,
+    /// Unix milliseconds of the latest edit, if it was edited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<u64>,
+    /// Deleted: the body is gone (`null`) and the message stays as a tombstone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// For an amendment kept in the log beside the messages (an edit, a deletion, a
+    /// reaction): the message it changes. Never on the wire: clients get an amendment as its
+    /// own event, whose data is the body.
+    #[serde(skip)]
+    pub amends: Option<MessageId>,
+}
+
+impl Message {
+    /// A new message as the log stores it: not edited, not deleted, not an amendment.
+    pub fn new(
+        id: MessageId,
+        conversation: String,
+        from: UserId,
+        to: Target,
+        kind: String,
+        body: Value,
+        sent_at: u64,
+    ) -> Self {
+        Self {
+            id,
+            conversation,
+            from,
+            to,
+            kind,
+            body,
+            client_id: None,
+            sent_at,
+            reply_to: None,
+            edited_at: None,
+            deleted: false,
+            amends: None,
+        }
+    }
+
+    /// The SSE event name of this log entry: `message`, or an amendment's own.
+    pub fn event(&self) -> &'static str {
+        match self.amends.and(Amend::of_kind(&self.kind)) {
+            Some(a) => a.event(),
+            None => "message",
+        }
+    }
+}
+
+/// Enough of the message a reply answers to show a quote without another request. It
+/// follows the original: an edit rewrites it, and a deletion empties it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quote {
+    /// The quoted message.
+    pub id: MessageId,
+    /// Its sender.
+    pub from: UserId,
+    /// Its kind.
+    pub kind: String,
+    /// The start of its text, or a file's name, at most [`Quote::PREVIEW_CHARS`] characters.
+    pub preview: String,
+    /// The quoted message was deleted; `preview` is empty. Always written: the stored
+    /// record (postcard) has no way to tell a left-out field.
+    pub deleted: bool,
+}
+
+impl Quote {
+    /// The longest preview, in characters: a line of a chat, not the whole message.
+    pub const PREVIEW_CHARS: usize = 140;
+
+    /// The quote of `msg` as it is now.
+    pub fn of(msg: &Message) -> Self {
+        let text = match msg.kind.as_str() {
+            "text" => msg.body.get("text"),
+            _ => msg.body.get("name"),
+        };
+        let text = text.and_then(Value::as_str).unwrap_or_default();
+        Self {
+            id: msg.id,
+            from: msg.from,
+            kind: msg.kind.clone(),
+            preview: text.chars().take(Self::PREVIEW_CHARS).collect(),
+            deleted: msg.deleted,
+        }
+    }
+}
+
+/// What an amendment does to the message it names. Each is a log entry of its own (a row
+/// beside the messages, with its own position), so resuming streams get it in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Amend {
+    /// The sender replaced the body of a text message.
+    Edit,
+    /// The message was deleted: its body is gone, a tombstone stays.
+    Delete,
+}
+
+impl Amend {
+    /// The stored kind of the amendment's log entry; no message kind may use it.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Amend::Edit => "edit",
+            Amend::Delete => "delete",
+        }
+    }
+
+    /// The amendment of a stored kind, if it is one.
+    pub fn of_kind(kind: &str) -> Option<Amend> {
+        match kind {
+            "edit" => Some(Amend::Edit),
+            "delete" => Some(Amend::Delete),
+            _ => None,
+        }
+    }
+
+    /// The event clients get it as.
+    pub fn event(self) -> &'static str {
+        match self {
+            Amend::Edit => "message_edited",
+            Amend::Delete => "message_deleted",
+        }
+    }
 }
 
 /// The conversation key of a message from `from` to `to`.
@@ -111,6 +239,7 @@ mod tests {
             kind: "text".into(),
             body: Value::Null,
             client_id,
+            reply_to: None,
         };
         for ok in [None, Some("a".to_owned()), Some("é".repeat(64))] {
             assert!(draft(ok.clone()).check().is_ok(), "{ok:?}");

@@ -31,12 +31,18 @@ pub fn write_event(out: &mut Vec<u8>, id: Option<u64>, event: Option<&str>, data
     out.push(b'\n');
 }
 
-/// Encodes a durable message as `id:` + `event: message` + `data: <json>`: done once per
-/// message, and the resulting `Bytes` shared by every recipient session.
+/// Encodes a durable log entry as `id:` + `event:` + `data: <json>`: done once per entry,
+/// and the resulting `Bytes` shared by every recipient session. A message is `event: message`
+/// with the message as data; an amendment is its own event (`message_edited`, ...) with its
+/// body as data.
 pub fn message_frame(msg: &Message) -> Bytes {
-    let json = serde_json::to_string(msg).unwrap_or_else(|_| "{}".to_owned());
+    let json = match msg.amends {
+        None => serde_json::to_string(msg),
+        Some(_) => serde_json::to_string(&msg.body),
+    };
+    let json = json.unwrap_or_else(|_| "{}".to_owned());
     let mut out = Vec::with_capacity(json.len() + 40);
-    write_event(&mut out, Some(msg.id.0), Some("message"), &json);
+    write_event(&mut out, Some(msg.id.0), Some(msg.event()), &json);
     Bytes::from(out)
 }
 

@@ -90,6 +90,9 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Cap on other JSON bodies.
     pub max_json_bytes: usize,
+    /// How long after sending a message its sender may still edit it, in seconds; 0 (the
+    /// default) sets no limit.
+    pub edit_window_secs: u64,
     /// How long shutdown waits for connections after ending event streams.
     pub shutdown_grace_secs: u64,
     /// Marks the session cookie `Secure`; unset, it is marked when `[tls]` is on. Set it
@@ -537,6 +540,7 @@ impl Default for Config {
             log: "info".into(),
             max_message_bytes: 64 * 1024,
             max_json_bytes: 16 * 1024,
+            edit_window_secs: 0,
             shutdown_grace_secs: 4,
             cookie_secure: None,
             presence_grace_ms: 5000,
@@ -896,6 +900,7 @@ const KEYS: &[&str] = &[
     "log",
     "max_message_bytes",
     "max_json_bytes",
+    "edit_window_secs",
     "shutdown_grace_secs",
     "cookie_secure",
     "presence_grace_ms",

@@ -348,6 +348,7 @@ impl ImServerBuilder {
             auth,
             broker,
             history: store.history,
+            log: store.log.clone(),
             files,
             progress: follower,
             readiness,

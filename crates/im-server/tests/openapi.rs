@@ -16,6 +16,7 @@ const POST: &[&str] = &["POST"];
 const GET_POST: &[&str] = &["GET", "HEAD", "POST"];
 const DELETE: &[&str] = &["DELETE"];
 const PUT_DELETE: &[&str] = &["PUT", "DELETE"];
+const PATCH_DELETE: &[&str] = &["PATCH", "DELETE"];
 
 /// Every route of `resolve()` in `src/routes/mod.rs` (and the server API's in `routes/server.rs`) as an OpenAPI path template, with its methods
 /// in the order of its `Allow` header.
@@ -41,6 +42,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/me", GET),
     ("/api/v1/events", GET),
     ("/api/v1/messages", POST),
+    ("/api/v1/messages/{id}", PATCH_DELETE),
     ("/api/v1/conversations", GET),
     ("/api/v1/conversations/{conversation}/messages", GET),
     ("/api/v1/conversations/{conversation}/read", POST),

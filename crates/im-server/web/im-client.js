@@ -11,7 +11,9 @@
 //   await im.sendText({ user: 2 }, 'hi bob');
 //
 // Guarantees it adds on top of the server's:
-// - every durable event is delivered to `on('message')` once: duplicates are dropped by id;
+// - every durable event is delivered once: a message to `on('message')`, an edit to
+//   `on('message_edited')` and a deletion to `on('message_deleted')` (each with the message
+//   as it then is); duplicates are dropped by their log position (the event id);
 // - a dropped connection resumes from the last id (EventSource sends Last-Event-ID);
 // - `resync` (the server could not replay) is passed on so the app reloads history;
 // - every send carries a `client_id`, and a retried send never duplicates a message;
@@ -39,6 +41,8 @@ export class ImError extends Error {
 }
 
 const EPHEMERAL = ['presence', 'typing', 'read', 'friend_request', 'group'];
+/** Durable events that change a message already sent; each has a log position of its own. */
+const AMENDMENTS = ['message_edited', 'message_deleted'];
 
 /** A Web-IM client bound to one server origin. */
 export class ImClient {
@@ -71,7 +75,8 @@ export class ImClient {
   // ----- events -----
 
   /**
-   * Subscribes to an event: 'message', 'presence', 'typing', 'read', 'friend_request',
+   * Subscribes to an event: 'message', 'message_edited' and 'message_deleted' (the message
+   * as it now is: replace the one with its id), 'presence', 'typing', 'read', 'friend_request',
    * 'group', 'resync' (reload history), 'ready' (the stream is caught up; load or reload
    * history now), 'up' (stream open), 'down' (stream lost, reconnecting) and 'logout' (the
    * session ended elsewhere).
@@ -178,10 +183,12 @@ export class ImClient {
         }, 3000);
       }
     };
-    source.addEventListener('message', (e) => {
-      const m = safeJson(e.data);
-      if (m) this._dispatch('message', m, e.lastEventId);
-    });
+    for (const type of ['message', ...AMENDMENTS]) {
+      source.addEventListener(type, (e) => {
+        const m = safeJson(e.data);
+        if (m) this._dispatch(type, m, e.lastEventId);
+      });
+    }
     // 'ready': the stream is caught up to this position; history loaded from now on covers
     // the rest. 'resync': the server could not replay; reload.
     for (const type of ['resync', 'ready', ...EPHEMERAL]) {
@@ -216,6 +223,11 @@ export class ImClient {
         return this._emit('ready', data);
       case 'message':
         if (this._firstSight(data.id)) this._emit('message', data);
+        return undefined;
+      case 'message_edited':
+      case 'message_deleted':
+        // The data is the message (its own id); the event's id is the amendment's position.
+        if (!lastId || this._firstSight(Number(lastId))) this._emit(type, data);
         return undefined;
       case 'logout':
         return this._emit('logout');
@@ -358,11 +370,13 @@ export class ImClient {
    * Sends a message to `to` ({user: id} or {group: id}). Network failures and 503 are
    * retried with the same client_id, so the message is stored at most once.
    */
-  async send(to, kind, body, clientId = newClientId()) {
+  async send(to, kind, body, clientId = newClientId(), { replyTo } = {}) {
     let delay = 500;
+    const draft = { to, kind, body, client_id: clientId };
+    if (replyTo) draft.reply_to = replyTo;
     for (let attempt = 0; ; attempt++) {
       try {
-        const data = await this.call('POST', '/messages', { to, kind, body, client_id: clientId });
+        const data = await this.call('POST', '/messages', draft);
         this._firstSight(data.message.id);
         return data.message;
       } catch (e) {
@@ -374,9 +388,25 @@ export class ImClient {
     }
   }
 
-  /** Sends a text message. */
-  sendText(to, text) {
-    return this.send(to, 'text', { text });
+  /** Sends a text message; `{ replyTo: id }` makes it a reply that quotes message `id`. */
+  sendText(to, text, { replyTo } = {}) {
+    return this.send(to, 'text', { text }, newClientId(), { replyTo });
+  }
+
+  /**
+   * Replaces the text of one's own text message. Resolves to the message as edited
+   * (`edited_at` set); every stream of the conversation gets it as 'message_edited'.
+   */
+  async editText(id, text) {
+    return (await this.call('PATCH', `/messages/${id}`, { body: { text } })).message;
+  }
+
+  /**
+   * Deletes a message: one's own, or any in a group one owns or administers. Resolves to its
+   * tombstone (`deleted: true`, `body: null`); streams get it as 'message_deleted'.
+   */
+  async deleteMessage(id) {
+    return (await this.call('DELETE', `/messages/${id}`)).message;
   }
 
   /** The user's conversations, newest first, with unread counts. */

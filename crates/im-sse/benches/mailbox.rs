@@ -66,6 +66,10 @@ fn frame(id: u64) -> Frame {
         body: serde_json::json!({"text": "a message of an ordinary length, say fifty bytes"}),
         client_id: None,
         sent_at: 0,
+        reply_to: None,
+        edited_at: None,
+        deleted: false,
+        amends: None,
     })
 }
 

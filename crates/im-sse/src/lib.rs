@@ -50,6 +50,10 @@ mod tests {
             body: serde_json::json!({"text": id.to_string()}),
             client_id: None,
             sent_at: 0,
+            reply_to: None,
+            edited_at: None,
+            deleted: false,
+            amends: None,
         }
     }
 

@@ -65,6 +65,10 @@ pub enum StoreError {
     /// A batch failed to commit; nothing in it was acknowledged.
     #[error("commit failed: {0}")]
     Commit(String),
+    /// The write breaks a rule of the data it changes (an edit of someone else's message, a
+    /// reply to a message of another conversation); nothing was written. Clients get it.
+    #[error("refused: {0}")]
+    Refused(im_protocol::ApiError),
     /// A setting is unusable (for example a malformed database URL).
     #[error("{0}")]
     Config(String),

@@ -3,7 +3,9 @@
 use crate::writer::Op;
 use crate::{SqliteStore, StoreError};
 use async_trait::async_trait;
-use im_channel::{ConversationSummary, LogError, MessageHistory, MessageLog, Pending, Reply};
+use im_channel::{
+    Applied, ConversationSummary, LogError, MessageHistory, MessageLog, Pending, Reply,
+};
 use im_cluster::{LogEntry, LogReadError, LogReader, Position};
 use im_protocol::record::MessageRecord;
 use im_protocol::{Message, MessageId, Target, UserId};
@@ -30,8 +32,71 @@ fn decode(bytes: Vec<u8>) -> Result<Message, StoreError> {
     Ok(MessageRecord::decode(&bytes)?)
 }
 
-/// Inserts `msg` with id `id`; `false` means the sender's `client_id` was already used and
-/// the first message is returned instead.
+/// The stored message (or amendment) with id `id`, if any.
+fn load(conn: &Connection, id: MessageId) -> Result<Option<Message>, StoreError> {
+    conn.prepare_cached("SELECT record FROM messages WHERE id = ?1")?
+        .query_row(params![clamp(id)], |r| r.get::<_, Vec<u8>>(0))
+        .optional()?
+        .map(decode)
+        .transpose()
+}
+
+/// Writes `msg` over its stored row.
+fn rewrite(conn: &Connection, msg: &Message) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE messages SET record = ?2 WHERE id = ?1")?
+        .execute(params![clamp(msg.id), MessageRecord::encode(msg)?])?;
+    Ok(())
+}
+
+/// Brings the rows that depend on `target` up to date after it changed: its earlier
+/// amendments (a deletion takes their bodies too) and the replies quoting it.
+fn follow_up(conn: &Connection, target: &Message) -> Result<(), StoreError> {
+    let rows: Vec<Vec<u8>> = conn
+        .prepare_cached(
+            "SELECT record FROM messages WHERE amends = ?1
+             UNION ALL SELECT record FROM messages WHERE reply_to = ?1",
+        )?
+        .query_map(params![clamp(target.id)], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for bytes in rows {
+        let mut row = decode(bytes)?;
+        if im_channel::follow(target, &mut row) {
+            rewrite(conn, &row)?;
+        }
+    }
+    Ok(())
+}
+
+/// Inserts one row of the log's messages table: a message or an amendment.
+fn insert_row(conn: &Connection, msg: &Message) -> Result<(), StoreError> {
+    let (recipient, group) = match msg.to {
+        Target::User(u) => (Some(u.0 as i64), None),
+        Target::Group(g) => (None, Some(g.0 as i64)),
+    };
+    conn.prepare_cached(
+        "INSERT INTO messages (id, conversation, sender, recipient, group_id, client_id, sent_at,
+                               record, amends, reply_to)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        clamp(msg.id),
+        msg.conversation,
+        msg.from.0 as i64,
+        recipient,
+        group,
+        msg.client_id,
+        msg.sent_at as i64,
+        MessageRecord::encode(msg)?,
+        msg.amends.map(clamp),
+        msg.reply_to.as_ref().map(|q| clamp(q.id)),
+    ])?;
+    Ok(())
+}
+
+/// Inserts `p` with id `id`; `false` means nothing new was written: the sender's
+/// `client_id` was already used (the first message is returned), or an amendment found
+/// nothing to change (the message as it is is returned). A refusal is
+/// [`StoreError::Refused`].
 pub(crate) fn insert(
     conn: &Connection,
     id: u64,
@@ -46,25 +111,29 @@ pub(crate) fn insert(
             return Ok((decode(bytes)?, false));
         }
     }
-    let msg = p.into_message(MessageId(id));
-    let (recipient, group) = match msg.to {
-        Target::User(u) => (Some(u.0 as i64), None),
-        Target::Group(g) => (None, Some(g.0 as i64)),
-    };
-    conn.prepare_cached(
-        "INSERT INTO messages (id, conversation, sender, recipient, group_id, client_id, sent_at, record)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![
-        id as i64,
-        msg.conversation,
-        msg.from.0 as i64,
-        recipient,
-        group,
-        msg.client_id,
-        msg.sent_at as i64,
-        MessageRecord::encode(&msg)?
-    ])?;
+    if let Some(target) = p.amend.as_ref().map(|a| a.target) {
+        let current = load(conn, target)?;
+        return match p
+            .amend(MessageId(id), current)
+            .map_err(StoreError::Refused)?
+        {
+            Applied::Unchanged(target) => Ok((target, false)),
+            Applied::Changed { target, entry } => {
+                rewrite(conn, &target)?;
+                insert_row(conn, &entry)?;
+                follow_up(conn, &target)?;
+                Ok((entry, true))
+            }
+        };
+    }
+    let reply_to = p.reply_to;
+    let mut msg = p.into_message(MessageId(id));
+    if let Some(quoted) = reply_to {
+        let quoted = load(conn, quoted)?;
+        let quote = im_channel::quote(&msg.conversation, quoted.as_ref());
+        msg.reply_to = Some(Box::new(quote.map_err(StoreError::Refused)?));
+    }
+    insert_row(conn, &msg)?;
     // Direct chats keep a per-user row for the conversation list, written by the chat's first
     // message only (later ones find it and write nothing); group lists come from membership,
     // so a group message costs no per-member write.
@@ -109,7 +178,9 @@ impl MessageHistory for SqliteStore {
         let before = before.map_or(i64::MAX, |b| b.0.min(i64::MAX as u64) as i64);
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT record FROM messages WHERE conversation = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+                "SELECT record FROM messages
+                  WHERE conversation = ?1 AND id < ?2 AND amends IS NULL
+                  ORDER BY id DESC LIMIT ?3",
             )?;
             let rows = stmt.query_map(params![conversation, before, limit as i64], |r| r.get(0))?;
             let mut out = rows
@@ -122,16 +193,24 @@ impl MessageHistory for SqliteStore {
         .map_err(log_err)
     }
 
+    async fn message(&self, id: MessageId) -> Result<Option<Message>, LogError> {
+        self.read(move |conn| Ok(load(conn, id)?.filter(|m| m.amends.is_none())))
+            .await
+            .map_err(log_err)
+    }
+
     async fn conversations(&self, user: UserId) -> Result<Vec<ConversationSummary>, LogError> {
         self.read(move |conn| {
             let me = user.0 as i64;
             let mut stmt = conn.prepare_cached(
                 "SELECT cm.conversation, cm.peer_user, NULL,
-                   (SELECT MAX(m.id) FROM messages m WHERE m.conversation = cm.conversation)
+                   (SELECT m.id FROM messages m WHERE m.conversation = cm.conversation
+                      AND m.amends IS NULL ORDER BY m.id DESC LIMIT 1)
                    FROM conversation_members cm WHERE cm.user_id = ?1 AND cm.peer_user IS NOT NULL
                  UNION ALL
                  SELECT 'g' || gm.group_id, NULL, gm.group_id,
-                   (SELECT MAX(m.id) FROM messages m WHERE m.conversation = 'g' || gm.group_id)
+                   (SELECT m.id FROM messages m WHERE m.conversation = 'g' || gm.group_id
+                      AND m.amends IS NULL ORDER BY m.id DESC LIMIT 1)
                    FROM group_members gm WHERE gm.user_id = ?1",
             )?;
             let rows = stmt.query_map(params![me], |r| {
@@ -155,7 +234,7 @@ impl MessageHistory for SqliteStore {
             let mut record = conn.prepare_cached("SELECT record FROM messages WHERE id = ?1")?;
             let mut unread = conn.prepare_cached(
                 "SELECT COUNT(*) FROM messages
-                  WHERE conversation = ?1 AND sender != ?2 AND id > COALESCE(
+                  WHERE conversation = ?1 AND sender != ?2 AND amends IS NULL AND id > COALESCE(
                     (SELECT up_to FROM read_positions WHERE user_id = ?2 AND conversation = ?1), 0)",
             )?;
             let mut out = Vec::with_capacity(found.len());

@@ -124,6 +124,14 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX messages_group;
     ALTER TABLE conversation_members DROP COLUMN last_message_id;
     ALTER TABLE conversation_members DROP COLUMN read_up_to;",
+    // 7: edits, deletions and replies. An amendment is a row beside the messages, with its
+    // own position, naming the message it changes (`amends`), so streams replay it in order;
+    // `reply_to` names the message a reply quotes, whose quote follows its edits and
+    // deletion. Both indexes hold only the rows that have one.
+    "ALTER TABLE messages ADD COLUMN amends INTEGER;
+    ALTER TABLE messages ADD COLUMN reply_to INTEGER;
+    CREATE INDEX messages_amends ON messages(amends) WHERE amends IS NOT NULL;
+    CREATE INDEX messages_reply_to ON messages(reply_to) WHERE reply_to IS NOT NULL;",
 ];
 
 /// Brings the schema to the latest version in one transaction.

@@ -228,6 +228,7 @@ fn append(
         (Ok(()), Ok((m, true))) => reply.send(Outcome::Stored(m)),
         (Ok(()), Ok((m, false))) => reply.send(Outcome::Duplicate(m)),
         (Err(e), _) => reply.send(Outcome::Failed(im_protocol::Cause::new(e.to_string()))),
+        (_, Err(StoreError::Refused(e))) => reply.send(Outcome::Rejected(e)),
         (_, Err(e)) => {
             tracing::error!(error = %e, "append failed");
             reply.send(Outcome::Failed(im_protocol::Cause::new(e)))

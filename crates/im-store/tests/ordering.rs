@@ -70,6 +70,8 @@ fn pending(from: u64, n: usize) -> Pending {
         client_id: None,
         conversation: conversation_of(UserId(from), to),
         sent_at: 1,
+        reply_to: None,
+        amend: None,
     }
 }
 

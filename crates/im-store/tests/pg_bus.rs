@@ -26,6 +26,8 @@ async fn commits_wake_other_nodes() {
             client_id: None,
             conversation: conversation_of(UserId(1), to),
             sent_at: 0,
+            reply_to: None,
+            amend: None,
         },
         reply,
     );

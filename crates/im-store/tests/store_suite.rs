@@ -102,6 +102,8 @@ fn pending(from: u64, to: u64, text: &str, cid: Option<&str>) -> Pending {
         client_id: cid.map(str::to_owned),
         conversation: conversation_of(UserId(from), to),
         sent_at: 1,
+        reply_to: None,
+        amend: None,
     }
 }
 

@@ -6,9 +6,11 @@ use crate::http::{Body, Reply, RequestBody, json, query_param, query_u64, read_j
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use http_body_util::Either;
-use im_channel::{Outcome, Pending};
+use im_channel::{Amendment, Outcome, Pending};
 use im_limits::{Key, Limit};
-use im_protocol::{ApiError, Draft, ErrorCode, MessageId, UserId, conversation_of, now_millis};
+use im_protocol::{
+    Amend, ApiError, Draft, ErrorCode, Message, MessageId, UserId, conversation_of, now_millis,
+};
 use im_sse::{Resume, SessionInfo};
 use serde_json::json;
 
@@ -162,12 +164,6 @@ impl App {
     /// Classifies a draft and runs it through its channel group to the log.
     async fn submit(&self, from: UserId, draft: Draft) -> Reply {
         let route = self.classifier.classify(&draft.kind, &draft.body)?;
-        let group = self.groups.get(route.group).ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::Internal,
-                format!("no channel group `{}`", route.group),
-            )
-        })?;
         let pending = Pending {
             from,
             to: draft.to,
@@ -176,7 +172,18 @@ impl App {
             body: draft.body,
             client_id: draft.client_id,
             sent_at: now_millis(),
+            reply_to: draft.reply_to,
+            amend: None,
         };
+        self.run_chain(route.group, pending).await
+    }
+
+    /// Runs a pending message (or edit) through channel group `group` to the log, and
+    /// answers with its one outcome.
+    async fn run_chain(&self, group: &str, pending: Pending) -> Reply {
+        let group = self.groups.get(group).ok_or_else(|| {
+            ApiError::new(ErrorCode::Internal, format!("no channel group `{group}`"))
+        })?;
         // The chain decides from memory. A refusal that memory behind the log could explain
         // (the client saw an accept or an upload succeed on another node) is tried once more
         // after this node has caught up; the copy is the price of that second chance.
@@ -188,8 +195,6 @@ impl App {
                 .await
                 .map_err(|_| ApiError::new(ErrorCode::Internal, "the message was not stored"))?;
             return match outcome {
-                Outcome::Stored(m) => Ok(message_reply(StatusCode::CREATED, &m)),
-                Outcome::Duplicate(m) => Ok(message_reply(StatusCode::OK, &m)),
                 Outcome::Rejected(e) if may_be_stale(&e) && second.is_some() => {
                     if self.progress.catch_up().await.is_err() {
                         return Err(e);
@@ -197,13 +202,114 @@ impl App {
                     pending = second.take().ok_or(e)?;
                     continue;
                 }
-                Outcome::Rejected(e) => Err(e),
-                Outcome::Failed(reason) => Err(ApiError::new(
-                    ErrorCode::Internal,
-                    "the message was not stored",
-                )
-                .caused_by(reason)),
+                outcome => answer(outcome),
             };
+        }
+    }
+
+    /// The message `id` if `user` may read its conversation now; else 404, whether or not
+    /// it exists, so ids of other people's chats tell nothing.
+    async fn readable_message(&self, user: UserId, id: MessageId) -> Result<Message, ApiError> {
+        let missing = || ApiError::new(ErrorCode::NoSuchMessage, "no such message");
+        let message = self.history.message(id).await?.ok_or_else(missing)?;
+        let users = &self.users;
+        users
+            .settled(|| users.check_party(user, &message.conversation))
+            .await
+            .map_err(|_| missing())?;
+        Ok(message)
+    }
+
+    /// `PATCH /messages/{id}`: the sender replaces the body of a text message. The new body
+    /// goes through the message's channel chain like a new message, so the application's
+    /// filters see edits too; the log checks the rest against the message as stored.
+    pub(super) async fn edit_message(&self, id: MessageId, req: Request<RequestBody>) -> Reply {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Edit {
+            body: serde_json::Value,
+        }
+        let who = self.principal(&req).await?;
+        self.limit(Limit::MessagesPerUser, Key::User(who.user.0))
+            .await?;
+        let edit: Edit = read_json(req, self.config.max_message_bytes).await?;
+        let target = self.readable_message(who.user, id).await?;
+        if target.kind != "text" {
+            return Err(ApiError::new(
+                ErrorCode::NotEditable,
+                "only text messages can be edited",
+            ));
+        }
+        let route = self.classifier.classify(&target.kind, &edit.body)?;
+        let window = self.config.edit_window_secs;
+        let pending = Pending {
+            from: who.user,
+            to: target.to,
+            conversation: target.conversation,
+            kind: target.kind,
+            body: edit.body,
+            client_id: None,
+            sent_at: now_millis(),
+            reply_to: None,
+            amend: Some(Amendment {
+                target: id,
+                change: Amend::Edit,
+                moderator: false,
+                edit_window_ms: (window > 0).then(|| window.saturating_mul(1000)),
+            }),
+        };
+        self.run_chain(route.group, pending).await
+    }
+
+    /// `DELETE /messages/{id}`: the sender, or an owner or admin of the message's group,
+    /// deletes it. No handler runs (there is no content to judge), and a user may delete
+    /// their own message even where they may no longer write, e.g. after a block.
+    pub(super) async fn delete_message(&self, id: MessageId, req: Request<RequestBody>) -> Reply {
+        let who = self.principal(&req).await?;
+        self.limit(Limit::MessagesPerUser, Key::User(who.user.0))
+            .await?;
+        let target = self.readable_message(who.user, id).await?;
+        let moderator = self.users.moderates(who.user, &target.conversation);
+        let pending = Pending {
+            from: who.user,
+            to: target.to,
+            conversation: target.conversation,
+            kind: target.kind,
+            body: serde_json::Value::Null,
+            client_id: None,
+            sent_at: now_millis(),
+            reply_to: None,
+            amend: Some(Amendment {
+                target: id,
+                change: Amend::Delete,
+                moderator,
+                edit_window_ms: None,
+            }),
+        };
+        let (reply, outcome) = im_channel::Reply::channel();
+        let log = self.log.clone();
+        // The log's append may block while its writer is saturated (its backpressure), so
+        // it runs where blocking is allowed.
+        tokio::task::spawn_blocking(move || log.append(pending, reply));
+        let outcome = outcome
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "the deletion was not stored"))?;
+        answer(outcome)
+    }
+}
+
+/// The answer to a write's one outcome: a new message is 201 `{"message": M}`; a repeat, and
+/// an edit or deletion (`{"message": M}` with M as it now is), are 200.
+fn answer(outcome: Outcome) -> Reply {
+    match outcome {
+        Outcome::Stored(m) if m.amends.is_some() => {
+            Ok(json(StatusCode::OK, &json!({ "message": m.body })))
+        }
+        Outcome::Stored(m) => Ok(message_reply(StatusCode::CREATED, &m)),
+        Outcome::Duplicate(m) => Ok(message_reply(StatusCode::OK, &m)),
+        Outcome::Rejected(e) => Err(e),
+        Outcome::Failed(reason) => {
+            Err(ApiError::new(ErrorCode::Internal, "the message was not stored").caused_by(reason))
         }
     }
 }

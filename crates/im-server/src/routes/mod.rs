@@ -23,7 +23,7 @@ use im_classifier::MessageClassifier;
 use im_cluster::Progress;
 use im_files::FileProxy;
 use im_limits::{Key, Limit, RateLimiter};
-use im_protocol::{ApiError, ErrorCode, GroupId, UserId};
+use im_protocol::{ApiError, ErrorCode, GroupId, MessageId, UserId};
 use im_sse::SseBroker;
 use im_users::{Authenticator, Credentials, Principal, UserManager};
 use std::collections::HashMap;
@@ -41,6 +41,8 @@ pub(crate) struct App {
     pub auth: Arc<dyn Authenticator>,
     pub broker: SseBroker,
     pub history: Arc<dyn MessageHistory>,
+    /// The log itself, for deletions, which skip the handler chains.
+    pub log: Arc<dyn im_channel::MessageLog>,
     pub files: Arc<FileProxy>,
     /// This node's log follower: a refusal that stale memory could explain waits for it.
     pub progress: Arc<dyn Progress>,
@@ -74,6 +76,8 @@ enum Route {
     Me,
     Events,
     PostMessage,
+    EditMessage(MessageId),
+    DeleteMessage(MessageId),
     Conversations,
     History(String),
     Read(String),
@@ -176,6 +180,13 @@ fn resolve(path: &str) -> Option<Endpoint<Route>> {
             ["me"] => one(M::GET, R::Me),
             ["events"] => one(M::GET, R::Events),
             ["messages"] => one(M::POST, R::PostMessage),
+            ["messages", id] => {
+                let id = MessageId(num(id)?);
+                Endpoint::two(
+                    (M::PATCH, R::EditMessage(id)),
+                    (M::DELETE, R::DeleteMessage(id)),
+                )
+            }
             ["conversations"] => one(M::GET, R::Conversations),
             ["conversations", c, "messages"] if !c.is_empty() => {
                 one(M::GET, R::History((*c).into()))
@@ -277,6 +288,8 @@ impl App {
             | R::Me => self.accounts(route, req).await,
             R::Events => self.events(req).await,
             R::PostMessage => self.post_message(req).await,
+            R::EditMessage(id) => self.edit_message(id, req).await,
+            R::DeleteMessage(id) => self.delete_message(id, req).await,
             R::Conversations => self.conversations(req).await,
             R::History(conversation) => self.history(&conversation, req).await,
             R::Upload => self.upload(req).await,

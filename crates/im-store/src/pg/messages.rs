@@ -47,8 +47,9 @@ impl MessageHistory for PgStore {
             let c = self.client().await?;
             let stmt = c
                 .prepare_cached(
-                    "SELECT record FROM messages WHERE conversation = $1 AND id < $2
-                     ORDER BY id DESC LIMIT $3",
+                    "SELECT record FROM messages
+                      WHERE conversation = $1 AND id < $2 AND amends IS NULL
+                      ORDER BY id DESC LIMIT $3",
                 )
                 .await?;
             let rows = c
@@ -57,6 +58,19 @@ impl MessageHistory for PgStore {
             let mut out = records(rows)?;
             out.reverse();
             Ok(out)
+        }
+        .await
+        .map_err(log_err)
+    }
+
+    async fn message(&self, id: MessageId) -> Result<Option<Message>, LogError> {
+        async {
+            let c = self.client().await?;
+            let stmt = c
+                .prepare_cached("SELECT record FROM messages WHERE id = $1 AND amends IS NULL")
+                .await?;
+            let row = c.query_opt(&stmt, &[&clamp(id)]).await?;
+            Ok(row.map(|r| MessageRecord::decode(r.get(0))).transpose()?)
         }
         .await
         .map_err(log_err)
@@ -71,17 +85,20 @@ impl MessageHistory for PgStore {
                 .prepare_cached(
                     "WITH convs AS (
                        SELECT cm.conversation, cm.peer_user, NULL::INT8 AS group_id,
-                              (SELECT MAX(m.id) FROM messages m
-                                WHERE m.conversation = cm.conversation) AS last
+                              (SELECT m.id FROM messages m
+                                WHERE m.conversation = cm.conversation AND m.amends IS NULL
+                                ORDER BY m.id DESC LIMIT 1) AS last
                          FROM conversation_members cm WHERE cm.user_id = $1
                        UNION ALL
                        SELECT 'g' || gm.group_id, NULL, gm.group_id,
-                              (SELECT MAX(m.id) FROM messages m
-                                WHERE m.conversation = 'g' || gm.group_id)
+                              (SELECT m.id FROM messages m
+                                WHERE m.conversation = 'g' || gm.group_id AND m.amends IS NULL
+                                ORDER BY m.id DESC LIMIT 1)
                          FROM group_members gm WHERE gm.user_id = $1)
                      SELECT c.conversation, c.peer_user, c.group_id, m.record,
                        (SELECT COUNT(*) FROM messages u
                          WHERE u.conversation = c.conversation AND u.sender <> $1
+                           AND u.amends IS NULL
                            AND u.id > COALESCE((SELECT up_to FROM read_positions r
                                                  WHERE r.user_id = $1
                                                    AND r.conversation = c.conversation), 0))

@@ -120,6 +120,12 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX messages_sender;
     DROP INDEX messages_recipient;
     DROP INDEX messages_group;",
+    // 4: edits, deletions and replies, as SQLite's version 7: an amendment is a row beside
+    // the messages naming the message it changes; a reply names the message it quotes.
+    "ALTER TABLE messages ADD COLUMN amends BIGINT;
+    ALTER TABLE messages ADD COLUMN reply_to BIGINT;
+    CREATE INDEX messages_amends ON messages(amends) WHERE amends IS NOT NULL;
+    CREATE INDEX messages_reply_to ON messages(reply_to) WHERE reply_to IS NOT NULL;",
 ];
 
 /// Brings the schema to the latest version in one transaction.

@@ -1,10 +1,11 @@
 //! The writer task: group commit, and positions from the one `log_head` row.
 
 use super::PgConfig;
+use crate::messages::clamp;
 use crate::{CommitListener, StoreError};
 use bytes::Bytes;
 use deadpool_postgres::{Object, Pool, Transaction};
-use im_channel::{Outcome, Pending, Reply};
+use im_channel::{Applied, Outcome, Pending, Reply};
 use im_cluster::{Entry, LogEntry, Logged};
 use im_protocol::record::{MessageRecord, Topic};
 use im_protocol::{Message, MessageId, Target, UserId};
@@ -122,6 +123,9 @@ fn finish(d: Done, commit: Result<(), &StoreError>) {
     match (d, commit) {
         (Done::Append(reply, Ok((m, true))), Ok(())) => reply.send(Outcome::Stored(m)),
         (Done::Append(reply, Ok((m, false))), Ok(())) => reply.send(Outcome::Duplicate(m)),
+        (Done::Append(reply, Err(StoreError::Refused(e))), Ok(())) => {
+            reply.send(Outcome::Rejected(e))
+        }
         (Done::Append(reply, Err(e)), _) => reply.send(Outcome::Failed(im_protocol::Cause::new(e))),
         (Done::Append(reply, Ok(_)), Err(e)) => {
             reply.send(Outcome::Failed(im_protocol::Cause::new(e.to_string())))
@@ -135,43 +139,44 @@ fn finish(d: Done, commit: Result<(), &StoreError>) {
     }
 }
 
-/// The columns of the messages a batch inserts, for one `UNNEST` insert.
+/// The messages (and amendments) a batch inserts, for one `UNNEST` insert, and the stored
+/// rows it rewrites.
 #[derive(Default)]
 struct Rows {
-    id: Vec<i64>,
-    conversation: Vec<String>,
-    sender: Vec<i64>,
-    recipient: Vec<Option<i64>>,
-    group: Vec<Option<i64>>,
-    client_id: Vec<Option<String>>,
-    sent_at: Vec<i64>,
-    record: Vec<Vec<u8>>,
-    /// (user, conversation) -> peer, for the conversation list of direct chats.
-    members: HashMap<(i64, String), i64>,
+    new: Vec<Message>,
+    /// Stored messages changed by the batch's amendments, by id: written back in one
+    /// `UNNEST` update.
+    changed: HashMap<MessageId, Message>,
+    /// Stored messages read under the head lock: the ones the batch's replies quote and its
+    /// amendments change, as the batch leaves them.
+    known: HashMap<MessageId, Message>,
 }
 
 impl Rows {
-    fn push(&mut self, msg: &Message) -> Result<(), StoreError> {
-        let record = MessageRecord::encode(msg)?;
-        let (recipient, group) = match msg.to {
-            Target::User(u) => (Some(u.0 as i64), None),
-            Target::Group(g) => (None, Some(g.0 as i64)),
-        };
-        let id = msg.id.0 as i64;
-        self.id.push(id);
-        self.conversation.push(msg.conversation.clone());
-        self.sender.push(msg.from.0 as i64);
-        self.recipient.push(recipient);
-        self.group.push(group);
-        self.client_id.push(msg.client_id.clone());
-        self.sent_at.push(msg.sent_at as i64);
-        self.record.push(record);
-        if let Target::User(to) = msg.to {
-            let (a, b) = (msg.from.0 as i64, to.0 as i64);
-            self.members.insert((a, msg.conversation.clone()), b);
-            self.members.insert((b, msg.conversation.clone()), a);
+    /// The message `id` as the batch has it so far: changed by an earlier amendment, new in
+    /// this batch, or as stored.
+    fn current(&self, id: MessageId) -> Option<Message> {
+        self.known
+            .get(&id)
+            .or_else(|| self.new.iter().find(|m| m.id == id))
+            .cloned()
+    }
+
+    /// Brings every row the batch knows that depends on `target` up to date (replies quoting
+    /// it, its earlier amendments): new ones in place, stored ones into `changed`.
+    fn follow(&mut self, target: &Message, stored: Vec<Message>) {
+        for row in &mut self.new {
+            im_channel::follow(target, row);
         }
-        Ok(())
+        for mut row in stored {
+            if let Some(newer) = self.changed.get(&row.id) {
+                row = newer.clone();
+            }
+            if im_channel::follow(target, &mut row) {
+                self.known.insert(row.id, row.clone());
+                self.changed.insert(row.id, row);
+            }
+        }
     }
 }
 
@@ -246,40 +251,62 @@ async fn commit(
     let head_stmt = tx
         .prepare_cached("SELECT last FROM log_head FOR UPDATE")
         .await?;
-    // Pipelined: the lookup runs as soon as the lock is granted, in the same round trip.
-    let (head, mut first) = tokio::try_join!(
+    // Pipelined: the lookups run as soon as the lock is granted, in the same round trip.
+    let (head, mut first, known) = tokio::try_join!(
         async {
             let row = tx.query_one(&head_stmt, &[]).await?;
             Ok::<i64, StoreError>(row.get(0))
         },
         first_by_client_id(&tx, &staged),
+        referenced(&tx, &staged),
     )?;
     let mut next = head as u64 + 1;
-    let mut rows = Rows::default();
+    let mut rows = Rows {
+        known,
+        ..Rows::default()
+    };
     let mut changes = Changes::default();
     for op in staged {
         match op {
+            Staged::Append(p, reply) if p.amend.is_some() => {
+                let result = amend(&tx, &mut rows, p, next).await;
+                if let Ok((entry, true)) = &result {
+                    entries.push(LogEntry {
+                        pos: next,
+                        entry: Entry::Message(entry.clone()),
+                    });
+                    next += 1;
+                }
+                done.push(Done::Append(reply, result));
+            }
             Staged::Append(p, reply) => {
                 let key = p.client_id.clone().map(|c| (p.from, c));
                 if let Some(m) = key.as_ref().and_then(|k| first.get(k)) {
                     done.push(Done::Append(reply, Ok((m.clone(), false))));
                     continue;
                 }
-                let msg = p.into_message(MessageId(next));
-                match rows.push(&msg) {
-                    Ok(()) => {
-                        if let Some(k) = key {
-                            first.insert(k, msg.clone());
+                let reply_to = p.reply_to;
+                let mut msg = p.into_message(MessageId(next));
+                if let Some(quoted) = reply_to {
+                    let quoted = rows.current(quoted);
+                    match im_channel::quote(&msg.conversation, quoted.as_ref()) {
+                        Ok(q) => msg.reply_to = Some(Box::new(q)),
+                        Err(e) => {
+                            done.push(Done::Append(reply, Err(StoreError::Refused(e))));
+                            continue;
                         }
-                        entries.push(LogEntry {
-                            pos: next,
-                            entry: Entry::Message(msg.clone()),
-                        });
-                        next += 1;
-                        done.push(Done::Append(reply, Ok((msg, true))));
                     }
-                    Err(e) => done.push(Done::Append(reply, Err(e))),
                 }
+                if let Some(k) = key {
+                    first.insert(k, msg.clone());
+                }
+                entries.push(LogEntry {
+                    pos: next,
+                    entry: Entry::Message(msg.clone()),
+                });
+                next += 1;
+                rows.new.push(msg.clone());
+                done.push(Done::Append(reply, Ok((msg, true))));
             }
             Staged::Write { reply, result } => {
                 let result = result.map(|(logged, scratch)| {
@@ -311,6 +338,7 @@ async fn commit(
     tokio::try_join!(
         insert_messages(&tx, &rows),
         insert_members(&tx, &rows),
+        rewrite_messages(&tx, &rows),
         insert_changes(&tx, &changes),
         move_head(&tx, head, last, notify),
     )?;
@@ -392,45 +420,182 @@ async fn first_by_client_id(
     Ok(found)
 }
 
+/// Applies one amendment at position `next` to the message as the batch has it; the
+/// result is the amendment's entry (`true`), the message unchanged (`false`), or a refusal.
+async fn amend(
+    tx: &Transaction<'_>,
+    rows: &mut Rows,
+    p: Pending,
+    next: u64,
+) -> Result<(Message, bool), StoreError> {
+    let Some(target) = p.amend.as_ref().map(|a| a.target) else {
+        return Err(StoreError::Commit("not an amendment".into()));
+    };
+    let current = rows.current(target);
+    match p.amend(MessageId(next), current) {
+        Err(e) => Err(StoreError::Refused(e)),
+        Ok(Applied::Unchanged(m)) => Ok((m, false)),
+        Ok(Applied::Changed { target, entry }) => {
+            // Rare enough for a round trip of their own under the lock: the rows that
+            // quote or amend the changed message.
+            let stmt = tx
+                .prepare_cached(
+                    "SELECT record FROM messages WHERE amends = $1
+                     UNION ALL SELECT record FROM messages WHERE reply_to = $1",
+                )
+                .await?;
+            let stored = tx
+                .query(&stmt, &[&clamp(target.id)])
+                .await?
+                .iter()
+                .map(|r| MessageRecord::decode(r.get(0)))
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.follow(&target, stored);
+            // A message of this very batch is amended before it is inserted.
+            if let Some(fresh) = rows.new.iter_mut().find(|m| m.id == target.id) {
+                *fresh = target;
+            } else {
+                rows.known.insert(target.id, target.clone());
+                rows.changed.insert(target.id, target);
+            }
+            rows.new.push(entry.clone());
+            Ok((entry, true))
+        }
+    }
+}
+
+/// The stored messages the batch's replies quote and its amendments change, read under the
+/// head lock so what they decide on is what is committed.
+async fn referenced(
+    tx: &Transaction<'_>,
+    ops: &[Staged],
+) -> Result<HashMap<MessageId, Message>, StoreError> {
+    let ids: Vec<i64> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Staged::Append(p, _) => p.amend.as_ref().map(|a| a.target).or(p.reply_to),
+            Staged::Write { .. } => None,
+        })
+        .map(clamp)
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let stmt = tx
+        .prepare_cached("SELECT record FROM messages WHERE id = ANY($1)")
+        .await?;
+    let mut found = HashMap::new();
+    for row in tx.query(&stmt, &[&ids]).await? {
+        let m = MessageRecord::decode(row.get(0))?;
+        found.insert(m.id, m);
+    }
+    Ok(found)
+}
+
 async fn insert_messages(tx: &Transaction<'_>, r: &Rows) -> Result<(), StoreError> {
-    if r.id.is_empty() {
+    if r.new.is_empty() {
         return Ok(());
+    }
+    let n = r.new.len();
+    let (mut id, mut conversation, mut sender) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut recipient, mut group, mut client_id) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut sent_at, mut record, mut amends, mut reply_to) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for msg in &r.new {
+        let (to_user, to_group) = match msg.to {
+            Target::User(u) => (Some(u.0 as i64), None),
+            Target::Group(g) => (None, Some(g.0 as i64)),
+        };
+        id.push(clamp(msg.id));
+        conversation.push(msg.conversation.as_str());
+        sender.push(msg.from.0 as i64);
+        recipient.push(to_user);
+        group.push(to_group);
+        client_id.push(msg.client_id.as_deref());
+        sent_at.push(msg.sent_at as i64);
+        record.push(MessageRecord::encode(msg)?);
+        amends.push(msg.amends.map(clamp));
+        reply_to.push(msg.reply_to.as_ref().map(|q| clamp(q.id)));
     }
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO messages (id, conversation, sender, recipient, group_id, client_id, sent_at, record)
+            "INSERT INTO messages (id, conversation, sender, recipient, group_id, client_id, sent_at,
+                                   record, amends, reply_to)
              SELECT * FROM UNNEST($1::INT8[], $2::TEXT[], $3::INT8[], $4::INT8[], $5::INT8[],
-                                  $6::TEXT[], $7::INT8[], $8::BYTEA[])",
+                                  $6::TEXT[], $7::INT8[], $8::BYTEA[], $9::INT8[], $10::INT8[])",
         )
         .await?;
     tx.execute(
         &stmt,
         &[
-            &r.id,
-            &r.conversation,
-            &r.sender,
-            &r.recipient,
-            &r.group,
-            &r.client_id,
-            &r.sent_at,
-            &r.record,
+            &id,
+            &conversation,
+            &sender,
+            &recipient,
+            &group,
+            &client_id,
+            &sent_at,
+            &record,
+            &amends,
+            &reply_to,
         ],
     )
     .await?;
     Ok(())
 }
 
+/// Writes back the stored messages the batch's amendments changed.
+async fn rewrite_messages(tx: &Transaction<'_>, r: &Rows) -> Result<(), StoreError> {
+    if r.changed.is_empty() {
+        return Ok(());
+    }
+    let mut id = Vec::with_capacity(r.changed.len());
+    let mut record = Vec::with_capacity(r.changed.len());
+    for msg in r.changed.values() {
+        id.push(clamp(msg.id));
+        record.push(MessageRecord::encode(msg)?);
+    }
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE messages m SET record = u.record
+               FROM UNNEST($1::INT8[], $2::BYTEA[]) AS u(id, record) WHERE m.id = u.id",
+        )
+        .await?;
+    tx.execute(&stmt, &[&id, &record]).await?;
+    Ok(())
+}
+
 /// Direct chats keep a per-user row for the conversation list; one row per key, since an
 /// upsert may not touch a row twice.
 async fn insert_members(tx: &Transaction<'_>, r: &Rows) -> Result<(), StoreError> {
-    if r.members.is_empty() {
+    let mut members: HashMap<(i64, &str), i64> = HashMap::new();
+    for msg in r.new.iter().filter(|m| m.amends.is_none()) {
+        if let Target::User(to) = msg.to {
+            let (a, b) = (msg.from.0 as i64, to.0 as i64);
+            members.insert((a, msg.conversation.as_str()), b);
+            members.insert((b, msg.conversation.as_str()), a);
+        }
+    }
+    if members.is_empty() {
         return Ok(());
     }
     let (mut user, mut conv, mut peer) = (Vec::new(), Vec::new(), Vec::new());
-    for ((u, c), p) in &r.members {
-        user.push(*u);
-        conv.push(c.as_str());
-        peer.push(*p);
+    for ((u, c), p) in members {
+        user.push(u);
+        conv.push(c);
+        peer.push(p);
     }
     // The chat's first message makes the rows; later ones find them and write nothing.
     let stmt = tx

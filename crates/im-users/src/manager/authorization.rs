@@ -42,6 +42,17 @@ impl UserManager {
         }
     }
 
+    /// Whether `user` moderates `conversation`: an owner or admin of its group, who may
+    /// delete other members' messages. Nobody moderates a direct chat.
+    pub fn moderates(&self, user: UserId, conversation: &str) -> bool {
+        let Some(group) = im_protocol::group_of(conversation) else {
+            return false;
+        };
+        let social = self.social.read();
+        let role = social.group(group).ok().and_then(|g| g.role_of(user));
+        matches!(role, Some(crate::Role::Owner | crate::Role::Admin))
+    }
+
     /// Whether `user` may read `conversation`'s history.
     pub fn check_party(&self, user: UserId, conversation: &str) -> Result<(), UserError> {
         self.check_access(Some(user), conversation)

@@ -243,6 +243,10 @@ async fn a_message_reaches_the_sender_and_every_recipient() {
         body: serde_json::Value::Null,
         client_id: None,
         sent_at: 0,
+        reply_to: None,
+        edited_at: None,
+        deleted: false,
+        amends: None,
     };
     let mut out = Vec::new();
     users.recipients(&message(ANN, Target::User(BOB)), &mut out);
