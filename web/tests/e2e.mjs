@@ -327,6 +327,45 @@ try {
     assertEq(await bob.locator('#conversations li', { hasText: 'carol' }).locator('.unread').count(), 0, 'still read after reload');
   });
 
+  // Edit, reply and delete through each message's menu, seen live on the other side.
+  await test('edit, reply and delete through the message menu, in two browsers', async () => {
+    for (const [page, other] of [[alice, 'bob'], [bob, 'alice']]) {
+      if (await page.locator('#back').isVisible()) await page.locator('#back').click();
+      await page.getByRole('tab', { name: 'Chats' }).click();
+      await openChatWith(page, other);
+    }
+    // The message whose own text this is (a reply's quote may hold the same words).
+    const menu = (page, text) => page.locator('#messages .msg').filter({ has: page.locator('.text', { hasText: text }) }).last().locator('.msg-menu');
+    await sendText(alice, 'see you at noom');
+    await messageText(bob, 'see you at noom').waitFor();
+    // Alice fixes her typo: the composer takes the text, Enter saves it.
+    await menu(alice, 'see you at noom').locator('summary').click();
+    await menu(alice, 'see you at noom').getByRole('button', { name: 'Edit' }).click();
+    assertEq(await alice.locator('#text').inputValue(), 'see you at noom', 'the composer holds the text');
+    await alice.locator('#text').fill('see you at noon');
+    await alice.locator('#text').press('Enter');
+    await messageText(bob, 'see you at noon').waitFor();
+    assertEq(await countExact(bob, 'see you at noom'), 0, 'the old text is gone');
+    await bob.locator('#messages .msg', { hasText: 'see you at noon' }).locator('.edited').waitFor();
+    // Bob's menu has no Edit or Delete for alice's message; he replies.
+    await menu(bob, 'see you at noon').locator('summary').click();
+    assertEq(await menu(bob, 'see you at noon').locator('.menu button').allTextContents(), ['Reply'], 'only Reply on another\'s message');
+    await menu(bob, 'see you at noon').getByRole('button', { name: 'Reply' }).click();
+    await bob.locator('#compose-context', { hasText: 'Replying to alice' }).waitFor();
+    await sendText(bob, 'noon it is');
+    await alice.locator('#messages .msg', { hasText: 'noon it is' }).locator('.quote', { hasText: 'see you at noon' }).waitFor();
+    await bob.locator('#compose-context').waitFor({ state: 'hidden' }); // the reply bar goes once sent
+    // Alice deletes her message: both sides show a tombstone, and the reply's quote says so.
+    alice.once('dialog', (d) => d.accept());
+    await menu(alice, 'see you at noon').locator('summary').click();
+    await menu(alice, 'see you at noon').getByRole('button', { name: 'Delete' }).click();
+    for (const page of [alice, bob]) {
+      await page.locator('#messages .msg .deleted', { hasText: 'This message was deleted.' }).waitFor();
+      await page.locator('#messages .msg', { hasText: 'noon it is' }).locator('.quote', { hasText: 'a deleted message' }).waitFor();
+      assertEq(await countExact(page, 'see you at noon'), 0, 'the deleted text is gone');
+    }
+  });
+
   await test('groups: create, talk, leave', async () => {
     await alice.getByRole('tab', { name: 'Groups' }).click();
     // A refused action says why beside the form it came from, not in another panel.

@@ -98,6 +98,7 @@ test('previewText: each kind in one line, "You: " for mine', () => {
   assert.equal(f.previewText({ kind: 'image', body: { name: 'a.png' } }, false), '[image] a.png');
   assert.equal(f.previewText({ kind: 'file', body: {} }, true), 'You: [file] ');
   assert.equal(f.previewText({ kind: 'poll', body: {} }, false), '[poll]');
+  assert.equal(f.previewText({ kind: 'text', body: null, deleted: true }, true), 'You: a deleted message');
 });
 
 test('the title counts unread messages', () => {

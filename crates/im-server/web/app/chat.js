@@ -6,6 +6,7 @@ import { dayLabel, fmtSize, joinsGroup, sameDay } from '/app/format.js';
 import {
   LOAD_OLDER_WITHIN_PX,
   PAGE_SIZE,
+  QUOTE_CHARS,
   RASTER_TYPES,
   TYPING_EVERY_MS,
   TYPING_SHOWN_MS,
@@ -28,6 +29,7 @@ export async function openConversation(to) {
   $('messages').replaceChildren();
   $('typing').textContent = '';
   say(Where.chat);
+  setComposing(null);
   renderChatHeader();
   selectTab('chats');
   renderConversations();
@@ -86,6 +88,7 @@ export function renderChatHeader() {
 }
 
 function messageBody(m) {
+  if (m.deleted) return [el('span', { class: 'text deleted', text: 'This message was deleted.' })];
   if (m.kind === 'text') return [el('span', { class: 'text', text: m.body.text })];
   if (m.kind === 'image') {
     const image = el('img', { src: m.body.url, alt: m.body.name || 'image' });
@@ -100,21 +103,74 @@ function messageBody(m) {
   return [el('span', { class: 'text', text: `[${m.kind}] ${JSON.stringify(m.body)}` })];
 }
 
+/** The quote of a message as the server makes it (see Quote in docs/API.md). */
+function quoteOf(m) {
+  const text = m.deleted || !m.body ? '' : m.body.text || m.body.name || '';
+  return { id: m.id, from: m.from, kind: m.kind, preview: [...text].slice(0, QUOTE_CHARS).join(''), deleted: !!m.deleted };
+}
+
+/** The quote a reply shows of the message it answers (kept up to date by the server). */
+function quoteNode(q) {
+  const text = q.deleted ? 'a deleted message' : q.preview || `[${q.kind}]`;
+  return el('span', { class: 'quote' }, el('span', { class: 'quote-from', text: nameOf(q.from) }), el('span', { text }));
+}
+
+/** Whether I may delete others' messages in the open chat: an owner or admin of its group. */
+function moderating() {
+  const cur = state.current;
+  const group = cur && cur.to.group !== undefined ? state.groups.get(cur.to.group) : null;
+  const me = group && group.members.find((x) => x.id === state.me.id);
+  return !!me && (me.role === 'owner' || me.role === 'admin');
+}
+
+/** A message's actions (reply, edit, delete), those this user may take, in a small menu. */
+function actionsMenu(m) {
+  if (m.deleted) return null;
+  const mine = m.from === state.me.id;
+  const act = (label, run, cls) =>
+    el('button', {
+      type: 'button',
+      class: cls,
+      text: label,
+      onclick: (ev) => {
+        ev.target.closest('details').open = false;
+        run(m);
+      },
+    });
+  const items = [act('Reply', startReply)];
+  if (mine && m.kind === 'text') items.push(act('Edit', startEdit));
+  if (mine || moderating()) items.push(act('Delete', deleteMessage, 'danger'));
+  return el(
+    'details',
+    { class: 'msg-menu' },
+    el('summary', { 'aria-label': `Actions for the message from ${nameOf(m.from)}`, text: '⋯' }),
+    el('div', { class: 'menu' }, ...items),
+  );
+}
+
 function messageNode(m) {
   const mine = m.from === state.me.id;
   const time = new Date(m.sent_at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
   const showFrom = !mine && state.current && state.current.to.group !== undefined;
   return el(
     'li',
-    { class: mine ? 'msg mine' : 'msg', dataset: { id: String(m.id), from: String(m.from), at: String(m.sent_at) } },
+    { class: mine ? 'msg mine' : 'msg', dataset: { id: String(m.id), from: String(m.from), at: String(m.sent_at), replyTo: m.reply_to ? String(m.reply_to.id) : undefined } },
     mine ? null : avatar(m.from, nameOf(m.from)),
     el(
       'div',
       { class: 'bubble' },
       showFrom ? el('span', { class: 'from', text: nameOf(m.from) }) : null,
+      m.reply_to ? quoteNode(m.reply_to) : null,
       ...messageBody(m),
-      el('span', { class: 'meta' }, el('time', { datetime: new Date(m.sent_at).toISOString(), text: time }), el('span', { class: 'seen' })),
+      el(
+        'span',
+        { class: 'meta' },
+        m.edited_at && !m.deleted ? el('span', { class: 'edited', text: 'edited · ' }) : null,
+        el('time', { datetime: new Date(m.sent_at).toISOString(), text: time }),
+        el('span', { class: 'seen' }),
+      ),
     ),
+    actionsMenu(m),
   );
 }
 
@@ -189,6 +245,29 @@ async function loadOlder() {
   }
 }
 
+/**
+ * A message changed (an edit or a deletion, from the stream or an answer): its bubble in the
+ * open chat and its line in the list show it as it now is.
+ */
+export function onAmended(m) {
+  const list = $('messages');
+  const node = list.querySelector(`:scope > .msg[data-id="${m.id}"]`);
+  if (node && state.current && state.current.conversation === m.conversation) {
+    node.replaceWith(messageNode(m));
+    decorate();
+    renderSeen();
+  }
+  // Replies shown here quote it: their quotes change as the server's stored ones did.
+  for (const reply of list.querySelectorAll(`:scope > .msg[data-reply-to="${m.id}"] .quote`)) {
+    reply.replaceWith(quoteNode(quoteOf(m)));
+  }
+  const c = state.conversations.get(m.conversation);
+  if (c && c.last_message && c.last_message.id === m.id) {
+    c.last_message = m;
+    renderConversations();
+  }
+}
+
 /** Shows "Seen" under my newest message the other side has read (direct chats). */
 export function renderSeen() {
   const cur = state.current;
@@ -221,6 +300,39 @@ export function showTyping(from, conversation) {
   state.typingTimer = setTimeout(() => ($('typing').textContent = ''), TYPING_SHOWN_MS);
 }
 
+// ----- replying, editing, deleting -----
+
+/** What the composer does next: a reply to a message, or an edit of one (else a new message). */
+function setComposing(mode, m) {
+  state.replyTo = mode === 'reply' ? m : null;
+  state.editing = mode === 'edit' ? m : null;
+  const shown = !!(state.replyTo || state.editing);
+  $('compose-context').hidden = !shown;
+  if (state.replyTo) $('compose-context-text').textContent = `Replying to ${nameOf(m.from)}: ${m.body.text || m.body.name || m.kind}`;
+  if (state.editing) $('compose-context-text').textContent = 'Editing your message';
+  if (!shown) return;
+  if (state.editing) $('text').value = m.body.text;
+  $('text').focus();
+}
+
+function startReply(m) {
+  setComposing('reply', m);
+}
+
+function startEdit(m) {
+  setComposing('edit', m);
+}
+
+async function deleteMessage(m) {
+  if (!window.confirm('Delete this message for everyone?')) return;
+  try {
+    onAmended(await im.deleteMessage(m.id));
+    say(Where.chat);
+  } catch (e) {
+    showError(Where.chat, e);
+  }
+}
+
 // ----- sending -----
 
 async function sendText(ev) {
@@ -229,10 +341,15 @@ async function sendText(ev) {
   const text = box.value;
   if (!text.trim() || !state.current) return;
   box.value = '';
+  const { editing, replyTo } = state;
   try {
-    const m = await im.sendText(state.current.to, text);
+    if (editing) {
+      onAmended(await im.editText(editing.id, text));
+    } else {
+      onMessage(await im.sendText(state.current.to, text, { replyTo: replyTo && replyTo.id }));
+    }
+    setComposing(null);
     say(Where.chat);
-    onMessage(m);
   } catch (e) {
     box.value = text;
     showError(Where.chat, e);
@@ -305,11 +422,18 @@ export function wireChat() {
   });
   $('leave-group').addEventListener('click', () => state.current && leaveGroup(state.current.to.group, Where.chat));
   $('back').addEventListener('click', closeConversation);
+  $('compose-cancel').addEventListener('click', () => {
+    if (state.editing) $('text').value = '';
+    setComposing(null);
+    $('text').focus();
+  });
   $('composer').addEventListener('submit', sendText);
   $('text').addEventListener('keydown', (ev) => {
     if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
       ev.preventDefault();
       $('composer').requestSubmit();
+    } else if (ev.key === 'Escape' && (state.editing || state.replyTo)) {
+      $('compose-cancel').click();
     }
   });
   $('text').addEventListener('input', onTyping);

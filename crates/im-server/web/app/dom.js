@@ -17,7 +17,9 @@ export function el(tag, props = {}, ...children) {
     if (k === 'class') node.className = v;
     else if (k === 'text') node.textContent = v;
     else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
-    else if (k === 'dataset') Object.assign(node.dataset, v);
+    else if (k === 'dataset') {
+      for (const [name, value] of Object.entries(v)) if (value !== undefined) node.dataset[name] = value;
+    }
     else if (v !== undefined && v !== null && v !== false) node.setAttribute(k, v === true ? '' : v);
   }
   for (const c of children) if (c !== null && c !== undefined) node.append(c);

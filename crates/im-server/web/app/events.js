@@ -2,7 +2,7 @@
 // shared by the tabs, resumed by id) is im-client.js's business.
 
 import { PAGE_SIZE, im, state } from '/app/state.js';
-import { appendMessages, closeConversation, onMessage, openConversation, renderSeen, showTyping } from '/app/chat.js';
+import { appendMessages, closeConversation, onAmended, onMessage, openConversation, renderSeen, showTyping } from '/app/chat.js';
 import { loadConversations, loadGroups, refreshSocial, renderConversations, renderPresence } from '/app/sidebar.js';
 import { $ } from '/app/dom.js';
 
@@ -48,6 +48,8 @@ async function onReady() {
 /** Subscribes the page to the stream's events, once. */
 export function wireEvents() {
   im.on('message', (m) => state.me && onMessage(m));
+  im.on('message_edited', (m) => state.me && onAmended(m));
+  im.on('message_deleted', (m) => state.me && onAmended(m));
   im.on('presence', ({ user, online }) => renderPresence(user, online));
   im.on('typing', ({ from, conversation }) => showTyping(from, conversation));
   im.on('read', onRead);

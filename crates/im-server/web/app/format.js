@@ -56,6 +56,7 @@ export function joinsGroup(prev, next) {
 export function previewText(m, mine) {
   if (!m) return '';
   const who = mine ? 'You: ' : '';
+  if (m.deleted) return who + 'a deleted message';
   if (m.kind === 'text') return who + m.body.text;
   if (m.kind === 'image') return who + '[image] ' + (m.body.name || '');
   if (m.kind === 'file') return who + '[file] ' + (m.body.name || '');
