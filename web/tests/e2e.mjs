@@ -328,7 +328,7 @@ try {
   });
 
   // Edit, reply and delete through each message's menu, seen live on the other side.
-  await test('edit, reply and delete through the message menu, in two browsers', async () => {
+  await test('edit, reply, react and delete through the message menu, in two browsers', async () => {
     for (const [page, other] of [[alice, 'bob'], [bob, 'alice']]) {
       if (await page.locator('#back').isVisible()) await page.locator('#back').click();
       await page.getByRole('tab', { name: 'Chats' }).click();
@@ -349,12 +349,21 @@ try {
     await bob.locator('#messages .msg', { hasText: 'see you at noon' }).locator('.edited').waitFor();
     // Bob's menu has no Edit or Delete for alice's message; he replies.
     await menu(bob, 'see you at noon').locator('summary').click();
-    assertEq(await menu(bob, 'see you at noon').locator('.menu button').allTextContents(), ['Reply'], 'only Reply on another\'s message');
+    assertEq(await menu(bob, 'see you at noon').locator('.menu > button').allTextContents(), ['Reply'], 'no Edit or Delete on another\'s message');
     await menu(bob, 'see you at noon').getByRole('button', { name: 'Reply' }).click();
     await bob.locator('#compose-context', { hasText: 'Replying to alice' }).waitFor();
     await sendText(bob, 'noon it is');
     await alice.locator('#messages .msg', { hasText: 'noon it is' }).locator('.quote', { hasText: 'see you at noon' }).waitFor();
     await bob.locator('#compose-context').waitFor({ state: 'hidden' }); // the reply bar goes once sent
+    // Bob reacts from the menu; alice sees it live and adds hers with a click on the chip.
+    await menu(bob, 'see you at noon').locator('summary').click();
+    await menu(bob, 'see you at noon').getByRole('button', { name: 'React with 👍' }).click();
+    const chip = (page) => page.locator('#messages .msg').filter({ has: page.locator('.text', { hasText: 'see you at noon' }) }).locator('.chip');
+    await chip(alice).filter({ hasText: '👍 1' }).waitFor();
+    assertEq(await chip(bob).getAttribute('aria-pressed'), 'true', 'bob\'s own reaction shows pressed');
+    await chip(alice).click();
+    for (const page of [alice, bob]) await chip(page).filter({ hasText: '👍 2' }).waitFor();
+    assertEq(await chip(alice).getAttribute('aria-pressed'), 'true', 'alice\'s too, after her click');
     // Alice deletes her message: both sides show a tombstone, and the reply's quote says so.
     alice.once('dialog', (d) => d.accept());
     await menu(alice, 'see you at noon').locator('summary').click();
@@ -363,6 +372,7 @@ try {
       await page.locator('#messages .msg .deleted', { hasText: 'This message was deleted.' }).waitFor();
       await page.locator('#messages .msg', { hasText: 'noon it is' }).locator('.quote', { hasText: 'a deleted message' }).waitFor();
       assertEq(await countExact(page, 'see you at noon'), 0, 'the deleted text is gone');
+      assertEq(await page.locator('#messages .msg .deleted').locator('xpath=../..').locator('.chip').count(), 0, 'a tombstone has no reactions');
     }
   });
 

@@ -11,7 +11,7 @@ mod group;
 mod log;
 mod recent;
 
-pub use amend::{Amendment, Applied, follow, quote};
+pub use amend::{Amendment, Applied, Change, ReactionState, follow, quote};
 pub use group::{ChannelGroup, ChannelGroupConfig, Submitted};
 pub use log::{ConversationSummary, LogError, MessageHistory, MessageLog, Reply};
 pub use recent::RecentClientIds;
@@ -40,7 +40,7 @@ pub struct Pending {
     /// The message this one replies to; the log quotes it as stored when it writes.
     pub reply_to: Option<MessageId>,
     /// Set for an amendment of a stored message (an edit or a deletion) instead of a new one.
-    pub amend: Option<Amendment>,
+    pub amend: Option<Box<Amendment>>,
 }
 
 impl Pending {

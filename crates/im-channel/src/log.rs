@@ -90,6 +90,14 @@ pub trait MessageHistory: Send + Sync + 'static {
     /// is an amendment's log entry, not a message.
     async fn message(&self, id: MessageId) -> Result<Option<Message>, LogError>;
 
+    /// The reactions of `messages` as `reader` sees them: one entry per message and emoji
+    /// that has any, most used first within a message.
+    async fn reactions(
+        &self,
+        messages: &[MessageId],
+        reader: UserId,
+    ) -> Result<Vec<(MessageId, im_protocol::Reaction)>, LogError>;
+
     /// The user's conversations with messages, newest activity first.
     async fn conversations(&self, user: UserId) -> Result<Vec<ConversationSummary>, LogError>;
 

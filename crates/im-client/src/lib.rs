@@ -460,6 +460,22 @@ impl Client {
         res.expect(StatusCode::OK)?.field("message")
     }
 
+    /// `PUT` (`add`) or `DELETE /api/v1/messages/{id}/reactions/{emoji}`: the caller's
+    /// reaction; returns the reaction as it now stands (`{message, emoji, user, added,
+    /// count, ...}`).
+    pub async fn react(
+        &self,
+        id: MessageId,
+        emoji: &str,
+        add: bool,
+    ) -> Result<serde_json::Value, ClientError> {
+        let encoded: String = emoji.bytes().map(|b| format!("%{b:02X}")).collect();
+        let path = format!("/api/v1/messages/{}/reactions/{encoded}", id.0);
+        let method = if add { Method::PUT } else { Method::DELETE };
+        let res = self.call(method, &path, NO_BODY).await?;
+        res.expect(StatusCode::OK)?.field("reaction")
+    }
+
     /// `DELETE /api/v1/messages/{id}`: deletes a message; returns its tombstone.
     pub async fn delete_message(&self, id: MessageId) -> Result<Message, ClientError> {
         let path = format!("/api/v1/messages/{}", id.0);
@@ -572,10 +588,17 @@ pub struct EventStream {
 pub struct Logged {
     /// Its position: the `id:` a stream resumes after.
     pub id: u64,
-    /// `message`, `message_edited` or `message_deleted`.
+    /// `message`, `message_edited`, `message_deleted` or `reaction`.
     pub event: String,
-    /// The message, as it was after this entry.
-    pub message: Message,
+    /// The event's data: a message (as it was after this entry), or a reaction's change.
+    pub data: serde_json::Value,
+}
+
+impl Logged {
+    /// The message a `message`, `message_edited` or `message_deleted` event carries.
+    pub fn message(&self) -> Result<Message, ClientError> {
+        Message::deserialize(&self.data).map_err(ClientError::Body)
+    }
 }
 
 impl EventStream {
@@ -622,23 +645,23 @@ impl EventStream {
         }
     }
 
-    /// The next entry of the log for this user: a `message`, `message_edited` or
-    /// `message_deleted` event with its position (`id:`) and the message it carries as it
-    /// then was. Ephemeral events and `ready` are skipped.
+    /// The next entry of the log for this user: a `message`, `message_edited`,
+    /// `message_deleted` or `reaction` event with its position (`id:`) and its data.
+    /// Ephemeral events and `ready` are skipped.
     pub async fn next_logged(&mut self) -> Option<Result<Logged, ClientError>> {
-        const LOGGED: [&str; 3] = ["message", "message_edited", "message_deleted"];
+        const LOGGED: [&str; 4] = ["message", "message_edited", "message_deleted", "reaction"];
         loop {
             match self.next_event().await? {
                 Ok(e) if LOGGED.contains(&e.event.as_str()) => {
                     let id = e.id.as_deref().and_then(|i| i.parse().ok()).unwrap_or(0);
-                    let message = match serde_json::from_str(&e.data) {
-                        Ok(m) => m,
+                    let data = match serde_json::from_str(&e.data) {
+                        Ok(d) => d,
                         Err(err) => return Some(Err(ClientError::Body(err))),
                     };
                     return Some(Ok(Logged {
                         id,
                         event: e.event,
-                        message,
+                        data,
                     }));
                 }
                 Ok(_) => continue,

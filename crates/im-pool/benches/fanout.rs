@@ -83,6 +83,7 @@ fn message(id: u64) -> Message {
         reply_to: None,
         edited_at: None,
         deleted: false,
+        reactions: Vec::new(),
         amends: None,
     }
 }

@@ -27,6 +27,7 @@ fn typical_message() -> Message {
         reply_to: None,
         edited_at: None,
         deleted: false,
+        reactions: Vec::new(),
         amends: None,
     }
 }

@@ -16,5 +16,6 @@ pub mod wire;
 pub use error::{ApiError, Cause, ErrorBody, ErrorCode, ErrorDetail};
 pub use ids::{GroupId, MessageId, UserId};
 pub use message::{
-    Amend, Draft, Message, Quote, Target, conversation_of, direct_parties, group_of, now_millis,
+    Amend, Draft, Message, Quote, Reaction, Target, conversation_of, direct_parties, group_of,
+    now_millis,
 };

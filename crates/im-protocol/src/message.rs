@@ -76,6 +76,10 @@ pub struct Message {
     /// Deleted: the body is gone (`null`) and the message stays as a tombstone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
+    /// The reactions, one entry per emoji, as the reader sees them (`me`). Filled in by
+    /// history for its reader; empty on the stream, where each change is a `reaction` event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<Reaction>,
     /// For an amendment kept in the log beside the messages (an edit, a deletion, a
     /// reaction): the message it changes. Never on the wire: clients get an amendment as its
     /// own event, whose data is the body.
@@ -106,6 +110,7 @@ impl Message {
             reply_to: None,
             edited_at: None,
             deleted: false,
+            reactions: Vec::new(),
             amends: None,
         }
     }
@@ -157,6 +162,35 @@ impl Quote {
     }
 }
 
+/// One emoji's reactions to a message, for one reader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaction {
+    /// The emoji.
+    pub emoji: String,
+    /// How many users reacted with it.
+    pub count: u64,
+    /// Whether the reader is one of them.
+    pub me: bool,
+}
+
+impl Reaction {
+    /// The most different emoji one message holds; the next new one is refused.
+    pub const MAX_KINDS: usize = 20;
+    /// The longest emoji, in bytes: room for a family or a flag with modifiers.
+    pub const MAX_BYTES: usize = 32;
+
+    /// Whether `emoji` may be a reaction: 1 to [`Reaction::MAX_BYTES`] bytes, with no
+    /// whitespace or control character and no ASCII letter or digit (a reaction is a symbol,
+    /// not a word).
+    pub fn valid_emoji(emoji: &str) -> bool {
+        !emoji.is_empty()
+            && emoji.len() <= Self::MAX_BYTES
+            && !emoji
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c.is_ascii_alphanumeric())
+    }
+}
+
 /// What an amendment does to the message it names. Each is a log entry of its own (a row
 /// beside the messages, with its own position), so resuming streams get it in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -165,6 +199,8 @@ pub enum Amend {
     Edit,
     /// The message was deleted: its body is gone, a tombstone stays.
     Delete,
+    /// Someone added or took back an emoji reaction.
+    Reaction,
 }
 
 impl Amend {
@@ -173,6 +209,7 @@ impl Amend {
         match self {
             Amend::Edit => "edit",
             Amend::Delete => "delete",
+            Amend::Reaction => "reaction",
         }
     }
 
@@ -181,6 +218,7 @@ impl Amend {
         match kind {
             "edit" => Some(Amend::Edit),
             "delete" => Some(Amend::Delete),
+            "reaction" => Some(Amend::Reaction),
             _ => None,
         }
     }
@@ -190,6 +228,7 @@ impl Amend {
         match self {
             Amend::Edit => "message_edited",
             Amend::Delete => "message_deleted",
+            Amend::Reaction => "reaction",
         }
     }
 }

@@ -26,6 +26,11 @@ async fn refused(c: &Client, method: Method, path: &str, body: Option<Value>) ->
     (res.status.as_u16(), res.error_code().unwrap_or_default())
 }
 
+/// The message a logged event carries.
+fn msg(l: &Logged) -> Message {
+    l.message().expect("a message event")
+}
+
 fn path(id: MessageId) -> String {
     format!("/api/v1/messages/{}", id.0)
 }
@@ -77,17 +82,15 @@ async fn edits_and_deletions_reach_streams_history_and_resumes_in_order() {
         seen.windows(2).all(|w| w[0].id < w[1].id),
         "positions increase"
     );
+    assert_eq!((msg(&seen[0]).id, msg(&seen[1]).id), (first.id, typo.id));
     assert_eq!(
-        (seen[0].message.id, seen[1].message.id),
-        (first.id, typo.id)
-    );
-    assert_eq!(
-        seen[2].message, edited,
+        msg(&seen[2]),
+        edited,
         "an edit carries the message as edited"
     );
     assert!(seen[2].id > typo.id.0, "after the original");
-    assert_eq!(seen[3].message, tombstone);
-    assert_eq!(seen[4].message, after);
+    assert_eq!(msg(&seen[3]), tombstone);
+    assert_eq!(msg(&seen[4]), after);
 
     // History shows each message as it now is, and no amendment as a message.
     let history = bob.history(&typo.conversation, None, None).await.unwrap();
@@ -112,8 +115,8 @@ async fn edits_and_deletions_reach_streams_history_and_resumes_in_order() {
     }
     let ids: Vec<u64> = replay.iter().map(|l| l.id).collect();
     assert_eq!(ids, seen[1..].iter().map(|l| l.id).collect::<Vec<_>>());
-    assert_eq!(replay[0].message, edited, "the message as it now is");
-    assert_eq!(replay[2].message, tombstone);
+    assert_eq!(msg(&replay[0]), edited, "the message as it now is");
+    assert_eq!(msg(&replay[2]), tombstone);
     // Resumed after the edit: only what came after it.
     let mut later = bob.events(Some(seen[2].id)).await.unwrap();
     assert_eq!(next(&mut later).await.event, "message_deleted");
@@ -318,7 +321,7 @@ async fn a_groups_owner_and_admins_may_delete_any_message_members_only_their_own
     while deleted.len() < 2 {
         let l = next(&mut stream).await;
         if l.event == "message_deleted" {
-            deleted.push(l.message.id);
+            deleted.push(msg(&l).id);
         }
     }
     assert_eq!(deleted, [bobs.id, carols.id]);
@@ -351,11 +354,11 @@ async fn a_reply_quotes_its_original_which_follows_edits_and_deletion() {
     // what this node's follower has applied.)
     let got = loop {
         let l = next(&mut stream).await;
-        if l.message.id == reply.id {
+        if msg(&l).id == reply.id {
             break l;
         }
     };
-    assert_eq!(got.message.reply_to, Some(quote));
+    assert_eq!(msg(&got).reply_to, Some(quote));
 
     alice.edit_text(original.id, "short now").await.unwrap();
     let history = bob.history(&reply.conversation, None, None).await.unwrap();
@@ -372,12 +375,165 @@ async fn a_reply_quotes_its_original_which_follows_edits_and_deletion() {
     let mut everything = String::new();
     loop {
         let l = next(&mut replay).await;
-        everything.push_str(&serde_json::to_string(&l.message).unwrap());
+        everything.push_str(&serde_json::to_string(&msg(&l)).unwrap());
         if l.event == "message_deleted" {
             break;
         }
     }
     assert!(!everything.contains("short now"), "{everything}");
     assert!(!everything.contains(&long));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reactions_one_per_emoji_per_user_counted_live_in_history_and_on_resume() {
+    let server = TestServer::start().await;
+    let anon = server.client();
+    let (alice, bob) = common::alice_and_bob(&anon).await;
+    let carol = anon.signup("carol", "carol-password").await.unwrap();
+    let mut live = alice.events(None).await.unwrap();
+    let m = alice.send_text(BOB, "lunch?", None).await.unwrap();
+
+    let thumbs = bob.react(m.id, "👍", true).await.unwrap();
+    assert_eq!(
+        (
+            &thumbs["emoji"],
+            &thumbs["count"],
+            &thumbs["added"],
+            &thumbs["user"]
+        ),
+        (&json!("👍"), &json!(1), &json!(true), &json!(2))
+    );
+    assert_eq!(thumbs["message"], m.id.0);
+    // The same reaction again changes nothing and sends nothing.
+    assert_eq!(bob.react(m.id, "👍", true).await.unwrap()["count"], 1);
+    assert_eq!(alice.react(m.id, "👍", true).await.unwrap()["count"], 2);
+    assert_eq!(bob.react(m.id, "🎉", true).await.unwrap()["count"], 1);
+    assert_eq!(bob.react(m.id, "🎉", false).await.unwrap()["count"], 0);
+    // Taking back one never made changes nothing either.
+    assert_eq!(bob.react(m.id, "🎉", false).await.unwrap()["count"], 0);
+    let after = alice.send_text(BOB, "after", None).await.unwrap();
+
+    // Live: the message, exactly the four changes, each at a position of its own, then the
+    // next message.
+    assert_eq!(msg(&next(&mut live).await), m);
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(next(&mut live).await);
+    }
+    let got: Vec<(&str, Value, Value)> = seen[..4]
+        .iter()
+        .map(|l| {
+            (
+                l.event.as_str(),
+                l.data["emoji"].clone(),
+                l.data["count"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("reaction", json!("👍"), json!(1)),
+            ("reaction", json!("👍"), json!(2)),
+            ("reaction", json!("🎉"), json!(1)),
+            ("reaction", json!("🎉"), json!(0)),
+        ]
+    );
+    assert_eq!(msg(&seen[4]), after);
+    assert!(seen.windows(2).all(|w| w[0].id < w[1].id));
+
+    // History counts them for its reader, and lists only emoji that have any.
+    let mine = |c: &Client| {
+        let c = c.clone();
+        let conversation = m.conversation.clone();
+        async move {
+            let history = c.history(&conversation, None, None).await.unwrap();
+            serde_json::to_value(&history[0].reactions).unwrap()
+        }
+    };
+    assert_eq!(
+        mine(&alice).await,
+        json!([{"emoji": "👍", "count": 2, "me": true}])
+    );
+    bob.react(m.id, "👍", false).await.unwrap();
+    assert_eq!(
+        mine(&bob).await,
+        json!([{"emoji": "👍", "count": 1, "me": false}])
+    );
+    assert!(history_has_no_reactions(&bob, &after).await);
+
+    // A resumed stream replays the changes in log order.
+    let mut resumed = bob.events(Some(m.id.0)).await.unwrap();
+    let replay: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..6 {
+            v.push(next(&mut resumed).await.event);
+        }
+        v
+    };
+    assert_eq!(
+        replay,
+        [
+            "reaction", "reaction", "reaction", "reaction", "message", "reaction"
+        ]
+    );
+
+    // Refusals: not an emoji, a message carol cannot read, a deleted one.
+    for bad in ["a", "1", "%20", "%F0%9F", &"%E2%AD%90".repeat(11)] {
+        let path = format!("/api/v1/messages/{}/reactions/{bad}", m.id.0);
+        assert_eq!(
+            refused(&bob, Method::PUT, &path, None).await,
+            (400, "invalid_request".into()),
+            "{bad}"
+        );
+    }
+    let path = format!("/api/v1/messages/{}/reactions/%F0%9F%91%8D", m.id.0);
+    assert_eq!(
+        refused(&carol, Method::PUT, &path, None).await,
+        (404, "no_such_message".into())
+    );
+    alice.delete_message(m.id).await.unwrap();
+    assert_eq!(
+        refused(&bob, Method::PUT, &path, None).await,
+        (409, "message_deleted".into())
+    );
+    // A tombstone keeps no reactions.
+    let history = bob.history(&m.conversation, None, None).await.unwrap();
+    assert!(history[0].deleted && history[0].reactions.is_empty());
+    server.shutdown().await;
+}
+
+async fn history_has_no_reactions(c: &Client, m: &Message) -> bool {
+    let history = c.history(&m.conversation, None, None).await.unwrap();
+    history
+        .iter()
+        .find(|h| h.id == m.id)
+        .is_some_and(|h| h.reactions.is_empty())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_holds_at_most_twenty_different_reactions() {
+    let server = TestServer::start().await;
+    let (alice, bob) = common::alice_and_bob(&server.client()).await;
+    let m = alice.send_text(BOB, "react!", None).await.unwrap();
+    let emoji: Vec<String> = (0..=im_protocol::Reaction::MAX_KINDS as u32)
+        .map(|i| char::from_u32(0x1F600 + i).unwrap().to_string())
+        .collect();
+    for e in &emoji[..im_protocol::Reaction::MAX_KINDS] {
+        bob.react(m.id, e, true).await.unwrap();
+    }
+    let last = &emoji[im_protocol::Reaction::MAX_KINDS];
+    let encoded: String = last.bytes().map(|b| format!("%{b:02X}")).collect();
+    let path = format!("/api/v1/messages/{}/reactions/{encoded}", m.id.0);
+    assert_eq!(
+        refused(&alice, Method::PUT, &path, None).await,
+        (400, "invalid_request".into())
+    );
+    // An emoji already there still takes more users.
+    assert_eq!(
+        alice.react(m.id, &emoji[0], true).await.unwrap()["count"],
+        2
+    );
     server.shutdown().await;
 }

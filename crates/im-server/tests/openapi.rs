@@ -43,6 +43,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/events", GET),
     ("/api/v1/messages", POST),
     ("/api/v1/messages/{id}", PATCH_DELETE),
+    ("/api/v1/messages/{id}/reactions/{emoji}", PUT_DELETE),
     ("/api/v1/conversations", GET),
     ("/api/v1/conversations/{conversation}/messages", GET),
     ("/api/v1/conversations/{conversation}/read", POST),

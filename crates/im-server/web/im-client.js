@@ -13,7 +13,8 @@
 // Guarantees it adds on top of the server's:
 // - every durable event is delivered once: a message to `on('message')`, an edit to
 //   `on('message_edited')` and a deletion to `on('message_deleted')` (each with the message
-//   as it then is); duplicates are dropped by their log position (the event id);
+//   as it then is), a reaction to `on('reaction')`; duplicates are dropped by their log
+//   position (the event id);
 // - a dropped connection resumes from the last id (EventSource sends Last-Event-ID);
 // - `resync` (the server could not replay) is passed on so the app reloads history;
 // - every send carries a `client_id`, and a retried send never duplicates a message;
@@ -42,7 +43,7 @@ export class ImError extends Error {
 
 const EPHEMERAL = ['presence', 'typing', 'read', 'friend_request', 'group'];
 /** Durable events that change a message already sent; each has a log position of its own. */
-const AMENDMENTS = ['message_edited', 'message_deleted'];
+const AMENDMENTS = ['message_edited', 'message_deleted', 'reaction'];
 
 /** A Web-IM client bound to one server origin. */
 export class ImClient {
@@ -76,7 +77,8 @@ export class ImClient {
 
   /**
    * Subscribes to an event: 'message', 'message_edited' and 'message_deleted' (the message
-   * as it now is: replace the one with its id), 'presence', 'typing', 'read', 'friend_request',
+   * as it now is: replace the one with its id), 'reaction' ({message, emoji, user, added,
+   * count}), 'presence', 'typing', 'read', 'friend_request',
    * 'group', 'resync' (reload history), 'ready' (the stream is caught up; load or reload
    * history now), 'up' (stream open), 'down' (stream lost, reconnecting) and 'logout' (the
    * session ended elsewhere).
@@ -226,6 +228,7 @@ export class ImClient {
         return undefined;
       case 'message_edited':
       case 'message_deleted':
+      case 'reaction':
         // The data is the message (its own id); the event's id is the amendment's position.
         if (!lastId || this._firstSight(Number(lastId))) this._emit(type, data);
         return undefined;
@@ -407,6 +410,16 @@ export class ImClient {
    */
   async deleteMessage(id) {
     return (await this.call('DELETE', `/messages/${id}`)).message;
+  }
+
+  /**
+   * Adds (`add`, the default) or takes back this user's reaction with `emoji` to message
+   * `id`. Resolves to {message, conversation, emoji, user, added, count}; streams get it as
+   * 'reaction' (unless nothing changed).
+   */
+  async react(id, emoji, add = true) {
+    const path = `/messages/${id}/reactions/${encodeURIComponent(emoji)}`;
+    return (await this.call(add ? 'PUT' : 'DELETE', path)).reaction;
   }
 
   /** The user's conversations, newest first, with unread counts. */

@@ -69,6 +69,7 @@ fn frame(id: u64) -> Frame {
         reply_to: None,
         edited_at: None,
         deleted: false,
+        reactions: Vec::new(),
         amends: None,
     })
 }

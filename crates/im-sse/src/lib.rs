@@ -53,6 +53,7 @@ mod tests {
             reply_to: None,
             edited_at: None,
             deleted: false,
+            reactions: Vec::new(),
             amends: None,
         }
     }

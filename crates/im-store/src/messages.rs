@@ -4,11 +4,12 @@ use crate::writer::Op;
 use crate::{SqliteStore, StoreError};
 use async_trait::async_trait;
 use im_channel::{
-    Applied, ConversationSummary, LogError, MessageHistory, MessageLog, Pending, Reply,
+    Applied, Change, ConversationSummary, LogError, MessageHistory, MessageLog, Pending,
+    ReactionState, Reply,
 };
 use im_cluster::{LogEntry, LogReadError, LogReader, Position};
 use im_protocol::record::MessageRecord;
-use im_protocol::{Message, MessageId, Target, UserId};
+use im_protocol::{Message, MessageId, Reaction, Target, UserId};
 use im_sse::{PageLimit, ReplayError, ReplayPage, ReplaySource};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -67,6 +68,30 @@ fn follow_up(conn: &Connection, target: &Message) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The reactions of message `id` as stored, for deciding `user`'s reaction with `emoji`.
+fn reaction_state(
+    conn: &Connection,
+    id: MessageId,
+    emoji: &str,
+    user: UserId,
+) -> Result<ReactionState, StoreError> {
+    let (mine, count, kinds): (bool, i64, i64) = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM reactions
+                             WHERE message_id = ?1 AND emoji = ?2 AND user_id = ?3),
+                    (SELECT COUNT(*) FROM reactions WHERE message_id = ?1 AND emoji = ?2),
+                    (SELECT COUNT(DISTINCT emoji) FROM reactions WHERE message_id = ?1)",
+        )?
+        .query_row(params![clamp(id), emoji, user.0 as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    Ok(ReactionState {
+        mine,
+        count: count as u64,
+        kinds: kinds as usize,
+    })
+}
+
 /// Inserts one row of the log's messages table: a message or an amendment.
 fn insert_row(conn: &Connection, msg: &Message) -> Result<(), StoreError> {
     let (recipient, group) = match msg.to {
@@ -111,10 +136,15 @@ pub(crate) fn insert(
             return Ok((decode(bytes)?, false));
         }
     }
-    if let Some(target) = p.amend.as_ref().map(|a| a.target) {
+    if let Some(a) = p.amend.as_ref() {
+        let target = a.target;
+        let state = match &a.change {
+            Change::React { emoji, .. } => reaction_state(conn, target, emoji, p.from)?,
+            _ => ReactionState::default(),
+        };
         let current = load(conn, target)?;
         return match p
-            .amend(MessageId(id), current)
+            .amend(MessageId(id), current, state)
             .map_err(StoreError::Refused)?
         {
             Applied::Unchanged(target) => Ok((target, false)),
@@ -122,6 +152,24 @@ pub(crate) fn insert(
                 rewrite(conn, &target)?;
                 insert_row(conn, &entry)?;
                 follow_up(conn, &target)?;
+                if target.deleted {
+                    conn.prepare_cached("DELETE FROM reactions WHERE message_id = ?1")?
+                        .execute(params![clamp(target.id)])?;
+                }
+                Ok((entry, true))
+            }
+            Applied::Reacted { entry, emoji, add } => {
+                let sql = if add {
+                    "INSERT INTO reactions (message_id, emoji, user_id) VALUES (?1, ?2, ?3)"
+                } else {
+                    "DELETE FROM reactions WHERE message_id = ?1 AND emoji = ?2 AND user_id = ?3"
+                };
+                conn.prepare_cached(sql)?.execute(params![
+                    clamp(target),
+                    emoji,
+                    entry.from.0 as i64
+                ])?;
+                insert_row(conn, &entry)?;
                 Ok((entry, true))
             }
         };
@@ -197,6 +245,43 @@ impl MessageHistory for SqliteStore {
         self.read(move |conn| Ok(load(conn, id)?.filter(|m| m.amends.is_none())))
             .await
             .map_err(log_err)
+    }
+
+    async fn reactions(
+        &self,
+        messages: &[MessageId],
+        reader: UserId,
+    ) -> Result<Vec<(MessageId, Reaction)>, LogError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = messages.iter().map(|m| clamp(*m)).collect();
+        self.read(move |conn| {
+            // One statement per page size; a page has at most 200 messages.
+            let sql = format!(
+                "SELECT message_id, emoji, COUNT(*), MAX(user_id = ?1) FROM reactions
+                  WHERE message_id IN ({}) GROUP BY message_id, emoji
+                  ORDER BY message_id, COUNT(*) DESC, emoji",
+                vec!["?"; ids.len()].join(", ")
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let me = reader.0 as i64;
+            let mut args: Vec<&dyn rusqlite::ToSql> = vec![&me];
+            args.extend(ids.iter().map(|i| i as &dyn rusqlite::ToSql));
+            let rows = stmt.query_map(args.as_slice(), |r| {
+                Ok((
+                    MessageId(r.get::<_, i64>(0)? as u64),
+                    Reaction {
+                        emoji: r.get(1)?,
+                        count: r.get::<_, i64>(2)? as u64,
+                        me: r.get(3)?,
+                    },
+                ))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+        .map_err(log_err)
     }
 
     async fn conversations(&self, user: UserId) -> Result<Vec<ConversationSummary>, LogError> {

@@ -132,6 +132,14 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE messages ADD COLUMN reply_to INTEGER;
     CREATE INDEX messages_amends ON messages(amends) WHERE amends IS NOT NULL;
     CREATE INDEX messages_reply_to ON messages(reply_to) WHERE reply_to IS NOT NULL;",
+    // 8: reactions, one row per message, emoji and user. Each change is also an amendment
+    // row (`kind` `reaction`) in the log; this table is what history counts.
+    "CREATE TABLE reactions (
+        message_id INTEGER NOT NULL,
+        emoji TEXT NOT NULL,
+        user_id INTEGER NOT NULL,
+        PRIMARY KEY (message_id, emoji, user_id)
+    ) WITHOUT ROWID;",
 ];
 
 /// Brings the schema to the latest version in one transaction.

@@ -6,10 +6,11 @@ use crate::http::{Body, Reply, RequestBody, json, query_param, query_u64, read_j
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use http_body_util::Either;
-use im_channel::{Amendment, Outcome, Pending};
+use im_channel::{Amendment, Change, Outcome, Pending};
 use im_limits::{Key, Limit};
 use im_protocol::{
-    Amend, ApiError, Draft, ErrorCode, Message, MessageId, UserId, conversation_of, now_millis,
+    Amend, ApiError, Draft, ErrorCode, Message, MessageId, Reaction, UserId, conversation_of,
+    now_millis,
 };
 use im_sse::{Resume, SessionInfo};
 use serde_json::json;
@@ -67,15 +68,37 @@ impl App {
         users
             .settled(|| users.check_party(who.user, conversation))
             .await?;
-        self.history_page(conversation, req.uri().query()).await
+        self.history_page(conversation, req.uri().query(), who.user)
+            .await
     }
 
     /// A page of a conversation's messages: the newest `limit` (50, at most 200) before
     /// `before`, ascending.
-    pub(super) async fn history_page(&self, conversation: &str, query: Option<&str>) -> Reply {
+    /// Each message comes as it now is, with its reactions as `reader` sees them.
+    pub(super) async fn history_page(
+        &self,
+        conversation: &str,
+        query: Option<&str>,
+        reader: UserId,
+    ) -> Reply {
         let limit = query_u64(query, "limit")?.unwrap_or(50).clamp(1, 200) as usize;
         let before = query_u64(query, "before")?.map(MessageId);
-        let messages = self.history.history(conversation, before, limit).await?;
+        let mut messages = self.history.history(conversation, before, limit).await?;
+        let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
+        let mut reactions = self.history.reactions(&ids, reader).await?.into_iter();
+        let mut next = reactions.next();
+        // Both are in id order: one walk attaches each message's reactions.
+        for m in &mut messages {
+            while let Some((id, r)) = next.take() {
+                if id == m.id {
+                    m.reactions.push(r);
+                    next = reactions.next();
+                } else {
+                    next = Some((id, r));
+                    break;
+                }
+            }
+        }
         Ok(json(StatusCode::OK, &json!({ "messages": messages })))
     }
 
@@ -251,12 +274,12 @@ impl App {
             client_id: None,
             sent_at: now_millis(),
             reply_to: None,
-            amend: Some(Amendment {
+            amend: Some(Box::new(Amendment {
                 target: id,
-                change: Amend::Edit,
+                change: Change::Edit,
                 moderator: false,
                 edit_window_ms: (window > 0).then(|| window.saturating_mul(1000)),
-            }),
+            })),
         };
         self.run_chain(route.group, pending).await
     }
@@ -279,31 +302,90 @@ impl App {
             client_id: None,
             sent_at: now_millis(),
             reply_to: None,
-            amend: Some(Amendment {
+            amend: Some(Box::new(Amendment {
                 target: id,
-                change: Amend::Delete,
+                change: Change::Delete,
                 moderator,
                 edit_window_ms: None,
-            }),
+            })),
         };
+        let outcome = self.append_directly(pending).await?;
+        answer(outcome)
+    }
+
+    /// `PUT` (`add`) or `DELETE /messages/{id}/reactions/{emoji}`: the caller's reaction
+    /// with `emoji`, one per emoji per user, on a message they can read. No handler runs.
+    pub(super) async fn react(
+        &self,
+        id: MessageId,
+        emoji: &str,
+        add: bool,
+        req: Request<RequestBody>,
+    ) -> Reply {
+        let who = self.principal(&req).await?;
+        self.limit(Limit::MessagesPerUser, Key::User(who.user.0))
+            .await?;
+        let emoji = percent_encoding::percent_decode_str(emoji)
+            .decode_utf8()
+            .ok()
+            .filter(|e| Reaction::valid_emoji(e))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "a reaction is one emoji: 1–{} bytes, no letters, digits or spaces",
+                        Reaction::MAX_BYTES
+                    ),
+                )
+            })?
+            .into_owned();
+        let target = self.readable_message(who.user, id).await?;
+        let pending = Pending {
+            from: who.user,
+            to: target.to,
+            conversation: target.conversation,
+            kind: target.kind,
+            body: serde_json::Value::Null,
+            client_id: None,
+            sent_at: now_millis(),
+            reply_to: None,
+            amend: Some(Box::new(Amendment {
+                target: id,
+                change: Change::React { emoji, add },
+                moderator: false,
+                edit_window_ms: None,
+            })),
+        };
+        let outcome = self.append_directly(pending).await?;
+        answer(outcome)
+    }
+
+    /// Hands a pending amendment to the log without a handler chain. The log's append may
+    /// block while its writer is saturated (its backpressure), so it runs where blocking is
+    /// allowed.
+    async fn append_directly(&self, pending: Pending) -> Result<Outcome, ApiError> {
         let (reply, outcome) = im_channel::Reply::channel();
         let log = self.log.clone();
-        // The log's append may block while its writer is saturated (its backpressure), so
-        // it runs where blocking is allowed.
         tokio::task::spawn_blocking(move || log.append(pending, reply));
-        let outcome = outcome
+        outcome
             .await
-            .map_err(|_| ApiError::new(ErrorCode::Internal, "the deletion was not stored"))?;
-        answer(outcome)
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "the change was not stored"))
     }
 }
 
 /// The answer to a write's one outcome: a new message is 201 `{"message": M}`; a repeat, and
-/// an edit or deletion (`{"message": M}` with M as it now is), are 200.
+/// an edit or deletion (`{"message": M}` with M as it now is), are 200, and so is a reaction
+/// (`{"reaction": {...}}`, the `reaction` event's data).
 fn answer(outcome: Outcome) -> Reply {
     match outcome {
-        Outcome::Stored(m) if m.amends.is_some() => {
-            Ok(json(StatusCode::OK, &json!({ "message": m.body })))
+        Outcome::Stored(m) | Outcome::Duplicate(m) if m.amends.is_some() => {
+            // An edit or deletion answers the message as it now is; a reaction, itself.
+            let key = if m.kind == Amend::Reaction.kind() {
+                "reaction"
+            } else {
+                "message"
+            };
+            Ok(json(StatusCode::OK, &json!({ key: m.body })))
         }
         Outcome::Stored(m) => Ok(message_reply(StatusCode::CREATED, &m)),
         Outcome::Duplicate(m) => Ok(message_reply(StatusCode::OK, &m)),

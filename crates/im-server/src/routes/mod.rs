@@ -78,6 +78,7 @@ enum Route {
     PostMessage,
     EditMessage(MessageId),
     DeleteMessage(MessageId),
+    React(MessageId, String, bool),
     Conversations,
     History(String),
     Read(String),
@@ -187,6 +188,13 @@ fn resolve(path: &str) -> Option<Endpoint<Route>> {
                     (M::DELETE, R::DeleteMessage(id)),
                 )
             }
+            ["messages", id, "reactions", emoji] if !emoji.is_empty() => {
+                let id = MessageId(num(id)?);
+                Endpoint::two(
+                    (M::PUT, R::React(id, (*emoji).into(), true)),
+                    (M::DELETE, R::React(id, (*emoji).into(), false)),
+                )
+            }
             ["conversations"] => one(M::GET, R::Conversations),
             ["conversations", c, "messages"] if !c.is_empty() => {
                 one(M::GET, R::History((*c).into()))
@@ -290,6 +298,7 @@ impl App {
             R::PostMessage => self.post_message(req).await,
             R::EditMessage(id) => self.edit_message(id, req).await,
             R::DeleteMessage(id) => self.delete_message(id, req).await,
+            R::React(id, emoji, add) => self.react(id, &emoji, add, req).await,
             R::Conversations => self.conversations(req).await,
             R::History(conversation) => self.history(&conversation, req).await,
             R::Upload => self.upload(req).await,

@@ -111,7 +111,10 @@ impl App {
                 users
                     .settled(|| users.check_conversation(&conversation))
                     .await?;
-                self.history_page(&conversation, req.uri().query()).await
+                // No user reads here: no reaction is the reader's own (`me` is false).
+                let nobody = im_protocol::UserId(0);
+                self.history_page(&conversation, req.uri().query(), nobody)
+                    .await
             }
         }
     }

@@ -6,6 +6,7 @@ import { dayLabel, fmtSize, joinsGroup, sameDay } from '/app/format.js';
 import {
   LOAD_OLDER_WITHIN_PX,
   PAGE_SIZE,
+  QUICK_REACTIONS,
   QUOTE_CHARS,
   RASTER_TYPES,
   TYPING_EVERY_MS,
@@ -103,6 +104,55 @@ function messageBody(m) {
   return [el('span', { class: 'text', text: `[${m.kind}] ${JSON.stringify(m.body)}` })];
 }
 
+// ----- reactions -----
+
+/** The chips under a message: one per emoji, pressed where the user reacted; a click toggles. */
+function reactionsNode(id) {
+  const byEmoji = state.reactions.get(id) || new Map();
+  const chips = [...byEmoji].map(([emoji, r]) =>
+    el('button', {
+      type: 'button',
+      class: r.me ? 'chip mine' : 'chip',
+      'aria-pressed': String(r.me),
+      'aria-label': `${emoji} ${r.count}${r.me ? ', including you' : ''}`,
+      text: `${emoji} ${r.count}`,
+      onclick: () => toggleReaction(id, emoji),
+    }),
+  );
+  return el('span', { class: 'reactions', dataset: { reactions: String(id) } }, ...chips);
+}
+
+/** Remembers the reactions a page of history came with (the stream then sends changes). */
+function keepReactions(messages) {
+  for (const m of messages) {
+    if (m.deleted || !m.reactions || !m.reactions.length) continue;
+    state.reactions.set(m.id, new Map(m.reactions.map((r) => [r.emoji, { count: r.count, me: r.me }])));
+  }
+}
+
+async function toggleReaction(id, emoji) {
+  const r = (state.reactions.get(id) || new Map()).get(emoji);
+  try {
+    applyReaction(await im.react(id, emoji, !(r && r.me)));
+    say(Where.chat);
+  } catch (e) {
+    showError(Where.chat, e);
+  }
+}
+
+/** A reaction changed (the answer to one's own, or a 'reaction' event): counts are absolute. */
+export function applyReaction(data) {
+  const byEmoji = state.reactions.get(data.message) || new Map();
+  const r = byEmoji.get(data.emoji) || { count: 0, me: false };
+  r.count = data.count;
+  if (data.user === state.me.id) r.me = data.added;
+  if (r.count > 0) byEmoji.set(data.emoji, r);
+  else byEmoji.delete(data.emoji);
+  state.reactions.set(data.message, byEmoji);
+  const node = $('messages').querySelector(`[data-reactions="${data.message}"]`);
+  if (node) node.replaceWith(reactionsNode(data.message));
+}
+
 /** The quote of a message as the server makes it (see Quote in docs/API.md). */
 function quoteOf(m) {
   const text = m.deleted || !m.body ? '' : m.body.text || m.body.name || '';
@@ -137,7 +187,22 @@ function actionsMenu(m) {
         run(m);
       },
     });
-  const items = [act('Reply', startReply)];
+  const quick = el(
+    'div',
+    { class: 'quick' },
+    ...QUICK_REACTIONS.map((emoji) =>
+      el('button', {
+        type: 'button',
+        text: emoji,
+        'aria-label': `React with ${emoji}`,
+        onclick: (ev) => {
+          ev.target.closest('details').open = false;
+          toggleReaction(m.id, emoji);
+        },
+      }),
+    ),
+  );
+  const items = [quick, act('Reply', startReply)];
   if (mine && m.kind === 'text') items.push(act('Edit', startEdit));
   if (mine || moderating()) items.push(act('Delete', deleteMessage, 'danger'));
   return el(
@@ -169,6 +234,7 @@ function messageNode(m) {
         el('time', { datetime: new Date(m.sent_at).toISOString(), text: time }),
         el('span', { class: 'seen' }),
       ),
+      reactionsNode(m.id),
     ),
     actionsMenu(m),
   );
@@ -209,9 +275,15 @@ function appendMessage(m, scroll = true) {
  * grouping and "Seen" once for the whole batch (a page of history is one walk, not fifty).
  */
 export function appendMessages(messages, scroll = true) {
+  keepReactions(messages);
   const list = $('messages');
   for (const m of messages) {
-    if (list.querySelector(`[data-id="${m.id}"]`)) continue;
+    if (list.querySelector(`[data-id="${m.id}"]`)) {
+      // Shown already; a reload may still bring reactions the stream missed.
+      const chips = list.querySelector(`[data-reactions="${m.id}"]`);
+      if (chips && m.reactions) chips.replaceWith(reactionsNode(m.id));
+      continue;
+    }
     const after = [...list.querySelectorAll(':scope > .msg')].find((c) => Number(c.dataset.id) > m.id);
     list.insertBefore(messageNode(m), after || null);
   }
@@ -250,6 +322,7 @@ async function loadOlder() {
  * open chat and its line in the list show it as it now is.
  */
 export function onAmended(m) {
+  if (m.deleted) state.reactions.delete(m.id);
   const list = $('messages');
   const node = list.querySelector(`:scope > .msg[data-id="${m.id}"]`);
   if (node && state.current && state.current.conversation === m.conversation) {

@@ -2,7 +2,7 @@
 // shared by the tabs, resumed by id) is im-client.js's business.
 
 import { PAGE_SIZE, im, state } from '/app/state.js';
-import { appendMessages, closeConversation, onAmended, onMessage, openConversation, renderSeen, showTyping } from '/app/chat.js';
+import { appendMessages, applyReaction, closeConversation, onAmended, onMessage, openConversation, renderSeen, showTyping } from '/app/chat.js';
 import { loadConversations, loadGroups, refreshSocial, renderConversations, renderPresence } from '/app/sidebar.js';
 import { $ } from '/app/dom.js';
 
@@ -50,6 +50,7 @@ export function wireEvents() {
   im.on('message', (m) => state.me && onMessage(m));
   im.on('message_edited', (m) => state.me && onAmended(m));
   im.on('message_deleted', (m) => state.me && onAmended(m));
+  im.on('reaction', (r) => state.me && applyReaction(r));
   im.on('presence', ({ user, online }) => renderPresence(user, online));
   im.on('typing', ({ from, conversation }) => showTyping(from, conversation));
   im.on('read', onRead);

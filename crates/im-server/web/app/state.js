@@ -15,6 +15,8 @@ export const TYPING_EVERY_MS = 3000;
 export const TYPING_SHOWN_MS = 4000;
 /** Scrolled this close to the top of a chat, the next older page is loaded. */
 export const LOAD_OLDER_WITHIN_PX = 40;
+/** The reactions a message's menu offers at one click. */
+export const QUICK_REACTIONS = Object.freeze(['👍', '❤️', '😂', '😮', '😢', '🎉']);
 /** A reply's quote shows at most this many characters of the original (as the server's). */
 export const QUOTE_CHARS = 140;
 /** Uploads of these types are sent as images (shown inline); anything else as a file. */
@@ -33,6 +35,7 @@ export const state = {
   loadingOlder: false, // a page of older history is on its way
   typingTimer: null, // clears "… is typing"
   lastTypingSent: 0, // when this tab last sent a typing notice (ms)
+  reactions: new Map(), // message id -> Map(emoji -> {count, me})
   replyTo: null, // the message the composer's next message replies to
   editing: null, // the message of mine the composer is editing
 };

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use im_channel::{ConversationSummary, LogError, MessageHistory, MessageLog, Pending, Reply};
 use im_cluster::{LogEntry, LogReadError, LogReader, Position};
 use im_protocol::record::MessageRecord;
-use im_protocol::{Message, MessageId, UserId};
+use im_protocol::{Message, MessageId, Reaction, UserId};
 use im_sse::{PageLimit, ReplayError, ReplayPage, ReplaySource};
 use tokio_postgres::Row;
 
@@ -71,6 +71,41 @@ impl MessageHistory for PgStore {
                 .await?;
             let row = c.query_opt(&stmt, &[&clamp(id)]).await?;
             Ok(row.map(|r| MessageRecord::decode(r.get(0))).transpose()?)
+        }
+        .await
+        .map_err(log_err)
+    }
+
+    async fn reactions(
+        &self,
+        messages: &[MessageId],
+        reader: UserId,
+    ) -> Result<Vec<(MessageId, Reaction)>, LogError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = messages.iter().map(|m| clamp(*m)).collect();
+        async {
+            let c = self.client().await?;
+            let stmt = c
+                .prepare_cached(
+                    "SELECT message_id, emoji, COUNT(*), BOOL_OR(user_id = $2) FROM reactions
+                      WHERE message_id = ANY($1) GROUP BY message_id, emoji
+                      ORDER BY message_id, COUNT(*) DESC, emoji",
+                )
+                .await?;
+            let rows = c.query(&stmt, &[&ids, &(reader.0 as i64)]).await?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    let reaction = Reaction {
+                        emoji: r.get(1),
+                        count: r.get::<_, i64>(2) as u64,
+                        me: r.get(3),
+                    };
+                    (MessageId(r.get::<_, i64>(0) as u64), reaction)
+                })
+                .collect())
         }
         .await
         .map_err(log_err)

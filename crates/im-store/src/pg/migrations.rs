@@ -126,6 +126,13 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE messages ADD COLUMN reply_to BIGINT;
     CREATE INDEX messages_amends ON messages(amends) WHERE amends IS NOT NULL;
     CREATE INDEX messages_reply_to ON messages(reply_to) WHERE reply_to IS NOT NULL;",
+    // 5: reactions, as SQLite's version 8.
+    "CREATE TABLE reactions (
+        message_id BIGINT NOT NULL,
+        emoji TEXT NOT NULL,
+        user_id BIGINT NOT NULL,
+        PRIMARY KEY (message_id, emoji, user_id)
+    );",
 ];
 
 /// Brings the schema to the latest version in one transaction.

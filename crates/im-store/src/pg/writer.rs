@@ -5,7 +5,7 @@ use crate::messages::clamp;
 use crate::{CommitListener, StoreError};
 use bytes::Bytes;
 use deadpool_postgres::{Object, Pool, Transaction};
-use im_channel::{Applied, Outcome, Pending, Reply};
+use im_channel::{Applied, Change, Outcome, Pending, ReactionState, Reply};
 use im_cluster::{Entry, LogEntry, Logged};
 use im_protocol::record::{MessageRecord, Topic};
 use im_protocol::{Message, MessageId, Target, UserId};
@@ -428,13 +428,32 @@ async fn amend(
     p: Pending,
     next: u64,
 ) -> Result<(Message, bool), StoreError> {
-    let Some(target) = p.amend.as_ref().map(|a| a.target) else {
+    let Some(a) = p.amend.as_ref() else {
         return Err(StoreError::Commit("not an amendment".into()));
     };
+    let target = a.target;
+    let state = match &a.change {
+        Change::React { emoji, .. } => reaction_state(tx, target, emoji, p.from).await?,
+        _ => ReactionState::default(),
+    };
     let current = rows.current(target);
-    match p.amend(MessageId(next), current) {
+    match p.amend(MessageId(next), current, state) {
         Err(e) => Err(StoreError::Refused(e)),
         Ok(Applied::Unchanged(m)) => Ok((m, false)),
+        Ok(Applied::Reacted { entry, emoji, add }) => {
+            // Written now, inside the transaction, so a later reaction of this batch reads it.
+            let stmt = tx
+                .prepare_cached(if add {
+                    "INSERT INTO reactions (message_id, emoji, user_id) VALUES ($1, $2, $3)"
+                } else {
+                    "DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3"
+                })
+                .await?;
+            tx.execute(&stmt, &[&clamp(target), &emoji, &(entry.from.0 as i64)])
+                .await?;
+            rows.new.push(entry.clone());
+            Ok((entry, true))
+        }
         Ok(Applied::Changed { target, entry }) => {
             // Rare enough for a round trip of their own under the lock: the rows that
             // quote or amend the changed message.
@@ -451,6 +470,12 @@ async fn amend(
                 .map(|r| MessageRecord::decode(r.get(0)))
                 .collect::<Result<Vec<_>, _>>()?;
             rows.follow(&target, stored);
+            if target.deleted {
+                let stmt = tx
+                    .prepare_cached("DELETE FROM reactions WHERE message_id = $1")
+                    .await?;
+                tx.execute(&stmt, &[&clamp(target.id)]).await?;
+            }
             // A message of this very batch is amended before it is inserted.
             if let Some(fresh) = rows.new.iter_mut().find(|m| m.id == target.id) {
                 *fresh = target;
@@ -462,6 +487,32 @@ async fn amend(
             Ok((entry, true))
         }
     }
+}
+
+/// The reactions of message `id` as this transaction sees them (under the head lock, so as
+/// committed plus this batch's), for deciding `user`'s reaction with `emoji`.
+async fn reaction_state(
+    tx: &Transaction<'_>,
+    id: MessageId,
+    emoji: &str,
+    user: UserId,
+) -> Result<ReactionState, StoreError> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM reactions
+                             WHERE message_id = $1 AND emoji = $2 AND user_id = $3),
+                    (SELECT COUNT(*) FROM reactions WHERE message_id = $1 AND emoji = $2),
+                    (SELECT COUNT(DISTINCT emoji) FROM reactions WHERE message_id = $1)",
+        )
+        .await?;
+    let row = tx
+        .query_one(&stmt, &[&clamp(id), &emoji, &(user.0 as i64)])
+        .await?;
+    Ok(ReactionState {
+        mine: row.get(0),
+        count: row.get::<_, i64>(1) as u64,
+        kinds: row.get::<_, i64>(2) as usize,
+    })
 }
 
 /// The stored messages the batch's replies quote and its amendments change, read under the

@@ -246,6 +246,7 @@ async fn a_message_reaches_the_sender_and_every_recipient() {
         reply_to: None,
         edited_at: None,
         deleted: false,
+        reactions: Vec::new(),
         amends: None,
     };
     let mut out = Vec::new();
