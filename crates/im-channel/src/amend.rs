@@ -50,6 +50,18 @@ pub struct Amendment {
     pub edit_window_ms: Option<u64>,
 }
 
+impl Amendment {
+    /// An amendment of `target` by a caller who moderates nothing, with no edit window.
+    pub fn new(target: MessageId, change: Change) -> Self {
+        Self {
+            target,
+            change,
+            moderator: false,
+            edit_window_ms: None,
+        }
+    }
+}
+
 /// What an amendment makes of the stored message.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Applied {

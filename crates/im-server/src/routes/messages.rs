@@ -265,22 +265,15 @@ impl App {
         }
         let route = self.classifier.classify(&target.kind, &edit.body)?;
         let window = self.config.edit_window_secs;
-        let pending = Pending {
-            from: who.user,
-            to: target.to,
-            conversation: target.conversation,
-            kind: target.kind,
-            body: edit.body,
-            client_id: None,
-            sent_at: now_millis(),
-            reply_to: None,
-            amend: Some(Box::new(Amendment {
-                target: id,
-                change: Change::Edit,
-                moderator: false,
+        let pending = amendment(
+            who.user,
+            target,
+            edit.body,
+            Amendment {
                 edit_window_ms: (window > 0).then(|| window.saturating_mul(1000)),
-            })),
-        };
+                ..Amendment::new(id, Change::Edit)
+            },
+        );
         self.run_chain(route.group, pending).await
     }
 
@@ -293,22 +286,15 @@ impl App {
             .await?;
         let target = self.readable_message(who.user, id).await?;
         let moderator = self.users.moderates(who.user, &target.conversation);
-        let pending = Pending {
-            from: who.user,
-            to: target.to,
-            conversation: target.conversation,
-            kind: target.kind,
-            body: serde_json::Value::Null,
-            client_id: None,
-            sent_at: now_millis(),
-            reply_to: None,
-            amend: Some(Box::new(Amendment {
-                target: id,
-                change: Change::Delete,
+        let pending = amendment(
+            who.user,
+            target,
+            serde_json::Value::Null,
+            Amendment {
                 moderator,
-                edit_window_ms: None,
-            })),
-        };
+                ..Amendment::new(id, Change::Delete)
+            },
+        );
         let outcome = self.append_directly(pending).await?;
         answer(outcome)
     }
@@ -340,22 +326,12 @@ impl App {
             })?
             .into_owned();
         let target = self.readable_message(who.user, id).await?;
-        let pending = Pending {
-            from: who.user,
-            to: target.to,
-            conversation: target.conversation,
-            kind: target.kind,
-            body: serde_json::Value::Null,
-            client_id: None,
-            sent_at: now_millis(),
-            reply_to: None,
-            amend: Some(Box::new(Amendment {
-                target: id,
-                change: Change::React { emoji, add },
-                moderator: false,
-                edit_window_ms: None,
-            })),
-        };
+        let pending = amendment(
+            who.user,
+            target,
+            serde_json::Value::Null,
+            Amendment::new(id, Change::React { emoji, add }),
+        );
         let outcome = self.append_directly(pending).await?;
         answer(outcome)
     }
@@ -393,5 +369,21 @@ fn answer(outcome: Outcome) -> Reply {
         Outcome::Failed(reason) => {
             Err(ApiError::new(ErrorCode::Internal, "the message was not stored").caused_by(reason))
         }
+    }
+}
+
+/// The pending amendment by `by` of `target` (the message as just read), with `body` (an
+/// edit's new body; nothing for the others).
+fn amendment(by: UserId, target: Message, body: serde_json::Value, how: Amendment) -> Pending {
+    Pending {
+        from: by,
+        to: target.to,
+        conversation: target.conversation,
+        kind: target.kind,
+        body,
+        client_id: None,
+        sent_at: now_millis(),
+        reply_to: None,
+        amend: Some(Box::new(how)),
     }
 }
