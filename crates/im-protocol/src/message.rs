@@ -329,6 +329,70 @@ mod tests {
     }
 
     #[test]
+    fn a_reaction_is_a_short_symbol() {
+        for ok in ["👍", "❤️", "👍🏽", "🇫🇷", "👨‍👩‍👧‍👦", "+", "…"]
+        {
+            assert!(Reaction::valid_emoji(ok), "{ok}");
+        }
+        let long = "⭐".repeat(11); // 33 bytes
+        for bad in [
+            "",
+            "a",
+            "1",
+            "👍a",
+            " ",
+            "👍 ",
+            "\n",
+            "\u{7f}",
+            long.as_str(),
+        ] {
+            assert!(!Reaction::valid_emoji(bad), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn valid_emoji_never_accepts_words_spaces_or_long_input(s in "\\PC{0,40}") {
+            if Reaction::valid_emoji(&s) {
+                proptest::prop_assert!(!s.is_empty() && s.len() <= Reaction::MAX_BYTES);
+                proptest::prop_assert!(!s.chars().any(|c| c.is_ascii_alphanumeric() || c.is_whitespace()));
+            }
+        }
+    }
+
+    #[test]
+    fn a_quote_is_the_start_of_the_text_or_the_file_name() {
+        let to = Target::User(UserId(2));
+        let text = Message::new(
+            MessageId(1),
+            "d1-2".into(),
+            UserId(1),
+            to,
+            "text".into(),
+            serde_json::json!({"text": "é".repeat(200)}),
+            0,
+        );
+        let q = Quote::of(&text);
+        assert_eq!(q.preview.chars().count(), Quote::PREVIEW_CHARS);
+        let file = Message::new(
+            MessageId(2),
+            "d1-2".into(),
+            UserId(1),
+            to,
+            "file".into(),
+            serde_json::json!({"name": "notes.txt", "file_id": 3}),
+            0,
+        );
+        assert_eq!(Quote::of(&file).preview, "notes.txt");
+        let gone = Message {
+            deleted: true,
+            body: Value::Null,
+            ..text
+        };
+        assert!(Quote::of(&gone).deleted && Quote::of(&gone).preview.is_empty());
+    }
+
+    #[test]
     fn draft_rejects_unknown_fields() {
         let err =
             serde_json::from_str::<Draft>(r#"{"to":{"user":1},"kind":"text","body":{},"extra":1}"#);
