@@ -107,15 +107,11 @@ impl Pending {
         if target.amends.is_some() || target.conversation != self.conversation {
             return Err(missing());
         }
-        let change = match amendment.change {
-            Change::Edit => Amend::Edit,
-            Change::Delete => Amend::Delete,
+        let kind = match amendment.change {
             Change::React { emoji, add } => {
                 return react(self.from, self.sent_at, id, &target, emoji, add, reactions);
             }
-        };
-        match change {
-            Amend::Edit => {
+            Change::Edit => {
                 if target.deleted {
                     return Err(deleted());
                 }
@@ -140,8 +136,9 @@ impl Pending {
                 }
                 target.body = self.body;
                 target.edited_at = Some(self.sent_at);
+                Amend::Edit
             }
-            Amend::Delete => {
+            Change::Delete => {
                 if target.deleted {
                     return Ok(Applied::Unchanged(target));
                 }
@@ -153,9 +150,9 @@ impl Pending {
                 }
                 target.body = Value::Null;
                 target.deleted = true;
+                Amend::Delete
             }
-            Amend::Reaction => {}
-        }
+        };
         let entry = Message {
             amends: Some(target.id),
             ..Message::new(
@@ -163,7 +160,7 @@ impl Pending {
                 target.conversation.clone(),
                 self.from,
                 addressee(self.from, &target),
-                change.kind().to_owned(),
+                kind.kind().to_owned(),
                 serde_json::to_value(&target).unwrap_or(Value::Null),
                 self.sent_at,
             )
